@@ -1,0 +1,143 @@
+//! The one error type of the library.
+
+/// Everything that can go wrong around an idempotent call.
+///
+/// Each message says what happened and what the caller should do about it.
+/// The body's own errors never appear here: they are returned unchanged.
+/// Functions under `#[idempotent]` return their own error type `E`, which must
+/// implement `From<diesel_idempotent::Error>`.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The idempotency key is empty, too long or holds characters outside
+    /// visible ASCII. The body did not run.
+    #[error(
+        "invalid idempotency key: {reason}; send 1 to 255 visible ASCII characters \
+         (a UUID is a good choice) and retry"
+    )]
+    InvalidKey {
+        /// What is wrong with the key.
+        reason: &'static str,
+    },
+
+    /// The scope is too long or holds control characters. The body did not run.
+    #[error(
+        "invalid idempotency scope: {reason}; a scope is at most 255 bytes without \
+         control characters (a tenant or user id)"
+    )]
+    InvalidScope {
+        /// What is wrong with the scope.
+        reason: &'static str,
+    },
+
+    /// The function's namespace (`name`) is empty, longer than 255 bytes or
+    /// holds control characters. The body did not run.
+    #[error("invalid idempotency namespace: {reason}")]
+    InvalidNamespace {
+        /// What is wrong with the namespace.
+        reason: &'static str,
+    },
+
+    /// The key was used before with a different request (the fingerprint of the
+    /// arguments differs). Nothing was changed.
+    #[error(
+        "idempotency key {key:?} in {namespace:?} was already used with a different request; \
+         use a new key for a new request, or resend the original request to get its result"
+    )]
+    PayloadMismatch {
+        /// The function's namespace.
+        namespace: String,
+        /// The key that was reused.
+        key: String,
+    },
+
+    /// The key is held by a call that has not finished (it is being processed
+    /// by this same transaction, or the caller chose not to wait). Nothing was
+    /// changed.
+    #[error(
+        "idempotency key {key:?} in {namespace:?} is being processed by a call that has not \
+         finished; retry after it completes (an HTTP service answers 409 Conflict)"
+    )]
+    InFlight {
+        /// The function's namespace.
+        namespace: String,
+        /// The key in flight.
+        key: String,
+    },
+
+    /// The stored result of an earlier call no longer deserializes into the
+    /// function's result type (the type changed since it was stored).
+    #[error(
+        "the stored result for idempotency key {key:?} in {namespace:?} no longer matches the \
+         function's result type ({source}); keep result types backward compatible \
+         (e.g. `#[serde(default)]` on new fields) or change the function's `name` to start afresh"
+    )]
+    StoredResultUnreadable {
+        /// The function's namespace.
+        namespace: String,
+        /// The key whose record is unreadable.
+        key: String,
+        /// What serde_json reported.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// An argument or the result could not be serialized to JSON (a map with
+    /// non-string keys, a non-finite float, a failing `Serialize` impl).
+    #[error(
+        "could not serialize {what} to JSON: {source}; make it serializable \
+         (or exclude an argument with `skip(..)`)"
+    )]
+    Serialization {
+        /// Which value failed: an argument or the result.
+        what: &'static str,
+        /// What serde reported.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// The database reported an error; the transaction was rolled back.
+    #[error(
+        "database error in idempotent call: {0}; the transaction was rolled back, retry the call"
+    )]
+    Database(#[from] diesel::result::Error),
+
+    /// The record table is missing or a migration failed.
+    #[error(
+        "idempotency migrations failed: {0}; run `diesel_idempotent::migrate(conn)` or apply \
+         the generated Diesel CLI migrations"
+    )]
+    Migration(String),
+
+    /// A `purge_expired` batch size of zero.
+    #[error("purge batch size must be at least 1 (1000 is a good default)")]
+    InvalidBatchSize,
+
+    /// A TTL string that does not parse or is out of range.
+    #[error("invalid ttl {input:?}: {reason}; write it like \"30s\", \"15m\", \"24h\" or \"7d\"")]
+    InvalidTtl {
+        /// The text given.
+        input: String,
+        /// Why it was rejected.
+        reason: String,
+    },
+}
+
+impl Error {
+    /// Whether retrying the same call later can succeed: the key was in
+    /// flight, or the database failed transiently (serialization failure,
+    /// deadlock, lost connection, a record that disappeared between two
+    /// statements).
+    pub fn is_retryable(&self) -> bool {
+        use diesel::result::{DatabaseErrorKind, Error as D};
+        match self {
+            Error::InFlight { .. } => true,
+            Error::Database(D::DatabaseError(kind, _)) => matches!(
+                kind,
+                DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::ClosedConnection
+            ),
+            Error::Database(D::BrokenTransactionManager) => true,
+            _ => false,
+        }
+    }
+}

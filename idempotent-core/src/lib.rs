@@ -1,0 +1,83 @@
+//! Runtime of `diesel-idempotent`: the record table, one store per SQL
+//! dialect, request fingerprints, TTLs, the injectable clock and the
+//! migrations. Depend on `diesel-idempotent`, which re-exports all of it
+//! together with the `#[idempotent]` attribute.
+#![warn(missing_docs)]
+
+pub mod clock;
+mod error;
+pub mod fingerprint;
+pub mod migrations;
+pub mod pattern;
+mod record;
+mod store;
+pub mod ttl;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::Error;
+pub use fingerprint::{Fingerprint, FingerprintBuilder};
+pub use pattern::key::{Call, Outcome, Response};
+pub use record::{IdempotencyRecord, idempotency_records};
+pub use store::IdempotentConnection;
+pub use ttl::Ttl;
+
+/// Creates the record table on `conn` by running the embedded migrations
+/// (a no-op when they ran before, by this call or by the Diesel CLI with the
+/// generated folders). Returns how many migrations were applied.
+///
+/// Coexists with your own migrations: only this library's are run.
+pub fn migrate<C: IdempotentConnection>(conn: &mut C) -> Result<usize, Error> {
+    conn.migrate()
+}
+
+/// Deletes expired records in batches of `batch_size` until none is left,
+/// using the index on `expires_at`; returns how many were deleted.
+///
+/// Each batch is its own statement, so locks are held briefly. Run it from a
+/// periodic job; records are treated as absent once expired whether or not
+/// they were purged.
+pub fn purge_expired<C: IdempotentConnection>(conn: &mut C, batch_size: u32) -> Result<u64, Error> {
+    purge_expired_with_clock(conn, batch_size, &SystemClock)
+}
+
+/// [`purge_expired`] with the time taken from `clock`.
+pub fn purge_expired_with_clock<C: IdempotentConnection>(
+    conn: &mut C,
+    batch_size: u32,
+    clock: &dyn Clock,
+) -> Result<u64, Error> {
+    if batch_size == 0 {
+        return Err(Error::InvalidBatchSize);
+    }
+    let now = clock.now().naive_utc();
+    let mut total = 0u64;
+    loop {
+        let deleted = conn.purge_batch(now, i64::from(batch_size))?;
+        total += deleted as u64;
+        if deleted < batch_size as usize {
+            return Ok(total);
+        }
+    }
+}
+
+#[doc(hidden)]
+pub mod __private {
+    //! What `#[idempotent]` expands to. Not a public API.
+    pub use crate::clock::{Clock, SystemClock};
+    pub use crate::fingerprint::Fingerprint;
+    pub use crate::pattern::key::{Call, Response};
+    pub use crate::ttl::Ttl;
+    pub use crate::{Error, IdempotentConnection};
+
+    /// The key expression, owned, so the body may move its parameters.
+    #[inline]
+    pub fn key<K: AsRef<str> + ?Sized>(key: &K) -> ::std::string::String {
+        ::std::borrow::ToOwned::to_owned(key.as_ref())
+    }
+
+    /// The scope expression, rendered.
+    #[inline]
+    pub fn scope<S: ::std::fmt::Display + ?Sized>(scope: &S) -> ::std::string::String {
+        ::std::string::ToString::to_string(scope)
+    }
+}

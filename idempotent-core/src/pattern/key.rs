@@ -1,0 +1,513 @@
+//! The idempotency-key pattern: a client-supplied key, its first result
+//! stored and replayed.
+//!
+//! The procedure, in one transaction with the body:
+//! validate → claim (insert-first) → on conflict load and [`judge`] →
+//! replay / mismatch / take over an expired record → run the body → store
+//! its result. [`judge`] and the validators hold every decision and do no
+//! I/O, so a non-blocking driver can reuse them unchanged.
+
+use std::any::Any;
+use std::panic::{self, AssertUnwindSafe};
+
+use chrono::{NaiveDateTime, SubsecRound};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::Error;
+use crate::clock::{Clock, SystemClock};
+use crate::fingerprint::Fingerprint;
+use crate::record::{NewRecord, RecordId};
+use crate::store::{IdempotentConnection, StoredState};
+use crate::ttl::Ttl;
+
+/// The longest key, scope or namespace, in bytes.
+pub const MAX_KEY_LEN: usize = 255;
+
+/// How often a claim is retried when the record it collided with vanished
+/// (purged) or was renewed by a concurrent caller in between.
+const CLAIM_ATTEMPTS: usize = 4;
+
+/// A result a function under `#[idempotent]` can store and replay.
+///
+/// Implemented for every `T: Serialize + DeserializeOwned` (stored as JSON)
+/// and for [`Outcome<T>`], which also tells whether the value was replayed.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be stored as an idempotent result",
+    label = "the `Ok` type must implement `serde::Serialize` and `serde::de::DeserializeOwned`",
+    note = "derive them: `#[derive(serde::Serialize, serde::Deserialize)]`"
+)]
+pub trait Response: Sized {
+    /// The JSON stored for this value.
+    fn to_stored_json(&self) -> Result<String, serde_json::Error>;
+    /// The value rebuilt from a stored JSON, for a replay.
+    fn from_stored_json(json: &str) -> Result<Self, serde_json::Error>;
+}
+
+impl<T: Serialize + DeserializeOwned> Response for T {
+    fn to_stored_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(self)
+    }
+
+    fn from_stored_json(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+}
+
+/// A result together with whether it was replayed from an earlier call.
+///
+/// Return `Result<Outcome<T>, E>` from a function under `#[idempotent]` to
+/// learn which calls were replays; the body returns `Ok(value.into())`. Only
+/// the `T` is stored.
+///
+/// ```
+/// use diesel_idempotent::Outcome;
+/// let fresh: Outcome<u32> = 7.into();
+/// assert!(!fresh.is_replayed());
+/// assert_eq!(*fresh, 7);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Outcome<T> {
+    value: T,
+    replayed: bool,
+}
+
+impl<T> Outcome<T> {
+    /// A value computed by this call.
+    pub fn fresh(value: T) -> Self {
+        Outcome {
+            value,
+            replayed: false,
+        }
+    }
+
+    /// `true` when the value was stored by an earlier call and the body did
+    /// not run this time.
+    pub fn is_replayed(&self) -> bool {
+        self.replayed
+    }
+
+    /// The value.
+    pub fn value(&self) -> &T {
+        &self.value
+    }
+
+    /// The value, consuming the outcome.
+    pub fn into_value(self) -> T {
+        self.value
+    }
+}
+
+impl<T> From<T> for Outcome<T> {
+    fn from(value: T) -> Self {
+        Outcome::fresh(value)
+    }
+}
+
+impl<T> std::ops::Deref for Outcome<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.value
+    }
+}
+
+impl<T: Serialize + DeserializeOwned> Response for Outcome<T> {
+    fn to_stored_json(&self) -> Result<String, serde_json::Error> {
+        serde_json::to_string(&self.value)
+    }
+
+    fn from_stored_json(json: &str) -> Result<Self, serde_json::Error> {
+        serde_json::from_str(json).map(|value| Outcome {
+            value,
+            replayed: true,
+        })
+    }
+}
+
+/// One idempotent call: where its record lives and what request it carries.
+///
+/// This is the runtime behind `#[idempotent(key = ..)]`, usable directly:
+///
+/// ```no_run
+/// # use diesel::prelude::*;
+/// # use diesel_idempotent::{Call, Ttl};
+/// # #[derive(Debug)] struct AppError;
+/// # impl From<diesel_idempotent::Error> for AppError { fn from(_: diesel_idempotent::Error) -> Self { AppError } }
+/// # fn f(conn: &mut SqliteConnection, key: &str, amount: i64) -> Result<(), AppError> {
+/// let outcome = Call::new("payments.create", key)
+///     .ttl(Ttl::parse("24h")?)
+///     .request(&amount)
+///     .run(conn, |conn| -> Result<i64, AppError> {
+///         // ... insert the payment with `conn` ...
+///         Ok(amount)
+///     })?;
+/// if outcome.is_replayed() { /* answered from the record */ }
+/// # Ok(()) }
+/// ```
+pub struct Call<'a> {
+    namespace: &'a str,
+    key: &'a str,
+    scope: &'a str,
+    ttl: Ttl,
+    clock: &'a dyn Clock,
+    fingerprint: Result<Fingerprint, Error>,
+}
+
+impl std::fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("namespace", &self.namespace)
+            .field("scope", &self.scope)
+            .field("key", &self.key)
+            .field("ttl", &self.ttl)
+            .field("fingerprint", &self.fingerprint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Call<'a> {
+    /// A call in `namespace` (the function's stable name) under `key`, with
+    /// no scope, the default TTL (24 hours), the system clock and an empty
+    /// request.
+    pub fn new(namespace: &'a str, key: &'a str) -> Self {
+        Call {
+            namespace,
+            key,
+            scope: "",
+            ttl: Ttl::DEFAULT,
+            clock: &SystemClock,
+            fingerprint: Fingerprint::builder().finish(),
+        }
+    }
+
+    /// Keeps this call's record apart from other tenants' equal keys.
+    pub fn scope(mut self, scope: &'a str) -> Self {
+        self.scope = scope;
+        self
+    }
+
+    /// How long the record answers for its key.
+    pub fn ttl(mut self, ttl: Ttl) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The clock that stamps and expires records (tests use a
+    /// [`crate::ManualClock`]).
+    pub fn clock(mut self, clock: &'a dyn Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The request whose fingerprint a later call with the same key must
+    /// match.
+    pub fn request<T: Serialize + ?Sized>(mut self, request: &T) -> Self {
+        self.fingerprint = Fingerprint::of(request);
+        self
+    }
+
+    /// A fingerprint computed elsewhere (or the error computing it).
+    pub fn fingerprint(mut self, fingerprint: Result<Fingerprint, Error>) -> Self {
+        self.fingerprint = fingerprint;
+        self
+    }
+
+    /// Runs `body` at most once for this key and returns its result, or the
+    /// stored result of the call that ran it, marked as replayed.
+    pub fn run<C, T, E, F>(self, conn: &mut C, body: F) -> Result<Outcome<T>, E>
+    where
+        C: IdempotentConnection,
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: FnOnce(&mut C) -> Result<T, E>,
+    {
+        self.run_response(conn, |conn| body(conn).map(Outcome::fresh))
+    }
+
+    /// Like [`Call::run`], for any [`Response`] (what `#[idempotent]` calls).
+    pub fn run_response<C, O, E, F>(self, conn: &mut C, body: F) -> Result<O, E>
+    where
+        C: IdempotentConnection,
+        O: Response,
+        E: From<Error>,
+        F: FnOnce(&mut C) -> Result<O, E>,
+    {
+        let prepared = match self.prepare() {
+            Ok(prepared) => prepared,
+            Err(e) => return Err(E::from(e)),
+        };
+        let result = conn.idempotent_transaction(|conn| -> Result<O, Failure<E>> {
+            match claim(conn, &prepared)? {
+                Step::Replay(json) => O::from_stored_json(&json).map_err(|source| {
+                    Failure::Library(Error::StoredResultUnreadable {
+                        namespace: prepared.namespace.to_owned(),
+                        key: prepared.key.to_owned(),
+                        source,
+                    })
+                }),
+                Step::Run => {
+                    let out = match panic::catch_unwind(AssertUnwindSafe(|| body(conn))) {
+                        Ok(Ok(out)) => out,
+                        Ok(Err(e)) => return Err(Failure::Body(e)),
+                        Err(payload) => return Err(Failure::Panic(payload)),
+                    };
+                    let json = out.to_stored_json().map_err(|source| {
+                        Failure::Library(Error::Serialization {
+                            what: "the result",
+                            source,
+                        })
+                    })?;
+                    match conn.complete(prepared.id(), &json)? {
+                        1 => Ok(out),
+                        _ => Err(Failure::Library(Error::InFlight {
+                            namespace: prepared.namespace.to_owned(),
+                            key: prepared.key.to_owned(),
+                        })),
+                    }
+                }
+            }
+        });
+        match result {
+            Ok(out) => Ok(out),
+            Err(Failure::Body(e)) => Err(e),
+            Err(Failure::Library(e)) => Err(E::from(e)),
+            Err(Failure::Panic(payload)) => panic::resume_unwind(payload),
+        }
+    }
+
+    fn prepare(self) -> Result<Prepared<'a>, Error> {
+        validate_namespace(self.namespace)?;
+        validate_key(self.key)?;
+        validate_scope(self.scope)?;
+        let fingerprint = self.fingerprint?;
+        let now = self.clock.now().naive_utc().trunc_subsecs(6);
+        let ttl = chrono::Duration::from_std(self.ttl.as_duration())
+            .unwrap_or_else(|_| chrono::Duration::days(366));
+        let expires_at = now.checked_add_signed(ttl).unwrap_or(NaiveDateTime::MAX);
+        Ok(Prepared {
+            namespace: self.namespace,
+            key: self.key,
+            scope: self.scope,
+            fingerprint,
+            now,
+            expires_at,
+        })
+    }
+}
+
+/// A validated call, stamped with the clock's time.
+struct Prepared<'a> {
+    namespace: &'a str,
+    key: &'a str,
+    scope: &'a str,
+    fingerprint: Fingerprint,
+    now: NaiveDateTime,
+    expires_at: NaiveDateTime,
+}
+
+impl Prepared<'_> {
+    fn id(&self) -> RecordId<'_> {
+        RecordId {
+            namespace: self.namespace,
+            scope: self.scope,
+            key: self.key,
+        }
+    }
+
+    fn claim_record(&self) -> NewRecord<'_> {
+        NewRecord {
+            namespace: self.namespace,
+            scope: self.scope,
+            key: self.key,
+            fingerprint: self.fingerprint.as_str(),
+            response: None,
+            created_at: self.now,
+            expires_at: self.expires_at,
+        }
+    }
+}
+
+/// Why the transaction around the body ended early.
+enum Failure<E> {
+    Body(E),
+    Library(Error),
+    Panic(Box<dyn Any + Send + 'static>),
+}
+
+impl<E> From<diesel::result::Error> for Failure<E> {
+    fn from(e: diesel::result::Error) -> Self {
+        Failure::Library(Error::Database(e))
+    }
+}
+
+impl<E> From<Error> for Failure<E> {
+    fn from(e: Error) -> Self {
+        Failure::Library(e)
+    }
+}
+
+/// What the claim decided.
+enum Step {
+    /// This call holds the key: run the body.
+    Run,
+    /// An earlier call stored this JSON: return it.
+    Replay(String),
+}
+
+/// The verdict on an existing record.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Verdict<'s> {
+    /// Same request, result stored: replay it.
+    Replay(&'s str),
+    /// Another request used this key.
+    Mismatch,
+    /// Same request, but its first call has not finished.
+    InFlight,
+    /// The record has expired: the key is free again.
+    Expired,
+}
+
+/// Decides what an existing record means for a call with `fingerprint` at
+/// `now`. Pure: every driver (blocking or not) asks this.
+pub fn judge<'s>(existing: &'s StoredState, fingerprint: &str, now: NaiveDateTime) -> Verdict<'s> {
+    if existing.expires_at <= now {
+        Verdict::Expired
+    } else if existing.fingerprint != fingerprint {
+        Verdict::Mismatch
+    } else {
+        match &existing.response {
+            Some(json) => Verdict::Replay(json),
+            None => Verdict::InFlight,
+        }
+    }
+}
+
+/// Claims the key insert-first; on conflict, judges the existing record.
+fn claim<C: IdempotentConnection>(conn: &mut C, call: &Prepared<'_>) -> Result<Step, Error> {
+    let record = call.claim_record();
+    for _ in 0..CLAIM_ATTEMPTS {
+        if conn.claim(&record)? {
+            return Ok(Step::Run);
+        }
+        let Some(existing) = conn.load(call.id())? else {
+            // Purged between the two statements: claim again.
+            continue;
+        };
+        match judge(&existing, call.fingerprint.as_str(), call.now) {
+            Verdict::Replay(json) => return Ok(Step::Replay(json.to_owned())),
+            Verdict::Mismatch => {
+                return Err(Error::PayloadMismatch {
+                    namespace: call.namespace.to_owned(),
+                    key: call.key.to_owned(),
+                });
+            }
+            Verdict::InFlight => break,
+            Verdict::Expired => {
+                if conn.take_over(&record, call.now)? {
+                    return Ok(Step::Run);
+                }
+                // A concurrent caller renewed or removed it first: look again.
+            }
+        }
+    }
+    Err(Error::InFlight {
+        namespace: call.namespace.to_owned(),
+        key: call.key.to_owned(),
+    })
+}
+
+/// Checks an idempotency key: 1 to 255 bytes of visible ASCII (`!` to `~`).
+pub fn validate_key(key: &str) -> Result<(), Error> {
+    let reason = if key.is_empty() {
+        "the key is empty"
+    } else if key.len() > MAX_KEY_LEN {
+        "the key is longer than 255 bytes"
+    } else if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        "the key holds a space, a control character or non-ASCII text"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidKey { reason })
+}
+
+/// Checks a scope: at most 255 bytes, no control characters (may be empty).
+pub fn validate_scope(scope: &str) -> Result<(), Error> {
+    let reason = if scope.len() > MAX_KEY_LEN {
+        "the scope is longer than 255 bytes"
+    } else if scope.chars().any(char::is_control) {
+        "the scope holds a control character"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidScope { reason })
+}
+
+/// Checks a namespace: 1 to 255 bytes, no control characters.
+pub fn validate_namespace(namespace: &str) -> Result<(), Error> {
+    let reason = if namespace.is_empty() {
+        "the namespace is empty"
+    } else if namespace.len() > MAX_KEY_LEN {
+        "the namespace is longer than 255 bytes; set a shorter `name`"
+    } else if namespace.chars().any(char::is_control) {
+        "the namespace holds a control character"
+    } else {
+        return Ok(());
+    };
+    Err(Error::InvalidNamespace { reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(secs: i64) -> NaiveDateTime {
+        chrono::DateTime::from_timestamp(secs, 0)
+            .unwrap()
+            .naive_utc()
+    }
+
+    fn state(fp: &str, response: Option<&str>, expires: i64) -> StoredState {
+        StoredState {
+            fingerprint: fp.to_owned(),
+            response: response.map(str::to_owned),
+            expires_at: at(expires),
+        }
+    }
+
+    #[test]
+    fn judge_covers_every_case() {
+        let done = state("v1:a", Some("42"), 100);
+        assert_eq!(judge(&done, "v1:a", at(50)), Verdict::Replay("42"));
+        assert_eq!(judge(&done, "v1:b", at(50)), Verdict::Mismatch);
+        assert_eq!(judge(&done, "v1:a", at(100)), Verdict::Expired);
+        assert_eq!(judge(&done, "v1:b", at(101)), Verdict::Expired);
+        let pending = state("v1:a", None, 100);
+        assert_eq!(judge(&pending, "v1:a", at(50)), Verdict::InFlight);
+        assert_eq!(judge(&pending, "v1:b", at(50)), Verdict::Mismatch);
+    }
+
+    #[test]
+    fn key_rules() {
+        assert!(validate_key("9f1c2e7a-2b1d-4c5e-8f00-123456789abc").is_ok());
+        assert!(validate_key(&"k".repeat(255)).is_ok());
+        for bad in [
+            "",
+            " ",
+            "a b",
+            "tab\tkey",
+            "nul\0",
+            "ключ",
+            &"k".repeat(256),
+        ] {
+            assert!(
+                matches!(validate_key(bad), Err(Error::InvalidKey { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(validate_scope("").is_ok());
+        assert!(validate_scope("tenant 42").is_ok());
+        assert!(validate_scope("a\nb").is_err());
+        assert!(validate_namespace("").is_err());
+    }
+}

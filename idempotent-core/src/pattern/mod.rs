@@ -1,0 +1,4 @@
+//! The patterns' runtime. Each pattern is a small decision procedure over the
+//! statements of [`crate::store::IdempotentConnection`].
+
+pub mod key;

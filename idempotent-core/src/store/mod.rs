@@ -1,0 +1,140 @@
+//! The storage surface, one implementation per SQL dialect.
+//!
+//! [`IdempotentConnection`] is implemented for each enabled backend's Diesel
+//! connection. Its methods are the few statements the patterns need (claim,
+//! load, take over an expired record, complete, purge); the decisions made
+//! from their answers live once, in [`crate::pattern`].
+
+use chrono::NaiveDateTime;
+use diesel::QueryResult;
+
+use crate::record::{NewRecord, RecordId};
+
+#[cfg(feature = "postgres")]
+mod pg;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+
+/// What a load returns: the fields the decision needs.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredState {
+    pub fingerprint: String,
+    pub response: Option<String>,
+    pub expires_at: NaiveDateTime,
+}
+
+/// A Diesel connection the `#[idempotent]` attribute can keep records on.
+///
+/// Implemented for `SqliteConnection` (feature `sqlite`) and `PgConnection`
+/// (feature `postgres`). Use it as the bound of a generic connection:
+///
+/// ```
+/// # use diesel_idempotent::IdempotentConnection;
+/// fn handler<C: IdempotentConnection>(conn: &mut C) { /* ... */ }
+/// ```
+///
+/// The methods are the library's storage statements; they are not part of
+/// the stable API and are hidden from the documentation.
+pub trait IdempotentConnection: diesel::Connection + Sized {
+    /// Runs the embedded migrations that create the record table on this
+    /// backend; returns how many were applied.
+    #[doc(hidden)]
+    fn migrate(&mut self) -> Result<usize, crate::Error>;
+
+    /// Runs `f` in a transaction, or in a savepoint when one is already open.
+    #[doc(hidden)]
+    fn idempotent_transaction<R, E, F>(&mut self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut Self) -> Result<R, E>,
+        E: From<diesel::result::Error>,
+    {
+        self.transaction(f)
+    }
+
+    /// Inserts the claim unless a record with its id exists, waiting for an
+    /// uncommitted competing claim to commit or roll back. `true` = inserted.
+    #[doc(hidden)]
+    fn claim(&mut self, record: &NewRecord<'_>) -> QueryResult<bool>;
+
+    /// The record with this id, if one is visible.
+    #[doc(hidden)]
+    fn load(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>>;
+
+    /// Replaces a record that expired at or before `now` by `record`.
+    /// `true` = replaced; `false` = it is gone or was renewed meanwhile.
+    #[doc(hidden)]
+    fn take_over(&mut self, record: &NewRecord<'_>, now: NaiveDateTime) -> QueryResult<bool>;
+
+    /// Stores the result of the claimed call; returns the rows changed.
+    #[doc(hidden)]
+    fn complete(&mut self, id: RecordId<'_>, response: &str) -> QueryResult<usize>;
+
+    /// Deletes at most `limit` records expired at or before `now`.
+    #[doc(hidden)]
+    fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize>;
+}
+
+/// The statements every dialect writes the same way, in Diesel's DSL.
+/// Expanded inside each backend's `impl IdempotentConnection`.
+macro_rules! common_statements {
+    () => {
+        fn load(
+            &mut self,
+            id: $crate::record::RecordId<'_>,
+        ) -> ::diesel::QueryResult<Option<$crate::store::StoredState>> {
+            use ::diesel::prelude::*;
+            use $crate::record::idempotency_records::dsl as r;
+            r::idempotency_records
+                .find((id.namespace, id.scope, id.key))
+                .select((r::fingerprint, r::response, r::expires_at))
+                .first::<(String, Option<String>, ::chrono::NaiveDateTime)>(self)
+                .optional()
+                .map(|row| {
+                    row.map(
+                        |(fingerprint, response, expires_at)| $crate::store::StoredState {
+                            fingerprint,
+                            response,
+                            expires_at,
+                        },
+                    )
+                })
+        }
+
+        fn take_over(
+            &mut self,
+            record: &$crate::record::NewRecord<'_>,
+            now: ::chrono::NaiveDateTime,
+        ) -> ::diesel::QueryResult<bool> {
+            use ::diesel::prelude::*;
+            use $crate::record::idempotency_records::dsl as r;
+            let id = record.id();
+            ::diesel::update(
+                r::idempotency_records
+                    .find((id.namespace, id.scope, id.key))
+                    .filter(r::expires_at.le(now)),
+            )
+            .set((
+                r::fingerprint.eq(record.fingerprint),
+                r::response.eq(record.response),
+                r::created_at.eq(record.created_at),
+                r::expires_at.eq(record.expires_at),
+            ))
+            .execute(self)
+            .map(|rows| rows == 1)
+        }
+
+        fn complete(
+            &mut self,
+            id: $crate::record::RecordId<'_>,
+            response: &str,
+        ) -> ::diesel::QueryResult<usize> {
+            use ::diesel::prelude::*;
+            use $crate::record::idempotency_records::dsl as r;
+            ::diesel::update(r::idempotency_records.find((id.namespace, id.scope, id.key)))
+                .set(r::response.eq(response))
+                .execute(self)
+        }
+    };
+}
+pub(crate) use common_statements;

@@ -1,0 +1,44 @@
+//! PostgreSQL: the claim is `INSERT .. ON CONFLICT DO NOTHING`, which waits
+//! for an uncommitted competing insert of the same key and then either
+//! inserts (the other rolled back) or does nothing (it committed). Run at
+//! READ COMMITTED (the default) so the following load sees that commit.
+
+use chrono::NaiveDateTime;
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Timestamp};
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+
+use super::{IdempotentConnection, common_statements};
+use crate::record::{NewRecord, idempotency_records};
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
+
+impl IdempotentConnection for PgConnection {
+    fn migrate(&mut self) -> Result<usize, crate::Error> {
+        crate::migrations::run_embedded(self, MIGRATIONS)
+    }
+
+    fn claim(&mut self, record: &NewRecord<'_>) -> QueryResult<bool> {
+        diesel::insert_into(idempotency_records::table)
+            .values(record)
+            .on_conflict_do_nothing()
+            .execute(self)
+            .map(|rows| rows == 1)
+    }
+
+    fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize> {
+        // The outer `expires_at` test matters: a row renewed by a concurrent
+        // take-over no longer qualifies when the delete re-checks it.
+        diesel::sql_query(
+            "DELETE FROM idempotency_records WHERE expires_at <= $1 AND \
+             (namespace, scope, key) IN (SELECT namespace, scope, key FROM idempotency_records \
+             WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .bind::<Timestamp, _>(now)
+        .bind::<BigInt, _>(limit)
+        .execute(self)
+    }
+
+    common_statements!();
+}

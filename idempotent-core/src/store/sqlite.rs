@@ -1,0 +1,57 @@
+//! SQLite: the claim is `INSERT .. ON CONFLICT DO NOTHING`; writers are
+//! serialized by the database lock, so a top-level call begins with
+//! `BEGIN IMMEDIATE` and a competing writer waits in SQLite's busy handler
+//! (set `PRAGMA busy_timeout` on every connection that shares the file).
+
+use chrono::NaiveDateTime;
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+use diesel::prelude::*;
+use diesel::sql_types::{BigInt, Timestamp};
+use diesel::sqlite::SqliteConnection;
+use diesel_migrations::{EmbeddedMigrations, embed_migrations};
+
+use super::{IdempotentConnection, common_statements};
+use crate::record::{NewRecord, idempotency_records};
+
+const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
+
+impl IdempotentConnection for SqliteConnection {
+    fn migrate(&mut self) -> Result<usize, crate::Error> {
+        crate::migrations::run_embedded(self, MIGRATIONS)
+    }
+
+    fn idempotent_transaction<R, E, F>(&mut self, f: F) -> Result<R, E>
+    where
+        F: FnOnce(&mut Self) -> Result<R, E>,
+        E: From<diesel::result::Error>,
+    {
+        let depth = AnsiTransactionManager::transaction_manager_status_mut(self)
+            .transaction_depth()
+            .map_err(E::from)?;
+        match depth {
+            None => self.immediate_transaction(f),
+            Some(_) => self.transaction(f),
+        }
+    }
+
+    fn claim(&mut self, record: &NewRecord<'_>) -> QueryResult<bool> {
+        diesel::insert_into(idempotency_records::table)
+            .values(record)
+            .on_conflict_do_nothing()
+            .execute(self)
+            .map(|rows| rows == 1)
+    }
+
+    fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize> {
+        diesel::sql_query(
+            "DELETE FROM idempotency_records WHERE expires_at <= ?1 AND \
+             (namespace, scope, key) IN (SELECT namespace, scope, key FROM idempotency_records \
+             WHERE expires_at <= ?1 ORDER BY expires_at LIMIT ?2)",
+        )
+        .bind::<Timestamp, _>(now)
+        .bind::<BigInt, _>(limit)
+        .execute(self)
+    }
+
+    common_statements!();
+}

@@ -1,0 +1,202 @@
+//! The attribute's options: parsing and the checks that need no signature.
+
+use std::time::Duration;
+
+use syn::parse::{Parse, ParseStream};
+use syn::punctuated::Punctuated;
+use syn::spanned::Spanned;
+use syn::{Expr, Ident, LitStr, Token};
+
+mod kw {
+    syn::custom_keyword!(key);
+    syn::custom_keyword!(ttl);
+    syn::custom_keyword!(name);
+    syn::custom_keyword!(scope);
+    syn::custom_keyword!(conn);
+    syn::custom_keyword!(skip);
+    syn::custom_keyword!(clock);
+}
+
+/// The longest TTL accepted (366 days), as in the runtime's `Ttl::MAX`.
+const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+const MAX_NAME_LEN: usize = 255;
+
+/// The parsed options of one `#[idempotent(...)]`.
+#[derive(Default)]
+pub(crate) struct Options {
+    pub(crate) key: Option<(kw::key, Expr)>,
+    pub(crate) ttl: Option<(kw::ttl, Duration)>,
+    pub(crate) name: Option<LitStr>,
+    pub(crate) scope: Option<(kw::scope, Expr)>,
+    pub(crate) conn: Option<Ident>,
+    pub(crate) skip: Vec<Ident>,
+    pub(crate) clock: Option<Expr>,
+}
+
+/// Accumulates errors so one expansion reports all of them.
+#[derive(Default)]
+pub(crate) struct Errors(Option<syn::Error>);
+
+impl Errors {
+    pub(crate) fn push(&mut self, error: syn::Error) {
+        match &mut self.0 {
+            Some(all) => all.combine(error),
+            None => self.0 = Some(error),
+        }
+    }
+
+    pub(crate) fn finish(self) -> Result<(), syn::Error> {
+        self.0.map_or(Ok(()), Err)
+    }
+}
+
+fn duplicate(span: proc_macro2::Span, option: &str) -> syn::Error {
+    syn::Error::new(span, format!("duplicate option `{option}`; give it once"))
+}
+
+impl Parse for Options {
+    fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
+        let mut options = Options::default();
+        let mut errors = Errors::default();
+        while !input.is_empty() {
+            let lookahead = input.lookahead1();
+            if lookahead.peek(kw::key) {
+                let token: kw::key = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let expr: Expr = input.parse()?;
+                if options.key.is_some() {
+                    errors.push(duplicate(token.span, "key"));
+                } else {
+                    options.key = Some((token, expr));
+                }
+            } else if lookahead.peek(kw::ttl) {
+                let token: kw::ttl = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let expr: Expr = input.parse()?;
+                match parse_ttl(&expr) {
+                    Ok(ttl) if options.ttl.is_none() => options.ttl = Some((token, ttl)),
+                    Ok(_) => errors.push(duplicate(token.span, "ttl")),
+                    Err(e) => errors.push(e),
+                }
+            } else if lookahead.peek(kw::name) {
+                let token: kw::name = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let expr: Expr = input.parse()?;
+                match parse_name(&expr) {
+                    Ok(name) if options.name.is_none() => options.name = Some(name),
+                    Ok(_) => errors.push(duplicate(token.span, "name")),
+                    Err(e) => errors.push(e),
+                }
+            } else if lookahead.peek(kw::scope) {
+                let token: kw::scope = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let expr: Expr = input.parse()?;
+                if options.scope.is_some() {
+                    errors.push(duplicate(token.span, "scope"));
+                } else {
+                    options.scope = Some((token, expr));
+                }
+            } else if lookahead.peek(kw::conn) {
+                let token: kw::conn = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let ident: Ident = input.parse()?;
+                if options.conn.is_some() {
+                    errors.push(duplicate(token.span, "conn"));
+                } else {
+                    options.conn = Some(ident);
+                }
+            } else if lookahead.peek(kw::clock) {
+                let token: kw::clock = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let expr: Expr = input.parse()?;
+                if options.clock.is_some() {
+                    errors.push(duplicate(token.span, "clock"));
+                } else {
+                    options.clock = Some(expr);
+                }
+            } else if lookahead.peek(kw::skip) {
+                input.parse::<kw::skip>()?;
+                let content;
+                syn::parenthesized!(content in input);
+                let names = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;
+                for name in names {
+                    if options.skip.contains(&name) {
+                        errors.push(syn::Error::new(
+                            name.span(),
+                            format!("`{name}` is already skipped"),
+                        ));
+                    } else {
+                        options.skip.push(name);
+                    }
+                }
+            } else {
+                return Err(lookahead.error());
+            }
+            if input.is_empty() {
+                break;
+            }
+            input.parse::<Token![,]>()?;
+        }
+        errors.finish()?;
+        Ok(options)
+    }
+}
+
+fn parse_ttl(expr: &Expr) -> syn::Result<Duration> {
+    let lit = match expr {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(lit),
+            ..
+        }) => lit,
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                "`ttl` must be a string literal such as `ttl = \"24h\"`, `\"15m\"` or `\"7d\"`",
+            ));
+        }
+    };
+    let text = lit.value();
+    let ttl = humantime::parse_duration(&text).map_err(|e| {
+        syn::Error::new(
+            lit.span(),
+            format!("invalid ttl {text:?}: {e}; write it like \"30s\", \"15m\", \"24h\" or \"7d\""),
+        )
+    })?;
+    if ttl < Duration::from_secs(1) {
+        return Err(syn::Error::new(
+            lit.span(),
+            "`ttl` must be at least one second: a record that expires at once protects nothing",
+        ));
+    }
+    if ttl > MAX_TTL {
+        return Err(syn::Error::new(
+            lit.span(),
+            "`ttl` must be at most 366 days: records kept longer than any client retries only \
+             grow the table; purge them with `diesel_idempotent::purge_expired`",
+        ));
+    }
+    Ok(ttl)
+}
+
+fn parse_name(expr: &Expr) -> syn::Result<LitStr> {
+    let lit = match expr {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(lit),
+            ..
+        }) => lit.clone(),
+        other => {
+            return Err(syn::Error::new(
+                other.span(),
+                "`name` must be a string literal such as `name = \"payments.create\"`",
+            ));
+        }
+    };
+    let value = lit.value();
+    if value.is_empty() || value.len() > MAX_NAME_LEN || value.chars().any(char::is_control) {
+        return Err(syn::Error::new(
+            lit.span(),
+            "`name` must be 1 to 255 bytes without control characters",
+        ));
+    }
+    Ok(lit)
+}

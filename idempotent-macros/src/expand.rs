@@ -1,0 +1,310 @@
+//! Code generation: the function keeps its signature; its body becomes a call
+//! into the runtime with the original body as a closure over the connection.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{ToTokens, format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+use syn::{Expr, FnArg, Ident, ItemFn, Pat, ReturnType, Type};
+
+use crate::attr::{Errors, Options};
+
+/// Expands `#[idempotent(attr)] item`. On error, the original item is emitted
+/// beside the errors so the rest of the crate still type-checks.
+pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
+    match try_expand(attr, item.clone()) {
+        Ok(tokens) => tokens,
+        Err(error) => {
+            let error = error.to_compile_error();
+            quote! { #error #item }
+        }
+    }
+}
+
+fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
+    let function = parse_function(item)?;
+    let options: Options = syn::parse2(attr)?;
+    let plan = Plan::new(&options, &function)?;
+    Ok(plan.emit(&function))
+}
+
+fn parse_function(item: TokenStream) -> syn::Result<ItemFn> {
+    if let Ok(function) = syn::parse2::<ItemFn>(item.clone()) {
+        return Ok(function);
+    }
+    if let Ok(method) = syn::parse2::<syn::TraitItemFn>(item.clone()) {
+        return Err(syn::Error::new_spanned(
+            &method.sig,
+            "`#[idempotent]` needs a function body; put it on the implementation, \
+             not on the trait method declaration",
+        ));
+    }
+    Err(syn::Error::new(
+        item.into_iter()
+            .next()
+            .map_or_else(Span::call_site, |t| t.span()),
+        "`#[idempotent]` can only be applied to a function",
+    ))
+}
+
+/// Everything the expansion needs, checked against the signature.
+struct Plan<'f> {
+    key: &'f Expr,
+    scope: Option<&'f Expr>,
+    clock: Option<&'f Expr>,
+    ttl_secs: u64,
+    namespace: TokenStream,
+    conn: &'f Ident,
+    fingerprinted: Vec<&'f Ident>,
+    output: &'f Type,
+}
+
+impl<'f> Plan<'f> {
+    fn new(options: &'f Options, function: &'f ItemFn) -> syn::Result<Plan<'f>> {
+        let sig = &function.sig;
+        let mut errors = Errors::default();
+
+        if let Some(token) = &sig.asyncness {
+            errors.push(syn::Error::new_spanned(
+                token,
+                "`#[idempotent]` does not support `async fn` yet: Diesel connections are \
+                 blocking; make the function synchronous (run it on a blocking thread pool)",
+            ));
+        }
+        if let Some(token) = &sig.constness {
+            errors.push(syn::Error::new_spanned(
+                token,
+                "`#[idempotent]` cannot be applied to a `const fn`: it talks to a database",
+            ));
+        }
+        if let Some(abi) = &sig.abi {
+            errors.push(syn::Error::new_spanned(
+                abi,
+                "`#[idempotent]` cannot be applied to an `extern` function",
+            ));
+        }
+        if let Some(variadic) = &sig.variadic {
+            errors.push(syn::Error::new_spanned(
+                variadic,
+                "`#[idempotent]` cannot be applied to a variadic function",
+            ));
+        }
+
+        let output = match &sig.output {
+            ReturnType::Type(_, ty) => match &**ty {
+                Type::Path(_) | Type::Group(_) | Type::Paren(_) => Some(&**ty),
+                Type::ImplTrait(_) => {
+                    errors.push(syn::Error::new_spanned(
+                        ty,
+                        "`#[idempotent]` functions must return a nameable `Result<T, E>`, \
+                         not `impl Trait`: the stored result is deserialized into `T`",
+                    ));
+                    None
+                }
+                other => {
+                    errors.push(syn::Error::new_spanned(
+                        other,
+                        "`#[idempotent]` functions must return `Result<T, E>` with \
+                         `T: Serialize + DeserializeOwned` and `E: From<diesel_idempotent::Error>`",
+                    ));
+                    None
+                }
+            },
+            ReturnType::Default => {
+                errors.push(syn::Error::new_spanned(
+                    &sig.ident,
+                    "`#[idempotent]` functions must return `Result<T, E>` with \
+                     `T: Serialize + DeserializeOwned` and `E: From<diesel_idempotent::Error>`",
+                ));
+                None
+            }
+        };
+
+        let key = match &options.key {
+            Some((_, expr)) => Some(expr),
+            None => {
+                errors.push(syn::Error::new(
+                    Span::call_site(),
+                    "missing `key = <expr>`: the idempotency key, e.g. \
+                     `#[idempotent(key = req.idempotency_key)]`",
+                ));
+                None
+            }
+        };
+
+        // Named parameters, in order; patterns cannot be fingerprinted.
+        let mut params: Vec<(&Ident, &Type)> = Vec::new();
+        for input in &sig.inputs {
+            let FnArg::Typed(typed) = input else { continue };
+            match &*typed.pat {
+                Pat::Ident(pat) if pat.subpat.is_none() => params.push((&pat.ident, &typed.ty)),
+                other => errors.push(syn::Error::new_spanned(
+                    other,
+                    "`#[idempotent]` needs every argument bound to a plain name so it can be \
+                     fingerprinted; write `value: Type` and destructure inside the body",
+                )),
+            }
+        }
+        let find = |name: &Ident| params.iter().find(|(ident, _)| *ident == name);
+
+        let conn = match &options.conn {
+            Some(name) => match find(name) {
+                Some((ident, _)) => Some(*ident),
+                None => {
+                    errors.push(syn::Error::new_spanned(
+                        name,
+                        format!("`conn = {name}` names no parameter of this function"),
+                    ));
+                    None
+                }
+            },
+            None => match params.iter().find(|(ident, _)| *ident == "conn") {
+                Some((ident, _)) => Some(*ident),
+                None => {
+                    errors.push(syn::Error::new_spanned(
+                        &sig.ident,
+                        "no connection parameter: name it `conn` (`conn: &mut PgConnection`) \
+                         or point to it with `conn = <parameter>`",
+                    ));
+                    None
+                }
+            },
+        };
+        if let Some(conn) = conn
+            && let Some((_, ty)) = find(conn)
+            && !matches!(ty, Type::Reference(r) if r.mutability.is_some())
+        {
+            errors.push(syn::Error::new_spanned(
+                ty,
+                "the connection must be a `&mut` reference to a Diesel connection, \
+                 e.g. `&mut PgConnection`",
+            ));
+        }
+
+        let key_param = key.and_then(bare_ident);
+        let scope = options.scope.as_ref().map(|(_, expr)| expr);
+        let clock = options.clock.as_ref();
+        for name in &options.skip {
+            if find(name).is_none() {
+                errors.push(syn::Error::new_spanned(
+                    name,
+                    format!("`skip({name})` names no parameter of this function"),
+                ));
+            } else if Some(name) == conn {
+                errors.push(syn::Error::new_spanned(
+                    name,
+                    "the connection is never fingerprinted; remove it from `skip`",
+                ));
+            } else if Some(name) == key_param {
+                errors.push(syn::Error::new_spanned(
+                    name,
+                    "the key is never fingerprinted; remove it from `skip`",
+                ));
+            }
+        }
+
+        errors.finish()?;
+        let (Some(key), Some(conn), Some(output)) = (key, conn, output) else {
+            unreachable!("every missing piece pushed an error")
+        };
+
+        // Not fingerprinted: the connection, the key, scope and clock when
+        // they are plain parameters, and what `skip` names.
+        let excluded = [
+            Some(conn),
+            key_param,
+            scope.and_then(bare_ident),
+            clock.and_then(bare_ident),
+        ];
+        let fingerprinted = params
+            .iter()
+            .map(|(ident, _)| *ident)
+            .filter(|ident| !excluded.contains(&Some(*ident)) && !options.skip.contains(ident))
+            .collect();
+
+        let namespace = match &options.name {
+            Some(lit) => lit.to_token_stream(),
+            None => {
+                let fn_name = sig.ident.to_string();
+                quote! { ::core::concat!(::core::module_path!(), "::", #fn_name) }
+            }
+        };
+        let ttl_secs = options
+            .ttl
+            .as_ref()
+            .map_or(24 * 60 * 60, |(_, ttl)| ttl.as_secs());
+
+        Ok(Plan {
+            key,
+            scope,
+            clock,
+            ttl_secs,
+            namespace,
+            conn,
+            fingerprinted,
+            output,
+        })
+    }
+
+    fn emit(&self, function: &ItemFn) -> TokenStream {
+        let ItemFn {
+            attrs,
+            vis,
+            sig,
+            block,
+        } = function;
+        let private = quote! { ::diesel_idempotent::__private };
+        let local = |name: &str| Ident::new(name, Span::mixed_site());
+        let key_var = local("__idempotent_key");
+        let scope_var = local("__idempotent_scope");
+        let fingerprint_var = local("__idempotent_fingerprint");
+
+        let key = self.key;
+        let key_span = key.span();
+        let key_stmt = quote_spanned! {key_span=>
+            let #key_var = #private::key(&(#key));
+        };
+        let (scope_stmt, scope_call) = match self.scope {
+            Some(scope) => (
+                quote_spanned! {scope.span()=>
+                    let #scope_var = #private::scope(&(#scope));
+                },
+                quote! { .scope(&#scope_var) },
+            ),
+            None => (TokenStream::new(), TokenStream::new()),
+        };
+        let clock_call = self.clock.map(|clock| quote! { .clock(&(#clock)) });
+        let args = self.fingerprinted.iter().map(|ident| {
+            quote_spanned! {ident.span()=> .arg(&#ident) }
+        });
+        let namespace = &self.namespace;
+        let ttl_secs = self.ttl_secs;
+        let conn = self.conn;
+        let output = self.output;
+        let closure = format_ident!("{}", conn, span = conn.span());
+
+        quote! {
+            #(#attrs)*
+            #vis #sig {
+                #key_stmt
+                #scope_stmt
+                let #fingerprint_var = #private::Fingerprint::builder()
+                    #(#args)*
+                    .finish();
+                #private::Call::new(#namespace, &#key_var)
+                    #scope_call
+                    .ttl(#private::Ttl::from_secs(#ttl_secs))
+                    #clock_call
+                    .fingerprint(#fingerprint_var)
+                    .run_response(#conn, |#closure| -> #output #block)
+            }
+        }
+    }
+}
+
+/// The parameter an expression names when it is just that name.
+fn bare_ident(expr: &Expr) -> Option<&Ident> {
+    match expr {
+        Expr::Path(path) if path.qself.is_none() && path.attrs.is_empty() => path.path.get_ident(),
+        _ => None,
+    }
+}

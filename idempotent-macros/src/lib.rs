@@ -1,0 +1,15 @@
+//! The `#[idempotent]` attribute. Depend on `diesel-idempotent`, which
+//! re-exports it and documents it; this crate only parses, validates and
+//! emits calls into the runtime.
+#![warn(missing_docs)]
+
+use proc_macro::TokenStream;
+
+mod attr;
+mod expand;
+
+/// Makes a Diesel function idempotent. See the `diesel_idempotent` crate.
+#[proc_macro_attribute]
+pub fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
+    expand::expand(attr.into(), item.into()).into()
+}

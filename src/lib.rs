@@ -1,0 +1,109 @@
+//! # diesel-idempotent
+//!
+//! Exactly-once service functions for [Diesel](https://diesel.rs). One
+//! attribute, [`idempotent`], rewrites a function so that a retried request,
+//! a redelivered message or a double-clicked button changes the database
+//! once and gets the same answer every time.
+//!
+//! ```no_run
+//! use diesel::prelude::*;
+//! use diesel_idempotent::idempotent;
+//! # #[derive(serde::Serialize, serde::Deserialize)] struct Payment { id: i64 }
+//! # #[derive(serde::Serialize)] struct NewPayment { amount: i64 }
+//! # #[derive(Debug)] enum AppError { Idempotency(diesel_idempotent::Error), Db(diesel::result::Error) }
+//! # impl From<diesel_idempotent::Error> for AppError { fn from(e: diesel_idempotent::Error) -> Self { AppError::Idempotency(e) } }
+//! # impl From<diesel::result::Error> for AppError { fn from(e: diesel::result::Error) -> Self { AppError::Db(e) } }
+//!
+//! #[idempotent(key = key, ttl = "24h", name = "payments.create")]
+//! fn create_payment(
+//!     conn: &mut SqliteConnection,
+//!     key: &str,
+//!     req: &NewPayment,
+//! ) -> Result<Payment, AppError> {
+//!     // Ordinary Diesel code: runs once per key, in one transaction with
+//!     // the record that remembers its result.
+//!     # let _ = req;
+//!     Ok(Payment { id: 1 })
+//! }
+//! ```
+//!
+//! # What the attribute does
+//!
+//! In one database transaction with the body (a savepoint when the caller
+//! already opened a transaction):
+//!
+//! 1. the key is validated: 1 to 255 bytes of visible ASCII, else
+//!    [`Error::InvalidKey`] and the body does not run;
+//! 2. the request [`Fingerprint`] is computed: SHA-256 over the canonical
+//!    JSON (RFC 8785) of every argument except the connection, the key,
+//!    `self` and those named in `skip(..)`;
+//! 3. the key is claimed by inserting its record (insert-first, on the
+//!    primary key `(namespace, scope, key)`);
+//! 4. on the first call the body runs and its `Ok` value is stored as JSON;
+//! 5. a later call with the same key and fingerprint returns the stored
+//!    value without running the body; a different fingerprint returns
+//!    [`Error::PayloadMismatch`] and changes nothing;
+//! 6. a concurrent duplicate waits for the first call's transaction, then
+//!    replays its result (or, if it rolled back, runs the body itself);
+//! 7. an `Err` or a panic in the body leaves no record, and a rollback of the
+//!    caller's transaction removes the record with the body's effects;
+//! 8. an expired record is treated as absent.
+//!
+//! # Options
+//!
+//! | option | meaning |
+//! |---|---|
+//! | `key = EXPR` | the idempotency key, any expression of a type that is `AsRef<str>` (required) |
+//! | `ttl = "24h"` | how long the record answers, a humantime literal checked at compile time (1s to 366d; default 24h) |
+//! | `name = "payments.create"` | the stable namespace of this function's records |
+//! | `scope = EXPR` | a tenant or user scope (`Display`), so equal keys of two tenants never collide |
+//! | `conn = IDENT` | the connection parameter (default: the one named `conn`) |
+//! | `skip(a, b)` | arguments left out of the fingerprint |
+//! | `clock = EXPR` | a [`Clock`] (default [`SystemClock`]); tests pass a [`ManualClock`] |
+//!
+//! The default `name` is the module path and the function's name.
+//! **Renaming or moving the function changes it** (old records then no
+//! longer answer), and two methods of the same name in one module share it:
+//! production code should always set `name`.
+//!
+//! The function must return `Result<T, E>` where `T: Serialize +
+//! DeserializeOwned` and `E: From<diesel_idempotent::Error>`; the connection
+//! is `&mut` a connection that implements [`IdempotentConnection`]
+//! (`SqliteConnection`, `PgConnection`, or a generic `C: IdempotentConnection`).
+//! Return `Result<Outcome<T>, E>` to learn whether a call was replayed.
+//!
+//! # Backends and features
+//!
+//! `sqlite` (default) and `postgres`. Create the record table with
+//! [`migrate`], or write Diesel CLI migration folders with
+//! `diesel-idempotent migrations --backend postgres --dir migrations`
+//! (or [`migrations::write_diesel_cli_migrations`]).
+#![warn(missing_docs)]
+
+/// Makes a function that takes a Diesel connection idempotent.
+///
+/// See the [crate documentation](crate) for the options and the guarantees.
+pub use idempotent_macros::idempotent;
+
+pub use idempotent_core::{
+    Call, Clock, Error, Fingerprint, FingerprintBuilder, IdempotencyRecord, IdempotentConnection,
+    ManualClock, Outcome, Response, SystemClock, Ttl, idempotency_records, migrate, purge_expired,
+    purge_expired_with_clock,
+};
+
+/// The record table's migrations: embedded, and written as Diesel CLI folders.
+pub mod migrations {
+    pub use idempotent_core::migrations::{
+        Backend, MIGRATION_NAME, SCHEMA_VERSION, write_diesel_cli_migrations,
+    };
+}
+
+/// Request fingerprints and their canonical encoding.
+pub mod fingerprint {
+    pub use idempotent_core::fingerprint::*;
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use idempotent_core::__private::*;
+}
