@@ -1,0 +1,234 @@
+//! The backends the suite runs on.
+
+use std::path::Path;
+
+use diesel::prelude::*;
+use diesel::sql_types::BigInt;
+use diesel_idempotent::{IdempotencyRecord, idempotency_records};
+use diesel_migrations::{FileBasedMigrations, MigrationHarness};
+
+use super::{Backend, TestConn};
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// The helpers every backend writes the same way in Diesel's DSL; expanded
+/// in each concrete connection's impl.
+macro_rules! shared_helpers {
+    () => {
+        fn count_payments(&mut self) -> QueryResult<i64> {
+            diesel::sql_query("SELECT COUNT(*) AS n FROM payments")
+                .get_result::<Count>(self)
+                .map(|row| row.n)
+        }
+
+        fn count_records(&mut self) -> QueryResult<i64> {
+            idempotency_records::table.count().get_result(self)
+        }
+
+        fn run_file_migrations(&mut self, dir: &Path) -> usize {
+            self.run_pending_migrations(file_migrations(dir))
+                .expect("file-based migrations")
+                .len()
+        }
+
+        fn load_record(&mut self, namespace: &str, key: &str) -> QueryResult<IdempotencyRecord> {
+            idempotency_records::table
+                .filter(idempotency_records::namespace.eq(namespace))
+                .filter(idempotency_records::key.eq(key))
+                .select(IdempotencyRecord::as_select())
+                .first(self)
+        }
+
+        fn record_keys(&mut self) -> QueryResult<Vec<String>> {
+            idempotency_records::table
+                .select(idempotency_records::key)
+                .order(idempotency_records::key)
+                .load(self)
+        }
+    };
+}
+
+fn file_migrations(dir: &Path) -> FileBasedMigrations {
+    FileBasedMigrations::from_path(dir).expect("a Diesel CLI migrations directory")
+}
+
+/// SQLite on a temporary file in WAL mode, every connection with a busy
+/// timeout so concurrent writers wait instead of failing.
+#[cfg(feature = "sqlite")]
+pub struct Sqlite {
+    dir: tempfile::TempDir,
+}
+
+#[cfg(feature = "sqlite")]
+impl Backend for Sqlite {
+    type Conn = SqliteConnection;
+    const NAME: &'static str = "sqlite";
+    const MIGRATIONS: diesel_idempotent::migrations::Backend =
+        diesel_idempotent::migrations::Backend::Sqlite;
+
+    fn empty() -> Self {
+        let db = Sqlite {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        };
+        let mut conn = db.connect();
+        diesel::sql_query("PRAGMA journal_mode = WAL")
+            .execute(&mut conn)
+            .expect("WAL mode");
+        db
+    }
+
+    fn connect(&self) -> SqliteConnection {
+        let path = self.dir.path().join("test.sqlite3");
+        let mut conn = SqliteConnection::establish(&path.to_string_lossy()).expect("open SQLite");
+        diesel::sql_query("PRAGMA busy_timeout = 60000")
+            .execute(&mut conn)
+            .expect("busy timeout");
+        conn
+    }
+
+    fn wait_for_lock_waiters(&self, _n: usize) {}
+}
+
+#[cfg(feature = "sqlite")]
+impl TestConn for SqliteConnection {
+    fn create_side_tables(&mut self) -> QueryResult<()> {
+        diesel::sql_query(
+            "CREATE TABLE payments (id INTEGER PRIMARY KEY AUTOINCREMENT, amount BIGINT NOT NULL)",
+        )
+        .execute(self)
+        .map(drop)
+    }
+
+    fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
+        diesel::sql_query("INSERT INTO payments (amount) VALUES (?) RETURNING id")
+            .bind::<BigInt, _>(amount)
+            .get_result::<Id>(self)
+            .map(|row| row.id)
+    }
+
+    shared_helpers!();
+}
+
+/// A database of its own on the PostgreSQL server at
+/// `DIESEL_IDEMPOTENT_PG_URL` (started by `scripts/test.sh`).
+#[cfg(feature = "postgres")]
+pub struct Postgres {
+    admin_url: String,
+    url: String,
+    name: String,
+}
+
+#[cfg(feature = "postgres")]
+pub const PG_URL_VAR: &str = "DIESEL_IDEMPOTENT_PG_URL";
+
+#[cfg(feature = "postgres")]
+impl Backend for Postgres {
+    type Conn = PgConnection;
+    const NAME: &'static str = "postgres";
+    const MIGRATIONS: diesel_idempotent::migrations::Backend =
+        diesel_idempotent::migrations::Backend::Postgres;
+
+    fn empty() -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let admin_url = std::env::var(PG_URL_VAR).unwrap_or_else(|_| {
+            panic!(
+                "the PostgreSQL tests need a server: run ./scripts/test.sh, which starts one, \
+                 or set {PG_URL_VAR}=postgres://user@host/db"
+            )
+        });
+        let name = format!(
+            "di_test_{}_{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::SeqCst)
+        );
+        let mut admin = PgConnection::establish(&admin_url)
+            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {PG_URL_VAR}: {e}"));
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .expect("create test database");
+        let (base, query) = match admin_url.split_once('?') {
+            Some((base, query)) => (base, format!("?{query}")),
+            None => (admin_url.as_str(), String::new()),
+        };
+        let (server, _) = base
+            .rsplit_once('/')
+            .filter(|(server, _)| server.contains("//"))
+            .unwrap_or((base, ""));
+        let url = format!("{server}/{name}{query}");
+        Postgres {
+            admin_url,
+            url,
+            name,
+        }
+    }
+
+    fn connect(&self) -> PgConnection {
+        PgConnection::establish(&self.url).expect("connect to the test database")
+    }
+
+    fn wait_for_lock_waiters(&self, n: usize) {
+        let mut conn = self.connect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let waiting = diesel::sql_query(
+                "SELECT COUNT(*) AS n FROM pg_stat_activity \
+                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            )
+            .get_result::<Count>(&mut conn)
+            .expect("pg_stat_activity")
+            .n;
+            if waiting >= n as i64 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} lock waiter(s) never appeared"
+            );
+            std::thread::yield_now();
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin);
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl TestConn for PgConnection {
+    fn create_side_tables(&mut self) -> QueryResult<()> {
+        diesel::sql_query(
+            "CREATE TABLE payments (id BIGSERIAL PRIMARY KEY, amount BIGINT NOT NULL)",
+        )
+        .execute(self)
+        .map(drop)
+    }
+
+    fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
+        diesel::sql_query("INSERT INTO payments (amount) VALUES ($1) RETURNING id")
+            .bind::<BigInt, _>(amount)
+            .get_result::<Id>(self)
+            .map(|row| row.id)
+    }
+
+    shared_helpers!();
+}

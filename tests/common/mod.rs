@@ -1,0 +1,242 @@
+//! The conformance suite: every behaviour test written once, generic over a
+//! [`Backend`], and instantiated per backend with `conformance!`.
+#![allow(dead_code)]
+
+pub mod backends;
+pub mod suite;
+
+use diesel::QueryResult;
+use diesel_idempotent::{IdempotentConnection, ManualClock, Outcome, idempotent};
+use serde::{Deserialize, Serialize};
+
+pub use backends::*;
+
+/// A database for one test: created empty, dropped at the end.
+pub trait Backend: Sized + Sync + 'static {
+    /// Its connection type.
+    type Conn: TestConn;
+    /// The backend's name in test output.
+    const NAME: &'static str;
+    /// Which generated migrations fit it.
+    const MIGRATIONS: diesel_idempotent::migrations::Backend;
+
+    /// A new, empty database (no tables).
+    fn empty() -> Self;
+    /// A new connection to this database.
+    fn connect(&self) -> Self::Conn;
+    /// Returns once `n` connections wait on a lock (no-op where the
+    /// backend cannot tell; the test's outcome is then still asserted).
+    fn wait_for_lock_waiters(&self, n: usize);
+
+    /// A new database with the record table (embedded migrations) and the
+    /// side table the test functions write to.
+    fn fresh() -> Self {
+        let db = Self::empty();
+        let mut conn = db.connect();
+        let applied = diesel_idempotent::migrate(&mut conn).expect("embedded migrations");
+        assert_eq!(applied, 1, "one migration creates the record table");
+        conn.create_side_tables().expect("side tables");
+        db
+    }
+}
+
+/// What the test functions and assertions need from a connection.
+pub trait TestConn: IdempotentConnection + Send {
+    /// `payments (id, amount)`: one row per body execution.
+    fn create_side_tables(&mut self) -> QueryResult<()>;
+    /// Inserts a payment and returns its id.
+    fn insert_payment(&mut self, amount: i64) -> QueryResult<i64>;
+    /// Rows in `payments`.
+    fn count_payments(&mut self) -> QueryResult<i64>;
+    /// Rows in `idempotency_records`.
+    fn count_records(&mut self) -> QueryResult<i64>;
+    /// Applies migration folders the way the Diesel CLI does.
+    fn run_file_migrations(&mut self, dir: &std::path::Path) -> usize;
+    /// One record, read through the exported `idempotency_records` table.
+    fn load_record(
+        &mut self,
+        namespace: &str,
+        key: &str,
+    ) -> QueryResult<diesel_idempotent::IdempotencyRecord>;
+    /// Every record's key, sorted.
+    fn record_keys(&mut self) -> QueryResult<Vec<String>>;
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewPayment {
+    pub amount: i64,
+    pub currency: String,
+}
+
+impl NewPayment {
+    pub fn eur(amount: i64) -> Self {
+        NewPayment {
+            amount,
+            currency: "EUR".to_owned(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Payment {
+    pub id: i64,
+    pub amount: i64,
+}
+
+/// A later version of `Payment` with a required field older records lack.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PaymentV2 {
+    pub id: i64,
+    pub amount: i64,
+    pub settled_at: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Idempotency(#[from] diesel_idempotent::Error),
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+    #[error("the payment was declined")]
+    Declined,
+}
+
+impl AppError {
+    pub fn idempotency(&self) -> Option<&diesel_idempotent::Error> {
+        match self {
+            AppError::Idempotency(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// How the body ends after its insert (not part of the request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Then {
+    Succeed,
+    Fail,
+    Panic,
+}
+
+/// The function under test: a payment, once per key.
+#[idempotent(key = key, ttl = "1h", name = "tests.create_payment", clock = clock, skip(then))]
+pub fn create_payment<C: TestConn>(
+    conn: &mut C,
+    clock: &ManualClock,
+    key: &str,
+    req: &NewPayment,
+    then: Then,
+) -> Result<Payment, AppError> {
+    let id = conn.insert_payment(req.amount)?;
+    match then {
+        Then::Succeed => Ok(Payment {
+            id,
+            amount: req.amount,
+        }),
+        Then::Fail => Err(AppError::Declined),
+        Then::Panic => panic!("injected panic after the payment insert"),
+    }
+}
+
+/// The same records read back as a newer, incompatible result type.
+#[idempotent(key = key, ttl = "1h", name = "tests.create_payment", clock = clock, skip(then))]
+pub fn create_payment_v2<C: TestConn>(
+    conn: &mut C,
+    clock: &ManualClock,
+    key: &str,
+    req: &NewPayment,
+    then: Then,
+) -> Result<PaymentV2, AppError> {
+    let id = conn.insert_payment(req.amount)?;
+    let _ = then;
+    Ok(PaymentV2 {
+        id,
+        amount: req.amount,
+        settled_at: "now".to_owned(),
+    })
+}
+
+/// Tells replays apart.
+#[idempotent(key = key, name = "tests.create_payment_outcome", clock = clock)]
+pub fn create_payment_outcome<C: TestConn>(
+    conn: &mut C,
+    clock: &ManualClock,
+    key: &str,
+    req: &NewPayment,
+) -> Result<Outcome<Payment>, AppError> {
+    let id = conn.insert_payment(req.amount)?;
+    Ok(Payment {
+        id,
+        amount: req.amount,
+    }
+    .into())
+}
+
+/// Per-tenant keys.
+#[idempotent(key = key, scope = tenant, ttl = "1h", name = "tests.create_scoped", clock = clock)]
+pub fn create_scoped<C: TestConn>(
+    conn: &mut C,
+    clock: &ManualClock,
+    tenant: &str,
+    key: &str,
+    req: &NewPayment,
+) -> Result<Payment, AppError> {
+    let id = conn.insert_payment(req.amount)?;
+    Ok(Payment {
+        id,
+        amount: req.amount,
+    })
+}
+
+/// Another function (default namespace) with the same keys.
+#[idempotent(key = key, clock = clock)]
+pub fn create_refund<C: TestConn>(
+    conn: &mut C,
+    clock: &ManualClock,
+    key: &str,
+    req: &NewPayment,
+) -> Result<Payment, AppError> {
+    let id = conn.insert_payment(-req.amount)?;
+    Ok(Payment {
+        id,
+        amount: -req.amount,
+    })
+}
+
+/// Instantiates every conformance test for one backend.
+#[macro_export]
+macro_rules! conformance {
+    ($backend:ty) => {
+        $crate::conformance!(@tests $backend;
+            first_call_runs_body_and_stores_result,
+            replay_returns_stored_result_without_running_body,
+            outcome_tells_replays_apart,
+            different_payload_is_a_mismatch,
+            invalid_keys_are_rejected_before_the_body,
+            body_error_leaves_no_record,
+            body_panic_leaves_no_record,
+            caller_rollback_removes_record,
+            caller_commit_keeps_record,
+            expired_record_is_treated_as_absent,
+            scopes_keep_tenants_apart,
+            functions_have_separate_namespaces,
+            unreadable_stored_result_is_a_typed_error,
+            purge_expired_deletes_in_batches,
+            migrate_is_idempotent,
+            generated_cli_migrations_apply,
+            runtime_call_api,
+            statements_added_per_call,
+            duplicate_waits_for_first_and_replays,
+            duplicate_runs_body_when_first_rolls_back,
+            concurrent_duplicates_run_body_once,
+        );
+    };
+    (@tests $backend:ty; $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                $crate::common::suite::$test::<$backend>();
+            }
+        )*
+    };
+}

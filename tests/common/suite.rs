@@ -1,0 +1,585 @@
+//! The behaviour tests, each generic over the backend.
+
+use std::panic::{self, AssertUnwindSafe};
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use diesel::connection::{Connection, InstrumentationEvent};
+use diesel_idempotent::{Call, Clock, Error, IdempotencyRecord, ManualClock, Ttl};
+
+use super::*;
+
+/// Tests start at a fixed instant; nothing sleeps to make time pass.
+fn clock() -> ManualClock {
+    ManualClock::at_unix_seconds(1_790_000_000)
+}
+
+fn record<C: TestConn>(conn: &mut C, namespace: &str, key: &str) -> IdempotencyRecord {
+    conn.load_record(namespace, key).expect("the record")
+}
+
+fn naive(at: DateTime<Utc>) -> chrono::NaiveDateTime {
+    at.naive_utc()
+}
+
+pub fn first_call_runs_body_and_stores_result<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let payment = create_payment(
+        &mut conn,
+        &clock,
+        "k-1",
+        &NewPayment::eur(1200),
+        Then::Succeed,
+    )
+    .expect("first call");
+    assert_eq!(payment.amount, 1200);
+    assert_eq!(conn.count_payments().unwrap(), 1);
+    let rec = record(&mut conn, "tests.create_payment", "k-1");
+    assert_eq!(rec.scope, "");
+    assert!(rec.fingerprint.starts_with("v1:"), "{}", rec.fingerprint);
+    let stored: Payment =
+        serde_json::from_str(rec.response.as_deref().expect("a response")).unwrap();
+    assert_eq!(stored, payment);
+    assert_eq!(rec.created_at, naive(clock.now()));
+    assert_eq!(
+        rec.expires_at,
+        naive(clock.now()) + chrono::Duration::hours(1)
+    );
+}
+
+pub fn replay_returns_stored_result_without_running_body<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let req = NewPayment::eur(500);
+    let first = create_payment(&mut conn, &clock, "k-2", &req, Then::Succeed).unwrap();
+    clock.advance(Duration::from_secs(59 * 60));
+    // A retry whose body would fail still gets the stored success.
+    let again = create_payment(&mut conn, &clock, "k-2", &req, Then::Fail).unwrap();
+    let third = create_payment(&mut db.connect(), &clock, "k-2", &req, Then::Panic).unwrap();
+    assert_eq!(first, again);
+    assert_eq!(first, third);
+    assert_eq!(conn.count_payments().unwrap(), 1, "the body ran once");
+    assert_eq!(conn.count_records().unwrap(), 1);
+}
+
+pub fn outcome_tells_replays_apart<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let req = NewPayment::eur(7);
+    let first = create_payment_outcome(&mut conn, &clock, "k-o", &req).unwrap();
+    let second = create_payment_outcome(&mut conn, &clock, "k-o", &req).unwrap();
+    assert!(!first.is_replayed());
+    assert!(second.is_replayed());
+    assert_eq!(first.value(), second.value());
+    assert_eq!(conn.count_payments().unwrap(), 1);
+}
+
+pub fn different_payload_is_a_mismatch<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    create_payment(
+        &mut conn,
+        &clock,
+        "k-3",
+        &NewPayment::eur(100),
+        Then::Succeed,
+    )
+    .unwrap();
+    let before = record(&mut conn, "tests.create_payment", "k-3");
+    for other in [
+        NewPayment::eur(101),
+        NewPayment {
+            amount: 100,
+            currency: "USD".into(),
+        },
+    ] {
+        let err = create_payment(&mut conn, &clock, "k-3", &other, Then::Succeed).unwrap_err();
+        assert!(
+            matches!(err.idempotency(), Some(Error::PayloadMismatch { key, .. }) if key == "k-3"),
+            "{err:?}"
+        );
+    }
+    assert_eq!(conn.count_payments().unwrap(), 1, "nothing changed");
+    assert_eq!(record(&mut conn, "tests.create_payment", "k-3"), before);
+}
+
+pub fn invalid_keys_are_rejected_before_the_body<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let long = "k".repeat(256);
+    for key in [
+        "",
+        "has space",
+        "line\nbreak",
+        "tab\t",
+        "naïve",
+        long.as_str(),
+    ] {
+        let err =
+            create_payment(&mut conn, &clock, key, &NewPayment::eur(1), Then::Succeed).unwrap_err();
+        assert!(
+            matches!(err.idempotency(), Some(Error::InvalidKey { .. })),
+            "{key:?}: {err:?}"
+        );
+    }
+    let max = "k".repeat(255);
+    create_payment(&mut conn, &clock, &max, &NewPayment::eur(1), Then::Succeed).unwrap();
+    assert_eq!(
+        conn.count_payments().unwrap(),
+        1,
+        "only the valid key ran the body"
+    );
+    assert_eq!(conn.count_records().unwrap(), 1);
+}
+
+pub fn body_error_leaves_no_record<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let req = NewPayment::eur(42);
+    let err = create_payment(&mut conn, &clock, "k-4", &req, Then::Fail).unwrap_err();
+    assert!(
+        matches!(err, AppError::Declined),
+        "the body's own error: {err:?}"
+    );
+    assert_eq!(conn.count_records().unwrap(), 0);
+    assert_eq!(
+        conn.count_payments().unwrap(),
+        0,
+        "the body's insert rolled back"
+    );
+    // The retry runs the body again.
+    create_payment(&mut conn, &clock, "k-4", &req, Then::Succeed).unwrap();
+    assert_eq!(conn.count_payments().unwrap(), 1);
+    assert_eq!(conn.count_records().unwrap(), 1);
+}
+
+pub fn body_panic_leaves_no_record<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let req = NewPayment::eur(42);
+    let caught = panic::catch_unwind(AssertUnwindSafe(|| {
+        create_payment(&mut conn, &clock, "k-5", &req, Then::Panic)
+    }));
+    let payload = caught.expect_err("the panic propagates to the caller");
+    assert_eq!(
+        payload.downcast_ref::<&str>().copied(),
+        Some("injected panic after the payment insert")
+    );
+    // The same connection is usable and out of any transaction.
+    assert_eq!(conn.count_records().unwrap(), 0);
+    assert_eq!(conn.count_payments().unwrap(), 0);
+    create_payment(&mut conn, &clock, "k-5", &req, Then::Succeed).unwrap();
+    assert_eq!(
+        db.connect().count_payments().unwrap(),
+        1,
+        "committed for others to see"
+    );
+}
+
+pub fn caller_rollback_removes_record<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let req = NewPayment::eur(9);
+    let result: Result<(), AppError> = conn.transaction(|conn| {
+        create_payment(conn, &clock, "k-6", &req, Then::Succeed)?;
+        assert_eq!(conn.count_records()?, 1, "visible inside the transaction");
+        Err(AppError::Declined)
+    });
+    assert!(matches!(result, Err(AppError::Declined)));
+    assert_eq!(
+        conn.count_records().unwrap(),
+        0,
+        "the record rolled back with the caller"
+    );
+    assert_eq!(conn.count_payments().unwrap(), 0);
+    let again = create_payment(&mut conn, &clock, "k-6", &req, Then::Succeed);
+    assert!(again.is_ok(), "the retry runs the body: {again:?}");
+    assert_eq!(conn.count_payments().unwrap(), 1);
+}
+
+pub fn caller_commit_keeps_record<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let req = NewPayment::eur(9);
+    let first = conn
+        .transaction(|conn| {
+            let p = create_payment(conn, &clock, "k-7", &req, Then::Succeed)?;
+            // A replay inside the same transaction sees the uncommitted record.
+            let again = create_payment(conn, &clock, "k-7", &req, Then::Succeed)?;
+            assert_eq!(p, again);
+            Ok::<_, AppError>(p)
+        })
+        .unwrap();
+    let mut other = db.connect();
+    let replay = create_payment(&mut other, &clock, "k-7", &req, Then::Fail).unwrap();
+    assert_eq!(first, replay);
+    assert_eq!(other.count_payments().unwrap(), 1);
+}
+
+pub fn expired_record_is_treated_as_absent<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let first =
+        create_payment(&mut conn, &clock, "k-8", &NewPayment::eur(1), Then::Succeed).unwrap();
+    clock.advance(Duration::from_secs(3600));
+    // Expired (expires_at == now): a different payload is not a mismatch.
+    let second =
+        create_payment(&mut conn, &clock, "k-8", &NewPayment::eur(2), Then::Succeed).unwrap();
+    assert_ne!(first, second);
+    assert_eq!(second.amount, 2);
+    assert_eq!(conn.count_payments().unwrap(), 2);
+    let rec = record(&mut conn, "tests.create_payment", "k-8");
+    assert_eq!(rec.created_at, naive(clock.now()), "the record was renewed");
+    assert_eq!(conn.count_records().unwrap(), 1);
+    // And the renewed record replays.
+    let third =
+        create_payment(&mut conn, &clock, "k-8", &NewPayment::eur(2), Then::Succeed).unwrap();
+    assert_eq!(second, third);
+    assert_eq!(conn.count_payments().unwrap(), 2);
+}
+
+pub fn scopes_keep_tenants_apart<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let req = NewPayment::eur(3);
+    let a = create_scoped(&mut conn, &clock, "tenant-a", "same-key", &req).unwrap();
+    let b = create_scoped(&mut conn, &clock, "tenant-b", "same-key", &req).unwrap();
+    assert_ne!(a.id, b.id);
+    let a2 = create_scoped(&mut conn, &clock, "tenant-a", "same-key", &req).unwrap();
+    assert_eq!(a, a2);
+    assert_eq!(conn.count_payments().unwrap(), 2);
+    let scoped = record(&mut conn, "tests.create_scoped", "same-key");
+    assert!(scoped.scope.starts_with("tenant-"));
+}
+
+pub fn functions_have_separate_namespaces<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let req = NewPayment::eur(10);
+    let pay = create_payment(&mut conn, &clock, "shared", &req, Then::Succeed).unwrap();
+    let refund = create_refund(&mut conn, &clock, "shared", &req).unwrap();
+    assert_eq!(pay.amount, 10);
+    assert_eq!(refund.amount, -10);
+    let namespace = format!(
+        "{}::create_refund",
+        module_path!().trim_end_matches("::suite")
+    );
+    let rec = record(&mut conn, &namespace, "shared");
+    assert!(
+        rec.response.is_some(),
+        "default namespace is module path + fn name"
+    );
+}
+
+pub fn unreadable_stored_result_is_a_typed_error<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let req = NewPayment::eur(11);
+    create_payment(&mut conn, &clock, "k-9", &req, Then::Succeed).unwrap();
+    let err = create_payment_v2(&mut conn, &clock, "k-9", &req, Then::Succeed).unwrap_err();
+    match err.idempotency() {
+        Some(e @ Error::StoredResultUnreadable { key, .. }) => {
+            assert_eq!(key, "k-9");
+            assert!(e.to_string().contains("settled_at"), "{e}");
+        }
+        other => panic!("expected StoredResultUnreadable, got {other:?}"),
+    }
+    assert_eq!(conn.count_payments().unwrap(), 1);
+}
+
+pub fn purge_expired_deletes_in_batches<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    for i in 0..5 {
+        create_payment(
+            &mut conn,
+            &clock,
+            &format!("old-{i}"),
+            &NewPayment::eur(i),
+            Then::Succeed,
+        )
+        .unwrap();
+    }
+    clock.advance(Duration::from_secs(30 * 60));
+    for i in 0..3 {
+        create_payment(
+            &mut conn,
+            &clock,
+            &format!("new-{i}"),
+            &NewPayment::eur(i),
+            Then::Succeed,
+        )
+        .unwrap();
+    }
+    assert!(matches!(
+        diesel_idempotent::purge_expired_with_clock(&mut conn, 0, &clock),
+        Err(Error::InvalidBatchSize)
+    ));
+    assert_eq!(
+        diesel_idempotent::purge_expired_with_clock(&mut conn, 2, &clock).unwrap(),
+        0
+    );
+    clock.advance(Duration::from_secs(31 * 60)); // the old ones are past their hour
+    assert_eq!(
+        diesel_idempotent::purge_expired_with_clock(&mut conn, 2, &clock).unwrap(),
+        5
+    );
+    assert_eq!(conn.count_records().unwrap(), 3);
+    let left = conn.record_keys().unwrap();
+    assert_eq!(left, ["new-0", "new-1", "new-2"]);
+    // With the system clock (years after the test clock) everything is expired.
+    assert_eq!(
+        diesel_idempotent::purge_expired(&mut conn, 1000).unwrap(),
+        3
+    );
+}
+
+pub fn migrate_is_idempotent<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    assert_eq!(diesel_idempotent::migrate(&mut conn).unwrap(), 0);
+    assert_eq!(conn.count_records().unwrap(), 0);
+}
+
+pub fn generated_cli_migrations_apply<B: Backend>() {
+    let db = B::empty();
+    let mut conn = db.connect();
+    let dir = tempfile::tempdir().unwrap();
+    let status = std::process::Command::new(env!("CARGO_BIN_EXE_diesel-idempotent"))
+        .args(["migrations", "--backend", B::MIGRATIONS.name(), "--dir"])
+        .arg(dir.path())
+        .status()
+        .expect("run diesel-idempotent");
+    assert!(status.success());
+    assert_eq!(conn.run_file_migrations(dir.path()), 1);
+    // The embedded migration has the same version: nothing left to apply.
+    assert_eq!(diesel_idempotent::migrate(&mut conn).unwrap(), 0);
+    conn.create_side_tables().unwrap();
+    let clock = clock();
+    let req = NewPayment::eur(5);
+    let a = create_payment(&mut conn, &clock, "cli", &req, Then::Succeed).unwrap();
+    let b = create_payment(&mut conn, &clock, "cli", &req, Then::Succeed).unwrap();
+    assert_eq!(a, b);
+    assert_eq!(conn.count_payments().unwrap(), 1);
+}
+
+pub fn runtime_call_api<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let run = |conn: &mut B::Conn, amount: i64| {
+        Call::new("tests.runtime", "rt-1")
+            .scope("tenant-1")
+            .ttl(Ttl::parse("10m").unwrap())
+            .clock(&clock)
+            .request(&amount)
+            .run(conn, |conn| -> Result<i64, AppError> {
+                Ok(conn.insert_payment(amount)?)
+            })
+    };
+    let first = run(&mut conn, 70).unwrap();
+    let second = run(&mut conn, 70).unwrap();
+    assert!(!first.is_replayed() && second.is_replayed());
+    assert_eq!(first.into_value(), second.into_value());
+    assert!(matches!(
+        run(&mut conn, 71).unwrap_err().idempotency(),
+        Some(Error::PayloadMismatch { .. })
+    ));
+    let rec = record(&mut conn, "tests.runtime", "rt-1");
+    assert_eq!(rec.scope, "tenant-1");
+    assert_eq!(
+        rec.expires_at - rec.created_at,
+        chrono::Duration::minutes(10)
+    );
+}
+
+/// Counts the statements a connection sends while `f` runs.
+fn statements<C: TestConn, R>(conn: &mut C, f: impl FnOnce(&mut C) -> R) -> (Vec<String>, R) {
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&log);
+    conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+        if let InstrumentationEvent::StartQuery { query, .. } = event {
+            sink.lock().unwrap().push(query.to_string());
+        }
+    });
+    let result = f(conn);
+    conn.set_instrumentation(diesel::connection::get_default_instrumentation());
+    let log = log.lock().unwrap().clone();
+    (log, result)
+}
+
+pub fn statements_added_per_call<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let req = NewPayment::eur(1);
+    let mut report = Vec::new();
+    let mut measure = |label: &str, in_tx: bool, key: &str, conn: &mut B::Conn| {
+        let (log, ()) = statements(conn, |conn| {
+            if in_tx {
+                conn.transaction(|conn| {
+                    create_payment(conn, &clock, key, &req, Then::Succeed).map(drop)
+                })
+                .unwrap()
+            } else {
+                create_payment(conn, &clock, key, &req, Then::Succeed)
+                    .map(drop)
+                    .unwrap()
+            }
+        });
+        // The caller's own BEGIN/COMMIT and the body's insert are not ours.
+        let body = log
+            .iter()
+            .filter(|q| q.contains("INSERT INTO payments"))
+            .count();
+        let caller = usize::from(in_tx) * 2;
+        let added = log.len() - body - caller;
+        let shapes: Vec<String> = log.iter().map(|q| q.chars().take(32).collect()).collect();
+        report.push(format!(
+            "{label}: {added} of {} ({})",
+            log.len(),
+            shapes.join(" | ")
+        ));
+        added
+    };
+    let first = measure("first call", false, "s-1", &mut conn);
+    let replay = measure("replay", false, "s-1", &mut conn);
+    let first_tx = measure("first call in caller tx", true, "s-2", &mut conn);
+    let replay_tx = measure("replay in caller tx", true, "s-2", &mut conn);
+    println!(
+        "[{}] statements added by the library:\n  {}",
+        B::NAME,
+        report.join("\n  ")
+    );
+    // BEGIN/SAVEPOINT, claim, complete, COMMIT/RELEASE.
+    assert!(first <= 4, "first call added {first}");
+    assert!(
+        first_tx <= 4,
+        "first call in a transaction added {first_tx}"
+    );
+    // BEGIN/SAVEPOINT, claim (no-op), load, COMMIT/RELEASE.
+    assert!(replay <= 4, "replay added {replay}");
+    assert!(replay_tx <= 4, "replay in a transaction added {replay_tx}");
+}
+
+/// A first call holds the key in an open transaction; a duplicate on another
+/// connection must wait for it and then replay its committed result.
+pub fn duplicate_waits_for_first_and_replays<B: Backend>() {
+    held_first_call::<B>(true);
+}
+
+/// As above, but the first call rolls back: the duplicate runs the body.
+pub fn duplicate_runs_body_when_first_rolls_back<B: Backend>() {
+    held_first_call::<B>(false);
+}
+
+fn held_first_call<B: Backend>(commit: bool) {
+    let db = &B::fresh();
+    let clock = &clock();
+    let req = &NewPayment::eur(77);
+    let (claimed_tx, claimed_rx) = mpsc::channel();
+    let (finish_tx, finish_rx) = mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        let first = s.spawn(move || {
+            let mut conn = db.connect();
+            let result: Result<Payment, AppError> = conn.transaction(|conn| {
+                let p = create_payment(conn, clock, "held", req, Then::Succeed)?;
+                claimed_tx.send(()).unwrap();
+                finish_rx.recv().unwrap();
+                if commit {
+                    Ok(p)
+                } else {
+                    Err(AppError::Declined)
+                }
+            });
+            result
+        });
+        claimed_rx.recv().unwrap();
+        let second = s.spawn(move || {
+            let mut conn = db.connect();
+            create_payment(&mut conn, clock, "held", req, Then::Succeed)
+        });
+        db.wait_for_lock_waiters(1);
+        finish_tx.send(()).unwrap();
+        let first = first.join().unwrap();
+        let second = second.join().unwrap().expect("the duplicate succeeds");
+        if commit {
+            assert_eq!(
+                first.unwrap(),
+                second,
+                "the duplicate replayed the first result"
+            );
+        } else {
+            assert!(matches!(first, Err(AppError::Declined)));
+        }
+    });
+    let mut conn = db.connect();
+    assert_eq!(conn.count_payments().unwrap(), 1, "exactly one execution");
+    assert_eq!(conn.count_records().unwrap(), 1);
+}
+
+/// 16 threads on 16 connections call with one key at once, 50 rounds: the
+/// body runs exactly once per round and all 16 get equal results.
+pub fn concurrent_duplicates_run_body_once<B: Backend>() {
+    const THREADS: usize = 16;
+    const ROUNDS: usize = 50;
+    let db = B::fresh();
+    let clock = clock();
+    let barrier = Barrier::new(THREADS);
+    let per_thread: Vec<Vec<Payment>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut conn = db.connect();
+                    (0..ROUNDS)
+                        .map(|round| {
+                            barrier.wait();
+                            let req = NewPayment::eur(round as i64);
+                            create_payment(
+                                &mut conn,
+                                &clock,
+                                &format!("round-{round}"),
+                                &req,
+                                Then::Succeed,
+                            )
+                            .unwrap_or_else(|e| panic!("round {round}: {e}"))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for round in 0..ROUNDS {
+        let first = &per_thread[0][round];
+        assert!(
+            per_thread.iter().all(|results| &results[round] == first),
+            "round {round} differs"
+        );
+    }
+    let mut conn = db.connect();
+    let executions = conn.count_payments().unwrap();
+    println!(
+        "[{}] {THREADS} threads x {ROUNDS} rounds: {executions} body executions, {} records",
+        B::NAME,
+        conn.count_records().unwrap()
+    );
+    assert_eq!(executions, ROUNDS as i64, "exactly one execution per key");
+}
