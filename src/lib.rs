@@ -87,8 +87,8 @@ pub use idempotent_macros::idempotent;
 
 pub use idempotent_core::{
     Call, Clock, Error, Fingerprint, FingerprintBuilder, IdempotencyRecord, IdempotentConnection,
-    ManualClock, Outcome, Response, SystemClock, Ttl, idempotency_records, migrate, purge_expired,
-    purge_expired_with_clock,
+    IdempotentResult, ManualClock, Outcome, Response, SystemClock, Ttl, idempotency_records,
+    migrate, purge_expired, purge_expired_with_clock,
 };
 
 /// The record table's migrations: embedded, and written as Diesel CLI folders.

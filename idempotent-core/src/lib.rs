@@ -16,7 +16,7 @@ pub mod ttl;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
 pub use fingerprint::{Fingerprint, FingerprintBuilder};
-pub use pattern::key::{Call, Outcome, Response};
+pub use pattern::key::{Call, IdempotentResult, Outcome, Response};
 pub use record::{IdempotencyRecord, idempotency_records};
 pub use store::IdempotentConnection;
 pub use ttl::Ttl;
@@ -65,7 +65,7 @@ pub mod __private {
     //! What `#[idempotent]` expands to. Not a public API.
     pub use crate::clock::{Clock, SystemClock};
     pub use crate::fingerprint::Fingerprint;
-    pub use crate::pattern::key::{Call, Response};
+    pub use crate::pattern::key::{Call, IdempotentResult, Response};
     pub use crate::ttl::Ttl;
     pub use crate::{Error, IdempotentConnection};
 

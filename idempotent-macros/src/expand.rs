@@ -281,6 +281,9 @@ impl<'f> Plan<'f> {
         let conn = self.conn;
         let output = self.output;
         let closure = format_ident!("{}", conn, span = conn.span());
+        // Type errors about the result (not a `Result`, `T` not serializable,
+        // `E` without `From<Error>`) point at the return type.
+        let run = quote_spanned! {output.span()=> run_response };
 
         quote! {
             #(#attrs)*
@@ -295,7 +298,7 @@ impl<'f> Plan<'f> {
                     .ttl(#private::Ttl::from_secs(#ttl_secs))
                     #clock_call
                     .fingerprint(#fingerprint_var)
-                    .run_response(#conn, |#closure| -> #output #block)
+                    .#run(#conn, |#closure| -> #output #block)
             }
         }
     }

@@ -54,6 +54,37 @@ impl<T: Serialize + DeserializeOwned> Response for T {
     }
 }
 
+/// The return type of a function under `#[idempotent]`: `Result<T, E>` with
+/// `T: `[`Response`] and `E: From<diesel_idempotent::Error>`.
+#[diagnostic::on_unimplemented(
+    message = "`#[idempotent]` functions must return `Result<T, E>` where `T: Serialize + DeserializeOwned` and `E: From<diesel_idempotent::Error>`, not `{Self}`",
+    label = "this return type is not such a `Result`",
+    note = "derive `serde::Serialize` and `serde::Deserialize` for `T`, and implement `From<diesel_idempotent::Error>` for `E`"
+)]
+pub trait IdempotentResult: Sized {
+    /// The `Ok` type, stored and replayed.
+    type Value: Response;
+    /// The error type.
+    type Error: From<Error>;
+    /// Splits into a standard `Result`.
+    fn into_result(self) -> Result<Self::Value, Self::Error>;
+    /// Rebuilds from a standard `Result`.
+    fn from_result(result: Result<Self::Value, Self::Error>) -> Self;
+}
+
+impl<T: Response, E: From<Error>> IdempotentResult for Result<T, E> {
+    type Value = T;
+    type Error = E;
+
+    fn into_result(self) -> Result<T, E> {
+        self
+    }
+
+    fn from_result(result: Result<T, E>) -> Self {
+        result
+    }
+}
+
 /// A result together with whether it was replayed from an earlier call.
 ///
 /// Return `Result<Outcome<T>, E>` from a function under `#[idempotent]` to
@@ -222,11 +253,21 @@ impl<'a> Call<'a> {
         E: From<Error>,
         F: FnOnce(&mut C) -> Result<T, E>,
     {
-        self.run_response(conn, |conn| body(conn).map(Outcome::fresh))
+        self.run_inner(conn, |conn| body(conn).map(Outcome::fresh))
     }
 
-    /// Like [`Call::run`], for any [`Response`] (what `#[idempotent]` calls).
-    pub fn run_response<C, O, E, F>(self, conn: &mut C, body: F) -> Result<O, E>
+    /// Like [`Call::run`], for a body that returns any [`IdempotentResult`]
+    /// (what `#[idempotent]` calls, with the function's own return type).
+    pub fn run_response<C, R, F>(self, conn: &mut C, body: F) -> R
+    where
+        C: IdempotentConnection,
+        R: IdempotentResult,
+        F: FnOnce(&mut C) -> R,
+    {
+        R::from_result(self.run_inner(conn, |conn| body(conn).into_result()))
+    }
+
+    fn run_inner<C, O, E, F>(self, conn: &mut C, body: F) -> Result<O, E>
     where
         C: IdempotentConnection,
         O: Response,

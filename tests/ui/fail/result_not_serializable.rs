@@ -1,0 +1,20 @@
+use diesel::prelude::*;
+use diesel_idempotent::idempotent;
+
+#[derive(Debug)]
+struct AppError;
+impl From<diesel_idempotent::Error> for AppError {
+    fn from(_: diesel_idempotent::Error) -> Self {
+        AppError
+    }
+}
+
+struct Receipt;
+
+#[idempotent(key = key)]
+fn f(conn: &mut SqliteConnection, key: &str) -> Result<Receipt, AppError> {
+    let _ = (conn, key);
+    Ok(Receipt)
+}
+
+fn main() {}
