@@ -70,3 +70,6 @@ fi
 
 log "cargo test --workspace --all-features $*"
 cargo test --workspace --all-features "$@"
+
+log "cargo run --example quickstart"
+cargo run --example quickstart

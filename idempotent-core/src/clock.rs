@@ -31,6 +31,7 @@ impl Clock for SystemClock {
 /// an `Arc`, and is safe to share between threads.
 ///
 /// ```
+/// # extern crate idempotent_core as diesel_idempotent;
 /// use diesel_idempotent::{Clock, ManualClock};
 /// use std::time::Duration;
 ///

@@ -109,8 +109,8 @@ pub enum Error {
     )]
     Migration(String),
 
-    /// A `purge_expired` batch size of zero.
-    #[error("purge batch size must be at least 1 (1000 is a good default)")]
+    /// A `purge_expired` batch size of zero (or beyond `i64::MAX`).
+    #[error("purge batch size must be between 1 and i64::MAX (1000 is a good default)")]
     InvalidBatchSize,
 
     /// A TTL string that does not parse or is out of range.

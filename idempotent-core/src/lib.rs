@@ -3,6 +3,7 @@
 //! migrations. Depend on `diesel-idempotent`, which re-exports all of it
 //! together with the `#[idempotent]` attribute.
 #![warn(missing_docs)]
+#![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod clock;
 mod error;
@@ -36,25 +37,29 @@ pub fn migrate<C: IdempotentConnection>(conn: &mut C) -> Result<usize, Error> {
 /// Each batch is its own statement, so locks are held briefly. Run it from a
 /// periodic job; records are treated as absent once expired whether or not
 /// they were purged.
-pub fn purge_expired<C: IdempotentConnection>(conn: &mut C, batch_size: u32) -> Result<u64, Error> {
+pub fn purge_expired<C: IdempotentConnection>(
+    conn: &mut C,
+    batch_size: usize,
+) -> Result<usize, Error> {
     purge_expired_with_clock(conn, batch_size, &SystemClock)
 }
 
 /// [`purge_expired`] with the time taken from `clock`.
 pub fn purge_expired_with_clock<C: IdempotentConnection>(
     conn: &mut C,
-    batch_size: u32,
+    batch_size: usize,
     clock: &dyn Clock,
-) -> Result<u64, Error> {
-    if batch_size == 0 {
-        return Err(Error::InvalidBatchSize);
-    }
+) -> Result<usize, Error> {
+    let limit = match i64::try_from(batch_size) {
+        Ok(limit) if limit > 0 => limit,
+        _ => return Err(Error::InvalidBatchSize),
+    };
     let now = clock.now().naive_utc();
-    let mut total = 0u64;
+    let mut total = 0usize;
     loop {
-        let deleted = conn.purge_batch(now, i64::from(batch_size))?;
-        total += deleted as u64;
-        if deleted < batch_size as usize {
+        let deleted = conn.purge_batch(now, limit)?;
+        total = total.saturating_add(deleted);
+        if deleted < batch_size {
             return Ok(total);
         }
     }

@@ -204,7 +204,11 @@ impl<'f> Plan<'f> {
 
         errors.finish()?;
         let (Some(key), Some(conn), Some(output)) = (key, conn, output) else {
-            unreachable!("every missing piece pushed an error")
+            // Every missing piece pushed an error above; this is a fallback.
+            return Err(syn::Error::new(
+                Span::call_site(),
+                "`#[idempotent]` could not read this function",
+            ));
         };
 
         // Not fingerprinted: the connection, the key, scope and clock when

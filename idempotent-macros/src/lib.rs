@@ -2,6 +2,7 @@
 //! re-exports it and documents it; this crate only parses, validates and
 //! emits calls into the runtime.
 #![warn(missing_docs)]
+#![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use proc_macro::TokenStream;
 

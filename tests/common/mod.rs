@@ -229,6 +229,7 @@ macro_rules! conformance {
             duplicate_waits_for_first_and_replays,
             duplicate_runs_body_when_first_rolls_back,
             concurrent_duplicates_run_body_once,
+            concurrent_takeover_of_expired_record_runs_body_once,
         );
     };
     (@tests $backend:ty; $($test:ident),* $(,)?) => {

@@ -583,3 +583,47 @@ pub fn concurrent_duplicates_run_body_once<B: Backend>() {
     );
     assert_eq!(executions, ROUNDS as i64, "exactly one execution per key");
 }
+
+/// An expired record, then 16 threads racing to take its key over, 20
+/// rounds: exactly one of them runs the body, the others replay its result.
+pub fn concurrent_takeover_of_expired_record_runs_body_once<B: Backend>() {
+    const THREADS: usize = 16;
+    const ROUNDS: usize = 20;
+    let db = B::fresh();
+    let clock = clock();
+    let barrier = Barrier::new(THREADS);
+    let key = "expiring";
+    let mut conn = db.connect();
+    create_payment(&mut conn, &clock, key, &NewPayment::eur(-1), Then::Succeed).unwrap();
+    for round in 0..ROUNDS {
+        clock.advance(Duration::from_secs(3600)); // the record just expired
+        let req = NewPayment::eur(round as i64);
+        let results: Vec<Payment> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut conn = db.connect();
+                        barrier.wait();
+                        create_payment(&mut conn, &clock, key, &req, Then::Succeed)
+                            .unwrap_or_else(|e| panic!("round {round}: {e}"))
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert!(
+            results.iter().all(|p| p == &results[0]),
+            "round {round} differs"
+        );
+        assert_eq!(
+            results[0].amount, round as i64,
+            "round {round} took the key over"
+        );
+        assert_eq!(
+            conn.count_payments().unwrap(),
+            round as i64 + 2,
+            "round {round}"
+        );
+    }
+    assert_eq!(conn.count_records().unwrap(), 1);
+}

@@ -92,6 +92,7 @@ impl<T: Response, E: From<Error>> IdempotentResult for Result<T, E> {
 /// the `T` is stored.
 ///
 /// ```
+/// # extern crate idempotent_core as diesel_idempotent;
 /// use diesel_idempotent::Outcome;
 /// let fresh: Outcome<u32> = 7.into();
 /// assert!(!fresh.is_replayed());
@@ -161,6 +162,7 @@ impl<T: Serialize + DeserializeOwned> Response for Outcome<T> {
 /// This is the runtime behind `#[idempotent(key = ..)]`, usable directly:
 ///
 /// ```no_run
+/// # extern crate idempotent_core as diesel_idempotent;
 /// # use diesel::prelude::*;
 /// # use diesel_idempotent::{Call, Ttl};
 /// # #[derive(Debug)] struct AppError;

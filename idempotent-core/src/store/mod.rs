@@ -30,6 +30,7 @@ pub struct StoredState {
 /// (feature `postgres`). Use it as the bound of a generic connection:
 ///
 /// ```
+/// # extern crate idempotent_core as diesel_idempotent;
 /// # use diesel_idempotent::IdempotentConnection;
 /// fn handler<C: IdempotentConnection>(conn: &mut C) { /* ... */ }
 /// ```
