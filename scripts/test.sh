@@ -71,5 +71,8 @@ fi
 log "cargo test --workspace --all-features $*"
 cargo test --workspace --all-features "$@"
 
+log "cargo clippy --test shapes (generated code is lint-free under clippy::pedantic)"
+cargo clippy --all-features --test shapes -- -D warnings
+
 log "cargo run --example quickstart"
 cargo run --example quickstart

@@ -80,6 +80,16 @@ pub mod __private {
         ::std::borrow::ToOwned::to_owned(key.as_ref())
     }
 
+    /// Adds one argument to the fingerprint. The name is what a compile
+    /// error about a non-serializable argument shows.
+    #[inline]
+    pub fn argument_must_be_serializable_or_skipped<T: ::serde::Serialize + ?Sized>(
+        builder: crate::FingerprintBuilder,
+        value: &T,
+    ) -> crate::FingerprintBuilder {
+        builder.arg(value)
+    }
+
     /// The scope expression, rendered.
     #[inline]
     pub fn scope<S: ::std::fmt::Display + ?Sized>(scope: &S) -> ::std::string::String {

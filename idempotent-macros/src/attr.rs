@@ -31,6 +31,11 @@ pub(crate) struct Options {
     pub(crate) conn: Option<Ident>,
     pub(crate) skip: Vec<Ident>,
     pub(crate) clock: Option<Expr>,
+    /// `crate = "path"`: where `diesel_idempotent` is reachable.
+    pub(crate) krate: Option<syn::Path>,
+    /// Problems with individual options, reported together with the
+    /// signature's problems.
+    pub(crate) errors: Errors,
 }
 
 /// Accumulates errors so one expansion reports all of them.
@@ -114,6 +119,15 @@ impl Parse for Options {
                 } else {
                     options.clock = Some(expr);
                 }
+            } else if lookahead.peek(Token![crate]) {
+                let token: Token![crate] = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let expr: Expr = input.parse()?;
+                match parse_crate_path(&expr) {
+                    Ok(path) if options.krate.is_none() => options.krate = Some(path),
+                    Ok(_) => errors.push(duplicate(token.span, "crate")),
+                    Err(e) => errors.push(e),
+                }
             } else if lookahead.peek(kw::skip) {
                 input.parse::<kw::skip>()?;
                 let content;
@@ -137,7 +151,7 @@ impl Parse for Options {
             }
             input.parse::<Token![,]>()?;
         }
-        errors.finish()?;
+        options.errors = errors;
         Ok(options)
     }
 }
@@ -176,6 +190,28 @@ fn parse_ttl(expr: &Expr) -> syn::Result<Duration> {
         ));
     }
     Ok(ttl)
+}
+
+fn parse_crate_path(expr: &Expr) -> syn::Result<syn::Path> {
+    match expr {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Str(lit),
+            ..
+        }) => lit.parse::<syn::Path>().map_err(|_| {
+            syn::Error::new(
+                lit.span(),
+                format!(
+                    "`crate = {:?}` is not a path; write the path under which \
+                     `diesel_idempotent` is reachable, e.g. `crate = \"::my_app::idempotency\"`",
+                    lit.value()
+                ),
+            )
+        }),
+        other => Err(syn::Error::new(
+            other.span(),
+            "`crate` must be a string literal holding a path, e.g. `crate = \"::my_app::idempotency\"`",
+        )),
+    }
 }
 
 fn parse_name(expr: &Expr) -> syn::Result<LitStr> {

@@ -22,8 +22,9 @@ pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
 
 fn try_expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let function = parse_function(item)?;
-    let options: Options = syn::parse2(attr)?;
-    let plan = Plan::new(&options, &function)?;
+    let mut options: Options = syn::parse2(attr)?;
+    let errors = std::mem::take(&mut options.errors);
+    let plan = Plan::new(&options, &function, errors)?;
     Ok(plan.emit(&function))
 }
 
@@ -56,12 +57,16 @@ struct Plan<'f> {
     conn: &'f Ident,
     fingerprinted: Vec<&'f Ident>,
     output: &'f Type,
+    krate: Option<&'f syn::Path>,
 }
 
 impl<'f> Plan<'f> {
-    fn new(options: &'f Options, function: &'f ItemFn) -> syn::Result<Plan<'f>> {
+    fn new(
+        options: &'f Options,
+        function: &'f ItemFn,
+        mut errors: Errors,
+    ) -> syn::Result<Plan<'f>> {
         let sig = &function.sig;
-        let mut errors = Errors::default();
 
         if let Some(token) = &sig.asyncness {
             errors.push(syn::Error::new_spanned(
@@ -246,6 +251,7 @@ impl<'f> Plan<'f> {
             conn,
             fingerprinted,
             output,
+            krate: options.krate.as_ref(),
         })
     }
 
@@ -256,7 +262,10 @@ impl<'f> Plan<'f> {
             sig,
             block,
         } = function;
-        let private = quote! { ::diesel_idempotent::__private };
+        let private = match &self.krate {
+            Some(path) => quote! { #path::__private },
+            None => quote! { ::diesel_idempotent::__private },
+        };
         let local = |name: &str| Ident::new(name, Span::mixed_site());
         let key_var = local("__idempotent_key");
         let scope_var = local("__idempotent_scope");
@@ -277,8 +286,13 @@ impl<'f> Plan<'f> {
             None => (TokenStream::new(), TokenStream::new()),
         };
         let clock_call = self.clock.map(|clock| quote! { .clock(&(#clock)) });
+        // One call per argument, spanned at it: a non-serializable argument
+        // is reported there, naming the bound `..._or_skipped`.
         let args = self.fingerprinted.iter().map(|ident| {
-            quote_spanned! {ident.span()=> .arg(&#ident) }
+            quote_spanned! {ident.span()=>
+                let #fingerprint_var =
+                    #private::argument_must_be_serializable_or_skipped(#fingerprint_var, &#ident);
+            }
         });
         let namespace = &self.namespace;
         let ttl_secs = self.ttl_secs;
@@ -294,9 +308,9 @@ impl<'f> Plan<'f> {
             #vis #sig {
                 #key_stmt
                 #scope_stmt
-                let #fingerprint_var = #private::Fingerprint::builder()
-                    #(#args)*
-                    .finish();
+                let #fingerprint_var = #private::Fingerprint::builder();
+                #(#args)*
+                let #fingerprint_var = #fingerprint_var.finish();
                 #private::Call::new(#namespace, &#key_var)
                     #scope_call
                     .ttl(#private::Ttl::from_secs(#ttl_secs))

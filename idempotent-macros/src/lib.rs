@@ -14,3 +14,6 @@ mod expand;
 pub fn idempotent(attr: TokenStream, item: TokenStream) -> TokenStream {
     expand::expand(attr.into(), item.into()).into()
 }
+
+#[cfg(test)]
+mod snapshots;

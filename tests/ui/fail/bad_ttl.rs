@@ -15,4 +15,7 @@ fn f(conn: &mut SqliteConnection, key: &str) -> Result<u32, AppError> {
     Ok(1)
 }
 
-fn main() {}
+fn main() {
+    let mut conn = SqliteConnection::establish(":memory:").unwrap();
+    let _: Result<u32, AppError> = f(&mut conn, "k");
+}

@@ -1,0 +1,25 @@
+/// Creates a payment.
+#[must_use]
+pub fn create_payment(
+    conn: &mut PgConnection,
+    key: &str,
+    req: &NewPayment,
+) -> Result<Payment, AppError> {
+    let __idempotent_key = ::diesel_idempotent::__private::key(&(key));
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::argument_must_be_serializable_or_skipped(
+        __idempotent_fingerprint,
+        &req,
+    );
+    let __idempotent_fingerprint = __idempotent_fingerprint.finish();
+    ::diesel_idempotent::__private::Call::new("payments.create", &__idempotent_key)
+        .ttl(::diesel_idempotent::__private::Ttl::from_secs(86400u64))
+        .fingerprint(__idempotent_fingerprint)
+        .run_response(
+            conn,
+            |conn| -> Result<Payment, AppError> {
+                let payment = insert(conn, req)?;
+                Ok(payment)
+            },
+        )
+}

@@ -1,0 +1,32 @@
+pub(crate) fn charge(
+    &self,
+    db: &mut PgConnection,
+    tenant: TenantId,
+    req: ChargeRequest,
+    trace: &Span,
+) -> Result<Outcome<Receipt>, AppError> {
+    let __idempotent_key = ::diesel_idempotent::__private::key(
+        &(req.idempotency_key.as_str()),
+    );
+    let __idempotent_scope = ::diesel_idempotent::__private::scope(&(tenant));
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::argument_must_be_serializable_or_skipped(
+        __idempotent_fingerprint,
+        &req,
+    );
+    let __idempotent_fingerprint = __idempotent_fingerprint.finish();
+    ::diesel_idempotent::__private::Call::new("svc.charge", &__idempotent_key)
+        .scope(&__idempotent_scope)
+        .ttl(::diesel_idempotent::__private::Ttl::from_secs(900u64))
+        .clock(&(self.clock))
+        .fingerprint(__idempotent_fingerprint)
+        .run_response(
+            db,
+            |db| -> Result<Outcome<Receipt>, AppError> {
+                if req.amount == 0 {
+                    return Err(AppError::Empty);
+                }
+                self.gateway.charge(db, &req).map(Into::into)
+            },
+        )
+}

@@ -1,0 +1,128 @@
+//! Expansion snapshots: what the attribute generates for each shape, pinned
+//! in `snapshots/<case>.rs`. After an intended change, regenerate them with
+//! `UPDATE_SNAPSHOTS=1 cargo test -p idempotent-macros` and review the diff.
+
+use std::path::PathBuf;
+
+use proc_macro2::TokenStream;
+use quote::quote;
+
+use crate::expand::expand;
+
+fn check(case: &str, attr: TokenStream, item: TokenStream) {
+    let expanded = expand(attr, item);
+    let file: syn::File = syn::parse2(expanded.clone())
+        .unwrap_or_else(|e| panic!("{case}: the expansion does not parse ({e}):\n{expanded}"));
+    let actual = prettyplease::unparse(&file);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("snapshots")
+        .join(format!("{case}.rs"));
+    if std::env::var_os("UPDATE_SNAPSHOTS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "{case}: no snapshot at {}; run with UPDATE_SNAPSHOTS=1",
+            path.display()
+        )
+    });
+    assert_eq!(
+        expected, actual,
+        "{case}: the expansion changed; if intended, run with UPDATE_SNAPSHOTS=1 and review"
+    );
+}
+
+#[test]
+fn free_fn() {
+    check(
+        "free_fn",
+        quote!(key = key, ttl = "24h", name = "payments.create"),
+        quote! {
+            /// Creates a payment.
+            #[must_use]
+            pub fn create_payment(
+                conn: &mut PgConnection,
+                key: &str,
+                req: &NewPayment,
+            ) -> Result<Payment, AppError> {
+                let payment = insert(conn, req)?;
+                Ok(payment)
+            }
+        },
+    );
+}
+
+#[test]
+fn default_name_and_ttl() {
+    check(
+        "default_name_and_ttl",
+        quote!(key = key),
+        quote! {
+            fn create(conn: &mut SqliteConnection, key: String, amount: i64) -> Result<i64, E> {
+                Ok(amount)
+            }
+        },
+    );
+}
+
+#[test]
+fn method_with_every_option() {
+    check(
+        "method_with_every_option",
+        quote!(
+            key = req.idempotency_key.as_str(),
+            scope = tenant,
+            conn = db,
+            clock = self.clock,
+            skip(trace),
+            ttl = "15m",
+            name = "svc.charge"
+        ),
+        quote! {
+            pub(crate) fn charge(
+                &self,
+                db: &mut PgConnection,
+                tenant: TenantId,
+                req: ChargeRequest,
+                trace: &Span,
+            ) -> Result<Outcome<Receipt>, AppError> {
+                if req.amount == 0 {
+                    return Err(AppError::Empty);
+                }
+                self.gateway.charge(db, &req).map(Into::into)
+            }
+        },
+    );
+}
+
+#[test]
+fn generic_with_crate_path() {
+    check(
+        "generic_with_crate_path",
+        quote!(key = key, crate = "::my_app::idempotency"),
+        quote! {
+            fn run<'a, C, T, const N: usize>(conn: &mut C, key: &'a str, items: [T; N]) -> Result<usize, AppError>
+            where
+                C: IdempotentConnection,
+                T: Serialize,
+            {
+                Ok(items.len())
+            }
+        },
+    );
+}
+
+#[test]
+fn error_keeps_the_original_function() {
+    check(
+        "error_keeps_the_original_function",
+        quote!(key = key, ttl = "forever"),
+        quote! {
+            fn create(conn: &mut PgConnection, key: &str) -> Result<u32, AppError> {
+                Ok(1)
+            }
+        },
+    );
+}
