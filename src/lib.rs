@@ -53,7 +53,8 @@
 //!
 //! | option | meaning |
 //! |---|---|
-//! | `key = EXPR` | the idempotency key, any expression of a type that is `AsRef<str>` (required) |
+//! | `key = EXPR` | the idempotency key, any expression of a type that is `AsRef<str>` |
+//! | `hash`, `hash(a, b.c)` | instead of `key`: the key is the [`fingerprint`] of every argument, or of the named values (call history) |
 //! | `ttl = "24h"` | how long the record answers, a humantime literal checked at compile time (1s to 366d; default 24h) |
 //! | `name = "payments.create"` | the stable namespace of this function's records |
 //! | `scope = EXPR` | a tenant or user scope (`Display`), so equal keys of two tenants never collide |
@@ -87,8 +88,9 @@ pub use idempotent_macros::idempotent;
 
 pub use idempotent_core::{
     Call, Clock, Error, Fingerprint, FingerprintBuilder, IdempotencyRecord, IdempotentConnection,
-    IdempotentResult, ManualClock, Outcome, Response, SystemClock, Ttl, idempotency_records,
-    migrate, purge_expired, purge_expired_with_clock,
+    IdempotentResult, ManualClock, Outcome, Response, SystemClock, Ttl, canonical_json,
+    fingerprint, id_or_body_hash, idempotency_records, migrate, purge_expired,
+    purge_expired_with_clock, sub_key,
 };
 
 /// The record table's migrations: embedded, and written as Diesel CLI folders.
@@ -96,11 +98,6 @@ pub mod migrations {
     pub use idempotent_core::migrations::{
         Backend, MIGRATION_NAME, SCHEMA_VERSION, write_diesel_cli_migrations,
     };
-}
-
-/// Request fingerprints and their canonical encoding.
-pub mod fingerprint {
-    pub use idempotent_core::fingerprint::*;
 }
 
 #[doc(hidden)]

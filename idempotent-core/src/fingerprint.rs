@@ -2,14 +2,27 @@
 //!
 //! # Scheme `v1`
 //!
-//! The fingerprinted arguments, in declaration order, form a JSON array; its
-//! RFC 8785 (JSON Canonicalization Scheme) serialization is hashed with
-//! SHA-256 behind the domain prefix `diesel-idempotent/fingerprint/v1` and a
-//! NUL byte. The stored fingerprint is `v1:` followed by the lowercase hex
-//! digest. Because JCS sorts object members, the order in which a map was
-//! filled never changes a fingerprint; any change to a value does. Numbers
-//! follow JCS (ECMAScript) formatting; non-finite floats cannot be
-//! fingerprinted and give [`Error::Serialization`].
+//! Each fingerprinted argument is turned into a JSON value with
+//! `serde_json::to_value` and written in a canonical form; the arguments, in
+//! declaration order, form a JSON array. Its bytes are hashed with SHA-256
+//! behind the domain prefix `diesel-idempotent/fingerprint/v1` and a NUL
+//! byte, and the stored fingerprint is `v1:` followed by the lowercase hex
+//! digest. The canonical form is compact JSON (no whitespace) in which:
+//!
+//! - object members are sorted by the UTF-8 bytes of their keys, so the
+//!   order in which a map was filled never matters (`HashMap`, `BTreeMap`,
+//!   or `serde_json` with `preserve_order` enabled anywhere in the build);
+//! - integers are written exactly in decimal, however large (`u64::MAX`
+//!   stays `18446744073709551615`; RFC 8785, whose numbers are doubles,
+//!   would merge 2^53 and 2^53 + 1, so its number form is not used);
+//! - floats are written in serde_json's shortest round-trip form (`1.5`,
+//!   `1.0`, `1e+300`), so `1` and `1.0` differ; NaN and infinities become
+//!   `null`, as serde_json writes them;
+//! - strings are UTF-8 with JSON's minimal escaping (as serde_json and
+//!   RFC 8785 write them); Unicode is not normalized.
+//!
+//! So equal values always give equal fingerprints, and any change to a value
+//! gives another one. A future change of the form would be `v2:`.
 
 use std::fmt;
 
@@ -72,12 +85,12 @@ impl FingerprintBuilder {
         if self.error.is_some() {
             return self;
         }
-        match serde_jcs::to_vec(value) {
-            Ok(bytes) => {
+        match serde_json::to_value(value) {
+            Ok(value) => {
                 if self.count > 0 {
                     self.canonical.push(b',');
                 }
-                self.canonical.extend_from_slice(&bytes);
+                write_canonical(&mut self.canonical, &value);
                 self.count += 1;
             }
             Err(e) => self.error = Some(e),
@@ -106,6 +119,72 @@ impl FingerprintBuilder {
         }
         Ok(Fingerprint(out))
     }
+}
+
+/// The canonical JSON bytes of `value` (see the module documentation).
+pub fn canonical_json(value: &serde_json::Value) -> Vec<u8> {
+    let mut out = Vec::new();
+    write_canonical(&mut out, value);
+    out
+}
+
+fn write_canonical(out: &mut Vec<u8>, value: &serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Null => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        // A `Number` displays exactly: integers in full, floats shortest.
+        Value::Number(n) => out.extend_from_slice(n.to_string().as_bytes()),
+        Value::String(s) => write_string(out, s),
+        Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_canonical(out, item);
+            }
+            out.push(b']');
+        }
+        Value::Object(members) => {
+            let mut members: Vec<(&String, &Value)> = members.iter().collect();
+            members.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.push(b'{');
+            for (i, (key, item)) in members.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                write_string(out, key);
+                out.push(b':');
+                write_canonical(out, item);
+            }
+            out.push(b'}');
+        }
+    }
+}
+
+fn write_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '\u{08}' => out.extend_from_slice(b"\\b"),
+            '\u{0c}' => out.extend_from_slice(b"\\f"),
+            c if u32::from(c) < 0x20 => {
+                out.extend_from_slice(format!("\\u{:04x}", u32::from(c)).as_bytes());
+            }
+            c => {
+                let mut buf = [0u8; 4];
+                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
 }
 
 fn hex_digit(nibble: u8) -> char {
@@ -154,8 +233,42 @@ mod tests {
     }
 
     #[test]
-    fn non_finite_float_is_a_typed_error() {
-        let err = Fingerprint::of(&f64::NAN).unwrap_err();
+    fn canonical_form() {
+        let value = serde_json::json!({
+            "b": [1, 1.5, -0.0, 1e300, null, true],
+            "a": {"z": "tab\tquote\"é\u{1}", "y": u64::MAX, "x": i64::MIN},
+        });
+        let text = String::from_utf8(canonical_json(&value)).unwrap();
+        assert_eq!(
+            text,
+            r#"{"a":{"x":-9223372036854775808,"y":18446744073709551615,"z":"tab\tquote\"é\u0001"},"b":[1,1.5,-0.0,1e+300,null,true]}"#
+        );
+        // What serde_json would write for the same string.
+        let s = "tab\tquote\"é\u{1}\u{7f}\\/";
+        assert_eq!(
+            canonical_json(&serde_json::Value::String(s.into())),
+            serde_json::to_vec(s).unwrap()
+        );
+    }
+
+    #[test]
+    fn large_integers_stay_exact() {
+        let big = 1u64 << 53;
+        assert_ne!(
+            Fingerprint::of(&big).unwrap(),
+            Fingerprint::of(&(big + 1)).unwrap()
+        );
+        assert_ne!(
+            Fingerprint::of(&u64::MAX).unwrap(),
+            Fingerprint::of(&(u64::MAX - 1)).unwrap()
+        );
+    }
+
+    #[test]
+    fn unserializable_is_a_typed_error() {
+        let mut map = BTreeMap::new();
+        map.insert((1, 2), "tuple keys are not JSON");
+        let err = Fingerprint::of(&map).unwrap_err();
         assert!(matches!(err, Error::Serialization { .. }), "{err}");
     }
 }

@@ -7,7 +7,7 @@
 
 pub mod clock;
 mod error;
-pub mod fingerprint;
+mod fingerprint;
 pub mod migrations;
 pub mod pattern;
 mod record;
@@ -16,7 +16,8 @@ pub mod ttl;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
-pub use fingerprint::{Fingerprint, FingerprintBuilder};
+pub use fingerprint::{Fingerprint, FingerprintBuilder, canonical_json};
+pub use pattern::hash::{fingerprint, id_or_body_hash, sub_key};
 pub use pattern::key::{Call, IdempotentResult, Outcome, Response};
 pub use record::{IdempotencyRecord, idempotency_records};
 pub use store::IdempotentConnection;
@@ -88,6 +89,18 @@ pub mod __private {
         value: &T,
     ) -> crate::FingerprintBuilder {
         builder.arg(value)
+    }
+
+    /// The key `hash` derives: the fingerprint's text (empty when the
+    /// fingerprint failed; that error is reported instead).
+    #[inline]
+    pub fn hashed_key(
+        fingerprint: &::core::result::Result<crate::Fingerprint, crate::Error>,
+    ) -> ::std::string::String {
+        match fingerprint {
+            Ok(fingerprint) => ::std::borrow::ToOwned::to_owned(fingerprint.as_str()),
+            Err(_) => ::std::string::String::new(),
+        }
     }
 
     /// The scope expression, rendered.

@@ -5,13 +5,13 @@ pub fn create_payment(
     key: &str,
     req: &NewPayment,
 ) -> Result<Payment, AppError> {
-    let __idempotent_key = ::diesel_idempotent::__private::key(&(key));
     let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
     let __idempotent_fingerprint = ::diesel_idempotent::__private::argument_must_be_serializable_or_skipped(
         __idempotent_fingerprint,
-        &req,
+        &(req),
     );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();
+    let __idempotent_key = ::diesel_idempotent::__private::key(&(key));
     ::diesel_idempotent::__private::Call::new("payments.create", &__idempotent_key)
         .ttl(::diesel_idempotent::__private::Ttl::from_secs(86400u64))
         .fingerprint(__idempotent_fingerprint)

@@ -7,13 +7,13 @@ where
     C: IdempotentConnection,
     T: Serialize,
 {
-    let __idempotent_key = ::my_app::idempotency::__private::key(&(key));
     let __idempotent_fingerprint = ::my_app::idempotency::__private::Fingerprint::builder();
     let __idempotent_fingerprint = ::my_app::idempotency::__private::argument_must_be_serializable_or_skipped(
         __idempotent_fingerprint,
-        &items,
+        &(items),
     );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();
+    let __idempotent_key = ::my_app::idempotency::__private::key(&(key));
     ::my_app::idempotency::__private::Call::new(
             ::core::concat!(::core::module_path!(), "::", "run"),
             &__idempotent_key,

@@ -5,16 +5,16 @@ pub(crate) fn charge(
     req: ChargeRequest,
     trace: &Span,
 ) -> Result<Outcome<Receipt>, AppError> {
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::argument_must_be_serializable_or_skipped(
+        __idempotent_fingerprint,
+        &(req),
+    );
+    let __idempotent_fingerprint = __idempotent_fingerprint.finish();
     let __idempotent_key = ::diesel_idempotent::__private::key(
         &(req.idempotency_key.as_str()),
     );
     let __idempotent_scope = ::diesel_idempotent::__private::scope(&(tenant));
-    let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
-    let __idempotent_fingerprint = ::diesel_idempotent::__private::argument_must_be_serializable_or_skipped(
-        __idempotent_fingerprint,
-        &req,
-    );
-    let __idempotent_fingerprint = __idempotent_fingerprint.finish();
     ::diesel_idempotent::__private::Call::new("svc.charge", &__idempotent_key)
         .scope(&__idempotent_scope)
         .ttl(::diesel_idempotent::__private::Ttl::from_secs(900u64))

@@ -9,6 +9,7 @@ use syn::{Expr, Ident, LitStr, Token};
 
 mod kw {
     syn::custom_keyword!(key);
+    syn::custom_keyword!(hash);
     syn::custom_keyword!(ttl);
     syn::custom_keyword!(name);
     syn::custom_keyword!(scope);
@@ -25,6 +26,8 @@ const MAX_NAME_LEN: usize = 255;
 #[derive(Default)]
 pub(crate) struct Options {
     pub(crate) key: Option<(kw::key, Expr)>,
+    /// `hash` (every argument) or `hash(a, b.c)` (the named values).
+    pub(crate) hash: Option<(kw::hash, Option<Vec<Expr>>)>,
     pub(crate) ttl: Option<(kw::ttl, Duration)>,
     pub(crate) name: Option<LitStr>,
     pub(crate) scope: Option<(kw::scope, Expr)>,
@@ -73,6 +76,28 @@ impl Parse for Options {
                     errors.push(duplicate(token.span, "key"));
                 } else {
                     options.key = Some((token, expr));
+                }
+            } else if lookahead.peek(kw::hash) {
+                let token: kw::hash = input.parse()?;
+                let values = if input.peek(syn::token::Paren) {
+                    let content;
+                    syn::parenthesized!(content in input);
+                    let values = Punctuated::<Expr, Token![,]>::parse_terminated(&content)?;
+                    if values.is_empty() {
+                        errors.push(syn::Error::new(
+                            token.span,
+                            "`hash()` names no value; write `hash` to hash every argument, \
+                             or `hash(event.id, event.source)` to hash some",
+                        ));
+                    }
+                    Some(values.into_iter().collect())
+                } else {
+                    None
+                };
+                if options.hash.is_some() {
+                    errors.push(duplicate(token.span, "hash"));
+                } else {
+                    options.hash = Some((token, values));
                 }
             } else if lookahead.peek(kw::ttl) {
                 let token: kw::ttl = input.parse()?;

@@ -47,9 +47,20 @@ fn parse_function(item: TokenStream) -> syn::Result<ItemFn> {
     ))
 }
 
+/// Where a call's key comes from.
+enum Identity<'f> {
+    /// `key = EXPR`: the client's key; the arguments are fingerprinted.
+    Key(&'f Expr),
+    /// `hash`: the fingerprint of the arguments is the key.
+    HashArguments,
+    /// `hash(a, b.c)`: the fingerprint of these values is the key (and the
+    /// request's fingerprint: a repeat is recognised by them alone).
+    HashValues(&'f [Expr]),
+}
+
 /// Everything the expansion needs, checked against the signature.
 struct Plan<'f> {
-    key: &'f Expr,
+    identity: Identity<'f>,
     scope: Option<&'f Expr>,
     clock: Option<&'f Expr>,
     ttl_secs: u64,
@@ -124,16 +135,31 @@ impl<'f> Plan<'f> {
             }
         };
 
-        let key = match &options.key {
-            Some((_, expr)) => Some(expr),
-            None => {
+        let identity = match (&options.key, &options.hash) {
+            (Some(_), Some((hash, _))) => {
                 errors.push(syn::Error::new(
-                    Span::call_site(),
-                    "missing `key = <expr>`: the idempotency key, e.g. \
-                     `#[idempotent(key = req.idempotency_key)]`",
+                    hash.span,
+                    "`key` and `hash` exclude each other: `key = ..` takes the client's \
+                     idempotency key, `hash` derives the key from the arguments; choose one",
                 ));
                 None
             }
+            (Some((_, expr)), None) => Some(Identity::Key(expr)),
+            (None, Some((_, None))) => Some(Identity::HashArguments),
+            (None, Some((_, Some(values)))) => Some(Identity::HashValues(values)),
+            (None, None) => {
+                errors.push(syn::Error::new(
+                    Span::call_site(),
+                    "missing `key = <expr>` or `hash`: say where the idempotency key comes \
+                     from, e.g. `#[idempotent(key = req.idempotency_key)]` or \
+                     `#[idempotent(hash)]`",
+                ));
+                None
+            }
+        };
+        let key = match identity {
+            Some(Identity::Key(expr)) => Some(expr),
+            _ => None,
         };
 
         // Named parameters, in order; patterns cannot be fingerprinted.
@@ -207,8 +233,21 @@ impl<'f> Plan<'f> {
             }
         }
 
+        if let Some(Identity::HashValues(values)) = &identity {
+            for value in *values {
+                match root_ident(value) {
+                    Some(root) if find(root).is_some() => {}
+                    _ => errors.push(syn::Error::new_spanned(
+                        value,
+                        "`hash(..)` takes parameters or their fields, such as \
+                         `hash(event.user_id, event.url)`",
+                    )),
+                }
+            }
+        }
+
         errors.finish()?;
-        let (Some(key), Some(conn), Some(output)) = (key, conn, output) else {
+        let (Some(identity), Some(conn), Some(output)) = (identity, conn, output) else {
             // Every missing piece pushed an error above; this is a fallback.
             return Err(syn::Error::new(
                 Span::call_site(),
@@ -243,7 +282,7 @@ impl<'f> Plan<'f> {
             .map_or(24 * 60 * 60, |(_, ttl)| ttl.as_secs());
 
         Ok(Plan {
-            key,
+            identity,
             scope,
             clock,
             ttl_secs,
@@ -271,10 +310,32 @@ impl<'f> Plan<'f> {
         let scope_var = local("__idempotent_scope");
         let fingerprint_var = local("__idempotent_fingerprint");
 
-        let key = self.key;
-        let key_span = key.span();
-        let key_stmt = quote_spanned! {key_span=>
-            let #key_var = #private::key(&(#key));
+        let add = |values: &mut dyn Iterator<Item = TokenStream>| -> TokenStream {
+            values
+                .map(|value| {
+                    quote_spanned! {value.span()=>
+                        let #fingerprint_var = #private::argument_must_be_serializable_or_skipped(
+                            #fingerprint_var,
+                            &(#value),
+                        );
+                    }
+                })
+                .collect()
+        };
+        let fingerprint_stmts = match self.identity {
+            Identity::Key(_) | Identity::HashArguments => add(&mut self
+                .fingerprinted
+                .iter()
+                .map(|ident| ident.to_token_stream())),
+            Identity::HashValues(values) => add(&mut values.iter().map(ToTokens::to_token_stream)),
+        };
+        let key_stmt = match self.identity {
+            Identity::Key(key) => quote_spanned! {key.span()=>
+                let #key_var = #private::key(&(#key));
+            },
+            Identity::HashArguments | Identity::HashValues(_) => quote! {
+                let #key_var = #private::hashed_key(&#fingerprint_var);
+            },
         };
         let (scope_stmt, scope_call) = match self.scope {
             Some(scope) => (
@@ -286,14 +347,6 @@ impl<'f> Plan<'f> {
             None => (TokenStream::new(), TokenStream::new()),
         };
         let clock_call = self.clock.map(|clock| quote! { .clock(&(#clock)) });
-        // One call per argument, spanned at it: a non-serializable argument
-        // is reported there, naming the bound `..._or_skipped`.
-        let args = self.fingerprinted.iter().map(|ident| {
-            quote_spanned! {ident.span()=>
-                let #fingerprint_var =
-                    #private::argument_must_be_serializable_or_skipped(#fingerprint_var, &#ident);
-            }
-        });
         let namespace = &self.namespace;
         let ttl_secs = self.ttl_secs;
         let conn = self.conn;
@@ -306,11 +359,11 @@ impl<'f> Plan<'f> {
         quote! {
             #(#attrs)*
             #vis #sig {
+                let #fingerprint_var = #private::Fingerprint::builder();
+                #fingerprint_stmts
+                let #fingerprint_var = #fingerprint_var.finish();
                 #key_stmt
                 #scope_stmt
-                let #fingerprint_var = #private::Fingerprint::builder();
-                #(#args)*
-                let #fingerprint_var = #fingerprint_var.finish();
                 #private::Call::new(#namespace, &#key_var)
                     #scope_call
                     .ttl(#private::Ttl::from_secs(#ttl_secs))
@@ -319,6 +372,15 @@ impl<'f> Plan<'f> {
                     .#run(#conn, |#closure| -> #output #block)
             }
         }
+    }
+}
+
+/// The parameter at the root of `a`, `a.b` or `a.0.c`.
+fn root_ident(expr: &Expr) -> Option<&Ident> {
+    match expr {
+        Expr::Field(field) => root_ident(&field.base),
+        Expr::Paren(paren) => root_ident(&paren.expr),
+        other => bare_ident(other),
     }
 }
 

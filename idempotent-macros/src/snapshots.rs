@@ -126,3 +126,33 @@ fn error_keeps_the_original_function() {
         },
     );
 }
+
+#[test]
+fn hash_of_arguments() {
+    check(
+        "hash_of_arguments",
+        quote!(hash, ttl = "7d", name = "analytics.click", skip(trace)),
+        quote! {
+            fn record_click(conn: &mut PgConnection, event: &ClickEvent, trace: TraceId) -> Result<(), AppError> {
+                Ok(())
+            }
+        },
+    );
+}
+
+#[test]
+fn hash_of_named_values() {
+    check(
+        "hash_of_named_values",
+        quote!(
+            hash(event.user_id, event.url),
+            scope = tenant,
+            name = "analytics.click"
+        ),
+        quote! {
+            fn record_click(conn: &mut PgConnection, tenant: &str, event: &ClickEvent) -> Result<(), AppError> {
+                Ok(())
+            }
+        },
+    );
+}

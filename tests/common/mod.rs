@@ -203,6 +203,90 @@ pub fn create_refund<C: TestConn>(
     })
 }
 
+/// An event delivered at least once (call-history pattern).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClickEvent {
+    pub user_id: u64,
+    pub url: String,
+    pub occurred_at: i64,
+    /// Differs between deliveries of the same event.
+    pub delivery: u32,
+}
+
+/// The key is the hash of every argument (here: the event).
+#[idempotent(hash, ttl = "7d", name = "tests.consume", clock = clock)]
+pub fn consume<C: TestConn>(
+    conn: &mut C,
+    clock: &ManualClock,
+    event: &ClickEvent,
+) -> Result<i64, AppError> {
+    Ok(conn.insert_payment(event.occurred_at)?)
+}
+
+/// The key is the hash of the event's identifying fields only.
+#[idempotent(
+    hash(event.user_id, event.url, event.occurred_at),
+    ttl = "7d",
+    name = "tests.consume_fields",
+    clock = clock
+)]
+pub fn consume_fields<C: TestConn>(
+    conn: &mut C,
+    clock: &ManualClock,
+    event: &ClickEvent,
+) -> Result<i64, AppError> {
+    Ok(conn.insert_payment(event.occurred_at)?)
+}
+
+/// A webhook receiver: the provider's id when present, else the body's hash.
+#[idempotent(
+    key = diesel_idempotent::id_or_body_hash(webhook_id, raw_body),
+    name = "tests.webhook",
+    clock = clock
+)]
+pub fn receive_webhook<C: TestConn>(
+    conn: &mut C,
+    clock: &ManualClock,
+    webhook_id: Option<&str>,
+    raw_body: &[u8],
+) -> Result<i64, AppError> {
+    Ok(conn.insert_payment(i64::try_from(raw_body.len()).unwrap_or(i64::MAX))?)
+}
+
+/// One item of a batch, under its own sub-key.
+#[idempotent(key = item_key, name = "tests.batch_item", clock = clock, skip(fail))]
+pub fn process_item<C: TestConn>(
+    conn: &mut C,
+    clock: &ManualClock,
+    item_key: &str,
+    amount: i64,
+    fail: bool,
+) -> Result<i64, AppError> {
+    let id = conn.insert_payment(amount)?;
+    if fail {
+        return Err(AppError::Declined);
+    }
+    Ok(id)
+}
+
+/// A batch under one client key; item `fail_at` fails (once injected).
+pub fn process_batch<C: TestConn>(
+    conn: &mut C,
+    clock: &ManualClock,
+    batch_key: &str,
+    amounts: &[i64],
+    fail_at: Option<usize>,
+) -> Result<Vec<i64>, AppError> {
+    amounts
+        .iter()
+        .enumerate()
+        .map(|(i, amount)| {
+            let key = diesel_idempotent::sub_key(batch_key, i);
+            process_item(conn, clock, &key, *amount, fail_at == Some(i))
+        })
+        .collect()
+}
+
 /// Instantiates every conformance test for one backend.
 #[macro_export]
 macro_rules! conformance {
@@ -230,6 +314,11 @@ macro_rules! conformance {
             duplicate_runs_body_when_first_rolls_back,
             concurrent_duplicates_run_body_once,
             concurrent_takeover_of_expired_record_runs_body_once,
+            hash_of_arguments_replays_repeats,
+            hash_of_named_values_ignores_other_fields,
+            webhook_dedup_by_id_or_body,
+            retried_batch_reruns_only_missing_items,
+            concurrent_redeliveries_run_hash_body_once,
         );
     };
     (@tests $backend:ty; $($test:ident),* $(,)?) => {

@@ -627,3 +627,150 @@ pub fn concurrent_takeover_of_expired_record_runs_body_once<B: Backend>() {
     }
     assert_eq!(conn.count_records().unwrap(), 1);
 }
+
+fn click(occurred_at: i64, delivery: u32) -> ClickEvent {
+    ClickEvent {
+        user_id: 7,
+        url: "https://sho.rt/abc".to_owned(),
+        occurred_at,
+        delivery,
+    }
+}
+
+pub fn hash_of_arguments_replays_repeats<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let event = click(1_000, 1);
+    let first = consume(&mut conn, &clock, &event).unwrap();
+    let again = consume(&mut conn, &clock, &event.clone()).unwrap();
+    assert_eq!(first, again);
+    assert_eq!(
+        conn.count_payments().unwrap(),
+        1,
+        "a redelivery does not run the body"
+    );
+    // Another event, or another delivery of it (every argument counts), runs.
+    consume(&mut conn, &clock, &click(1_001, 1)).unwrap();
+    consume(&mut conn, &clock, &click(1_000, 2)).unwrap();
+    assert_eq!(conn.count_payments().unwrap(), 3);
+    // The key is the public fingerprint of the arguments.
+    let key = diesel_idempotent::fingerprint(&event).unwrap();
+    let rec = record(&mut conn, "tests.consume", key.as_str());
+    assert_eq!(rec.fingerprint, key.as_str());
+    // The record expires like any other: after 7 days the call runs again.
+    clock.advance(Duration::from_secs(7 * 24 * 3600));
+    consume(&mut conn, &clock, &event).unwrap();
+    assert_eq!(conn.count_payments().unwrap(), 4);
+}
+
+pub fn hash_of_named_values_ignores_other_fields<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let first = consume_fields(&mut conn, &clock, &click(2_000, 1)).unwrap();
+    let redelivered = consume_fields(&mut conn, &clock, &click(2_000, 9)).unwrap();
+    assert_eq!(
+        first, redelivered,
+        "only the named values identify the event"
+    );
+    assert_eq!(conn.count_payments().unwrap(), 1);
+    consume_fields(&mut conn, &clock, &click(2_001, 1)).unwrap();
+    assert_eq!(conn.count_payments().unwrap(), 2);
+    let e = click(2_000, 1);
+    let key = diesel_idempotent::Fingerprint::builder()
+        .arg(&e.user_id)
+        .arg(&e.url)
+        .arg(&e.occurred_at)
+        .finish()
+        .unwrap();
+    assert!(
+        record(&mut conn, "tests.consume_fields", key.as_str())
+            .response
+            .is_some()
+    );
+}
+
+pub fn webhook_dedup_by_id_or_body<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let body = br#"{"type":"payment.succeeded","amount":1200}"#;
+    let a = receive_webhook(&mut conn, &clock, Some("evt_1"), body).unwrap();
+    let a2 = receive_webhook(&mut conn, &clock, Some("evt_1"), body).unwrap();
+    assert_eq!(a, a2, "redelivered with the provider's id");
+    let other = br#"{"type":"payment.refunded","amount":1200}"#;
+    let b = receive_webhook(&mut conn, &clock, None, other).unwrap();
+    let b2 = receive_webhook(&mut conn, &clock, None, other).unwrap();
+    assert_eq!(b, b2, "redelivered without an id: recognised by its body");
+    receive_webhook(&mut conn, &clock, None, b"{}").unwrap();
+    assert_eq!(conn.count_payments().unwrap(), 3);
+    let by_body = diesel_idempotent::id_or_body_hash(None, other);
+    assert!(
+        record(&mut conn, "tests.webhook", &by_body)
+            .response
+            .is_some()
+    );
+}
+
+pub fn retried_batch_reruns_only_missing_items<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let amounts = [10, 20, 30, 40, 50, 60];
+    let k = 3;
+    let err = process_batch(&mut conn, &clock, "batch-1", &amounts, Some(k)).unwrap_err();
+    assert!(matches!(err, AppError::Declined));
+    assert_eq!(
+        conn.count_payments().unwrap(),
+        k as i64,
+        "items before k committed"
+    );
+    assert_eq!(
+        conn.count_records().unwrap(),
+        k as i64,
+        "item k left no record"
+    );
+    let ids_before: Vec<i64> = (0..k)
+        .map(|i| {
+            let rec = record(
+                &mut conn,
+                "tests.batch_item",
+                &diesel_idempotent::sub_key("batch-1", i),
+            );
+            serde_json::from_str(rec.response.as_deref().unwrap()).unwrap()
+        })
+        .collect();
+    let retried = process_batch(&mut conn, &clock, "batch-1", &amounts, None).unwrap();
+    assert_eq!(&retried[..k], &ids_before[..], "items before k replayed");
+    assert_eq!(
+        conn.count_payments().unwrap(),
+        amounts.len() as i64,
+        "only the missing items ran"
+    );
+    let again = process_batch(&mut conn, &clock, "batch-1", &amounts, Some(0)).unwrap();
+    assert_eq!(again, retried, "a third attempt replays everything");
+    assert_eq!(conn.count_payments().unwrap(), amounts.len() as i64);
+}
+
+/// 16 consumers receive the same redelivered event at once, 30 rounds.
+pub fn concurrent_redeliveries_run_hash_body_once<B: Backend>() {
+    const THREADS: usize = 16;
+    const ROUNDS: i64 = 30;
+    let db = B::fresh();
+    let clock = clock();
+    let barrier = Barrier::new(THREADS);
+    std::thread::scope(|s| {
+        for _ in 0..THREADS {
+            s.spawn(|| {
+                let mut conn = db.connect();
+                for round in 0..ROUNDS {
+                    barrier.wait();
+                    consume(&mut conn, &clock, &click(round, 1))
+                        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                }
+            });
+        }
+    });
+    assert_eq!(db.connect().count_payments().unwrap(), ROUNDS);
+}

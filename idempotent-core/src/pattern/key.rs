@@ -320,10 +320,10 @@ impl<'a> Call<'a> {
     }
 
     fn prepare(self) -> Result<Prepared<'a>, Error> {
+        let fingerprint = self.fingerprint?;
         validate_namespace(self.namespace)?;
         validate_key(self.key)?;
         validate_scope(self.scope)?;
-        let fingerprint = self.fingerprint?;
         let now = self.clock.now().naive_utc().trunc_subsecs(6);
         let ttl = chrono::Duration::from_std(self.ttl.as_duration())
             .unwrap_or_else(|_| chrono::Duration::days(366));

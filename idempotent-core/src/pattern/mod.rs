@@ -1,4 +1,5 @@
 //! The patterns' runtime. Each pattern is a small decision procedure over the
 //! statements of [`crate::store::IdempotentConnection`].
 
+pub mod hash;
 pub mod key;

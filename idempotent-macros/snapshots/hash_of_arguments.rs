@@ -1,0 +1,19 @@
+fn record_click(
+    conn: &mut PgConnection,
+    event: &ClickEvent,
+    trace: TraceId,
+) -> Result<(), AppError> {
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::argument_must_be_serializable_or_skipped(
+        __idempotent_fingerprint,
+        &(event),
+    );
+    let __idempotent_fingerprint = __idempotent_fingerprint.finish();
+    let __idempotent_key = ::diesel_idempotent::__private::hashed_key(
+        &__idempotent_fingerprint,
+    );
+    ::diesel_idempotent::__private::Call::new("analytics.click", &__idempotent_key)
+        .ttl(::diesel_idempotent::__private::Ttl::from_secs(604800u64))
+        .fingerprint(__idempotent_fingerprint)
+        .run_response(conn, |conn| -> Result<(), AppError> { Ok(()) })
+}

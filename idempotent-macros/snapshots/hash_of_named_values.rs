@@ -1,0 +1,25 @@
+fn record_click(
+    conn: &mut PgConnection,
+    tenant: &str,
+    event: &ClickEvent,
+) -> Result<(), AppError> {
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::argument_must_be_serializable_or_skipped(
+        __idempotent_fingerprint,
+        &(event.user_id),
+    );
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::argument_must_be_serializable_or_skipped(
+        __idempotent_fingerprint,
+        &(event.url),
+    );
+    let __idempotent_fingerprint = __idempotent_fingerprint.finish();
+    let __idempotent_key = ::diesel_idempotent::__private::hashed_key(
+        &__idempotent_fingerprint,
+    );
+    let __idempotent_scope = ::diesel_idempotent::__private::scope(&(tenant));
+    ::diesel_idempotent::__private::Call::new("analytics.click", &__idempotent_key)
+        .scope(&__idempotent_scope)
+        .ttl(::diesel_idempotent::__private::Ttl::from_secs(86400u64))
+        .fingerprint(__idempotent_fingerprint)
+        .run_response(conn, |conn| -> Result<(), AppError> { Ok(()) })
+}
