@@ -8,6 +8,9 @@ use syn::{Expr, FnArg, Ident, ItemFn, Pat, ReturnType, Type};
 
 use crate::attr::{Errors, Options};
 
+const RESULT_REQUIRED: &str = "`#[idempotent]` functions must return `Result<T, E>` with \
+     `T: Serialize + DeserializeOwned` and `E: From<diesel_idempotent::Error>`";
+
 /// Expands `#[idempotent(attr)] item`. On error, the original item is emitted
 /// beside the errors so the rest of the crate still type-checks.
 pub(crate) fn expand(attr: TokenStream, item: TokenStream) -> TokenStream {
@@ -117,20 +120,12 @@ impl<'f> Plan<'f> {
                     None
                 }
                 other => {
-                    errors.push(syn::Error::new_spanned(
-                        other,
-                        "`#[idempotent]` functions must return `Result<T, E>` with \
-                         `T: Serialize + DeserializeOwned` and `E: From<diesel_idempotent::Error>`",
-                    ));
+                    errors.push(syn::Error::new_spanned(other, RESULT_REQUIRED));
                     None
                 }
             },
             ReturnType::Default => {
-                errors.push(syn::Error::new_spanned(
-                    &sig.ident,
-                    "`#[idempotent]` functions must return `Result<T, E>` with \
-                     `T: Serialize + DeserializeOwned` and `E: From<diesel_idempotent::Error>`",
-                ));
+                errors.push(syn::Error::new_spanned(&sig.ident, RESULT_REQUIRED));
                 None
             }
         };
