@@ -76,3 +76,6 @@ cargo clippy --all-features --test shapes -- -D warnings
 
 log "cargo run --example quickstart"
 cargo run --example quickstart
+
+log "cargo run --example analytics_consumer"
+cargo run --example analytics_consumer
