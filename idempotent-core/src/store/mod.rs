@@ -76,10 +76,25 @@ pub trait IdempotentConnection: diesel::Connection + Sized {
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize>;
 }
 
-/// The statements every dialect writes the same way, in Diesel's DSL.
-/// Expanded inside each backend's `impl IdempotentConnection`.
+/// The statements the dialects with `ON CONFLICT DO NOTHING` (SQLite,
+/// PostgreSQL) write the same way, in Diesel's DSL. Expanded inside each
+/// backend's `impl IdempotentConnection`, given its embedded migrations.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 macro_rules! common_statements {
-    () => {
+    ($migrations:expr) => {
+        fn migrate(&mut self) -> Result<usize, $crate::Error> {
+            $crate::migrations::run_embedded(self, $migrations)
+        }
+
+        fn claim(&mut self, record: &$crate::record::NewRecord<'_>) -> ::diesel::QueryResult<bool> {
+            use ::diesel::prelude::*;
+            ::diesel::insert_into($crate::record::idempotency_records::table)
+                .values(record)
+                .on_conflict_do_nothing()
+                .execute(self)
+                .map(|rows| rows == 1)
+        }
+
         fn load(
             &mut self,
             id: $crate::record::RecordId<'_>,
@@ -138,4 +153,5 @@ macro_rules! common_statements {
         }
     };
 }
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) use common_statements;

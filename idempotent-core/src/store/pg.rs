@@ -10,23 +10,10 @@ use diesel::sql_types::{BigInt, Timestamp};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 use super::{IdempotentConnection, common_statements};
-use crate::record::{NewRecord, idempotency_records};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 impl IdempotentConnection for PgConnection {
-    fn migrate(&mut self) -> Result<usize, crate::Error> {
-        crate::migrations::run_embedded(self, MIGRATIONS)
-    }
-
-    fn claim(&mut self, record: &NewRecord<'_>) -> QueryResult<bool> {
-        diesel::insert_into(idempotency_records::table)
-            .values(record)
-            .on_conflict_do_nothing()
-            .execute(self)
-            .map(|rows| rows == 1)
-    }
-
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize> {
         // The outer `expires_at` test matters: a row renewed by a concurrent
         // take-over no longer qualifies when the delete re-checks it.
@@ -40,5 +27,5 @@ impl IdempotentConnection for PgConnection {
         .execute(self)
     }
 
-    common_statements!();
+    common_statements!(MIGRATIONS);
 }

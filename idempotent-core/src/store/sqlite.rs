@@ -11,15 +11,10 @@ use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 use super::{IdempotentConnection, common_statements};
-use crate::record::{NewRecord, idempotency_records};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
 impl IdempotentConnection for SqliteConnection {
-    fn migrate(&mut self) -> Result<usize, crate::Error> {
-        crate::migrations::run_embedded(self, MIGRATIONS)
-    }
-
     fn idempotent_transaction<R, E, F>(&mut self, f: F) -> Result<R, E>
     where
         F: FnOnce(&mut Self) -> Result<R, E>,
@@ -34,14 +29,6 @@ impl IdempotentConnection for SqliteConnection {
         }
     }
 
-    fn claim(&mut self, record: &NewRecord<'_>) -> QueryResult<bool> {
-        diesel::insert_into(idempotency_records::table)
-            .values(record)
-            .on_conflict_do_nothing()
-            .execute(self)
-            .map(|rows| rows == 1)
-    }
-
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize> {
         diesel::sql_query(
             "DELETE FROM idempotency_records WHERE expires_at <= ?1 AND \
@@ -53,5 +40,5 @@ impl IdempotentConnection for SqliteConnection {
         .execute(self)
     }
 
-    common_statements!();
+    common_statements!(MIGRATIONS);
 }
