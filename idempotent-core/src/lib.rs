@@ -17,6 +17,7 @@ pub mod ttl;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
 pub use fingerprint::{Fingerprint, FingerprintBuilder, canonical_json};
+pub use pattern::get_or_create::{UniqueViolation, get_or_create, unique_index_covers};
 pub use pattern::hash::{fingerprint, id_or_body_hash, sub_key};
 pub use pattern::key::{Call, IdempotentResult, Outcome, Response};
 pub use record::{IdempotencyRecord, idempotency_records};
@@ -71,6 +72,7 @@ pub mod __private {
     //! What `#[idempotent]` expands to. Not a public API.
     pub use crate::clock::{Clock, SystemClock};
     pub use crate::fingerprint::Fingerprint;
+    pub use crate::pattern::get_or_create::get_or_create;
     pub use crate::pattern::key::{Call, IdempotentResult, Response};
     pub use crate::ttl::Ttl;
     pub use crate::{Error, IdempotentConnection};

@@ -10,6 +10,7 @@ use syn::{Expr, Ident, LitStr, Token};
 mod kw {
     syn::custom_keyword!(key);
     syn::custom_keyword!(hash);
+    syn::custom_keyword!(get_or_create);
     syn::custom_keyword!(ttl);
     syn::custom_keyword!(name);
     syn::custom_keyword!(scope);
@@ -26,6 +27,8 @@ const MAX_NAME_LEN: usize = 255;
 #[derive(Default)]
 pub(crate) struct Options {
     pub(crate) key: Option<(kw::key, Expr)>,
+    /// `get_or_create = LOOKUP`: the getOrCreate pattern.
+    pub(crate) get_or_create: Option<Expr>,
     /// `hash` (every argument) or `hash(a, b.c)` (the named values).
     pub(crate) hash: Option<(kw::hash, Option<Vec<Expr>>)>,
     pub(crate) ttl: Option<(kw::ttl, Duration)>,
@@ -33,6 +36,8 @@ pub(crate) struct Options {
     pub(crate) scope: Option<(kw::scope, Expr)>,
     pub(crate) conn: Option<Ident>,
     pub(crate) skip: Vec<Ident>,
+    /// Where `skip` was written, for errors.
+    pub(crate) skip_span: Option<proc_macro2::Span>,
     pub(crate) clock: Option<Expr>,
     /// `crate = "path"`: where `diesel_idempotent` is reachable.
     pub(crate) krate: Option<syn::Path>,
@@ -76,6 +81,15 @@ impl Parse for Options {
                     errors.push(duplicate(token.span, "key"));
                 } else {
                     options.key = Some((token, expr));
+                }
+            } else if lookahead.peek(kw::get_or_create) {
+                let token: kw::get_or_create = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let expr: Expr = input.parse()?;
+                if options.get_or_create.is_some() {
+                    errors.push(duplicate(token.span, "get_or_create"));
+                } else {
+                    options.get_or_create = Some(expr);
                 }
             } else if lookahead.peek(kw::hash) {
                 let token: kw::hash = input.parse()?;
@@ -154,7 +168,8 @@ impl Parse for Options {
                     Err(e) => errors.push(e),
                 }
             } else if lookahead.peek(kw::skip) {
-                input.parse::<kw::skip>()?;
+                let token: kw::skip = input.parse()?;
+                options.skip_span.get_or_insert(token.span);
                 let content;
                 syn::parenthesized!(content in input);
                 let names = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;

@@ -59,6 +59,8 @@ enum Identity<'f> {
     /// `hash(a, b.c)`: the fingerprint of these values is the key (and the
     /// request's fingerprint: a repeat is recognised by them alone).
     HashValues(&'f [Expr]),
+    /// `get_or_create = LOOKUP`: no record; the lookup, then the body.
+    GetOrCreate(&'f Expr),
 }
 
 /// Everything the expansion needs, checked against the signature.
@@ -130,7 +132,53 @@ impl<'f> Plan<'f> {
             }
         };
 
+        if options.get_or_create.is_some() {
+            let pointless = |span: Span, option: &str, why: &str| {
+                syn::Error::new(
+                    span,
+                    format!(
+                        "`{option}` makes no sense with `get_or_create`: {why}; the entity \
+                         table's unique constraint is the guard and no record is kept"
+                    ),
+                )
+            };
+            let why_key = "the natural key in the lookup identifies the entity";
+            if let Some((token, _)) = &options.key {
+                errors.push(pointless(token.span, "key", why_key));
+            }
+            if let Some((token, _)) = &options.hash {
+                errors.push(pointless(token.span, "hash", why_key));
+            }
+            if let Some((token, _)) = &options.ttl {
+                errors.push(pointless(
+                    token.span,
+                    "ttl",
+                    "the entity lives as long as its row",
+                ));
+            }
+            if let Some(lit) = &options.name {
+                errors.push(pointless(
+                    lit.span(),
+                    "name",
+                    "there are no records to name",
+                ));
+            }
+            if let Some((token, _)) = &options.scope {
+                errors.push(pointless(
+                    token.span,
+                    "scope",
+                    "put the tenant in the lookup",
+                ));
+            }
+            if let Some(span) = options.skip_span {
+                errors.push(pointless(span, "skip", "nothing is fingerprinted"));
+            }
+            if let Some(clock) = &options.clock {
+                errors.push(pointless(clock.span(), "clock", "nothing expires"));
+            }
+        }
         let identity = match (&options.key, &options.hash) {
+            _ if options.get_or_create.is_some() => None,
             (Some(_), Some((hash, _))) => {
                 errors.push(syn::Error::new(
                     hash.span,
@@ -242,6 +290,10 @@ impl<'f> Plan<'f> {
         }
 
         errors.finish()?;
+        let identity = match (&options.get_or_create, identity) {
+            (Some(lookup), _) => Some(Identity::GetOrCreate(lookup)),
+            (None, identity) => identity,
+        };
         let (Some(identity), Some(conn), Some(output)) = (identity, conn, output) else {
             // Every missing piece pushed an error above; this is a fallback.
             return Err(syn::Error::new(
@@ -317,7 +369,24 @@ impl<'f> Plan<'f> {
                 })
                 .collect()
         };
+        let conn = self.conn;
+        let output = self.output;
+        let closure = format_ident!("{}", conn, span = conn.span());
+        if let Identity::GetOrCreate(lookup) = self.identity {
+            let run = quote_spanned! {output.span()=> get_or_create };
+            return quote! {
+                #(#attrs)*
+                #vis #sig {
+                    #private::#run(
+                        #conn,
+                        |#closure| ::core::result::Result::Ok((#lookup)?),
+                        |#closure| -> #output #block,
+                    )
+                }
+            };
+        }
         let fingerprint_stmts = match self.identity {
+            Identity::GetOrCreate(_) => TokenStream::new(),
             Identity::Key(_) | Identity::HashArguments => add(&mut self
                 .fingerprinted
                 .iter()
@@ -328,9 +397,11 @@ impl<'f> Plan<'f> {
             Identity::Key(key) => quote_spanned! {key.span()=>
                 let #key_var = #private::key(&(#key));
             },
-            Identity::HashArguments | Identity::HashValues(_) => quote! {
-                let #key_var = #private::hashed_key(&#fingerprint_var);
-            },
+            Identity::HashArguments | Identity::HashValues(_) | Identity::GetOrCreate(_) => {
+                quote! {
+                    let #key_var = #private::hashed_key(&#fingerprint_var);
+                }
+            }
         };
         let (scope_stmt, scope_call) = match self.scope {
             Some(scope) => (
@@ -344,9 +415,6 @@ impl<'f> Plan<'f> {
         let clock_call = self.clock.map(|clock| quote! { .clock(&(#clock)) });
         let namespace = &self.namespace;
         let ttl_secs = self.ttl_secs;
-        let conn = self.conn;
-        let output = self.output;
-        let closure = format_ident!("{}", conn, span = conn.span());
         // Type errors about the result (not a `Result`, `T` not serializable,
         // `E` without `From<Error>`) point at the return type.
         let run = quote_spanned! {output.span()=> run_response };

@@ -7,7 +7,7 @@ use diesel::sql_types::BigInt;
 use diesel_idempotent::{IdempotencyRecord, idempotency_records};
 use diesel_migrations::{FileBasedMigrations, MigrationHarness};
 
-use super::{Backend, TestConn};
+use super::{Account, Backend, TestConn};
 
 #[derive(QueryableByName)]
 struct Id {
@@ -47,6 +47,12 @@ macro_rules! shared_helpers {
                 .filter(idempotency_records::key.eq(key))
                 .select(IdempotencyRecord::as_select())
                 .first(self)
+        }
+
+        fn count_accounts(&mut self) -> QueryResult<i64> {
+            diesel::sql_query("SELECT COUNT(*) AS n FROM accounts")
+                .get_result::<Count>(self)
+                .map(|row| row.n)
         }
 
         fn record_keys(&mut self) -> QueryResult<Vec<String>> {
@@ -107,6 +113,37 @@ impl TestConn for SqliteConnection {
         )
         .execute(self)
         .map(drop)
+    }
+
+    fn create_account_tables(&mut self) -> QueryResult<()> {
+        diesel::sql_query(
+            "CREATE TABLE accounts (id INTEGER PRIMARY KEY AUTOINCREMENT, \
+             customer_id BIGINT NOT NULL, bank_id BIGINT NOT NULL, UNIQUE (customer_id, bank_id))",
+        )
+        .execute(self)?;
+        diesel::sql_query("CREATE TABLE notes (customer_id BIGINT NOT NULL, body TEXT)")
+            .execute(self)
+            .map(drop)
+    }
+
+    fn find_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Option<Account>> {
+        diesel::sql_query(
+            "SELECT id, customer_id, bank_id FROM accounts WHERE customer_id = ? AND bank_id = ?",
+        )
+        .bind::<BigInt, _>(customer_id)
+        .bind::<BigInt, _>(bank_id)
+        .get_result(self)
+        .optional()
+    }
+
+    fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
+        diesel::sql_query(
+            "INSERT INTO accounts (customer_id, bank_id) VALUES (?, ?) \
+             RETURNING id, customer_id, bank_id",
+        )
+        .bind::<BigInt, _>(customer_id)
+        .bind::<BigInt, _>(bank_id)
+        .get_result(self)
     }
 
     fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
@@ -221,6 +258,37 @@ impl TestConn for PgConnection {
         )
         .execute(self)
         .map(drop)
+    }
+
+    fn create_account_tables(&mut self) -> QueryResult<()> {
+        diesel::sql_query(
+            "CREATE TABLE accounts (id BIGSERIAL PRIMARY KEY, customer_id BIGINT NOT NULL, \
+             bank_id BIGINT NOT NULL, UNIQUE (customer_id, bank_id))",
+        )
+        .execute(self)?;
+        diesel::sql_query("CREATE TABLE notes (customer_id BIGINT NOT NULL, body TEXT)")
+            .execute(self)
+            .map(drop)
+    }
+
+    fn find_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Option<Account>> {
+        diesel::sql_query(
+            "SELECT id, customer_id, bank_id FROM accounts WHERE customer_id = $1 AND bank_id = $2",
+        )
+        .bind::<BigInt, _>(customer_id)
+        .bind::<BigInt, _>(bank_id)
+        .get_result(self)
+        .optional()
+    }
+
+    fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
+        diesel::sql_query(
+            "INSERT INTO accounts (customer_id, bank_id) VALUES ($1, $2) \
+             RETURNING id, customer_id, bank_id",
+        )
+        .bind::<BigInt, _>(customer_id)
+        .bind::<BigInt, _>(bank_id)
+        .get_result(self)
     }
 
     fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {

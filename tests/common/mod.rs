@@ -36,6 +36,7 @@ pub trait Backend: Sized + Sync + 'static {
         let applied = diesel_idempotent::migrate(&mut conn).expect("embedded migrations");
         assert_eq!(applied, 1, "one migration creates the record table");
         conn.create_side_tables().expect("side tables");
+        conn.create_account_tables().expect("account tables");
         db
     }
 }
@@ -60,6 +61,15 @@ pub trait TestConn: IdempotentConnection + Send {
     ) -> QueryResult<diesel_idempotent::IdempotencyRecord>;
     /// Every record's key, sorted.
     fn record_keys(&mut self) -> QueryResult<Vec<String>>;
+    /// `accounts (id, customer_id, bank_id)`, unique on (customer_id, bank_id),
+    /// and `notes (customer_id)` with no unique index.
+    fn create_account_tables(&mut self) -> QueryResult<()>;
+    /// The account of a customer at a bank.
+    fn find_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Option<Account>>;
+    /// Inserts an account (fails with a unique violation if it exists).
+    fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account>;
+    /// Rows in `accounts`.
+    fn count_accounts(&mut self) -> QueryResult<i64>;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -287,6 +297,50 @@ pub fn process_batch<C: TestConn>(
         .collect()
 }
 
+/// A bank account, unique per (customer, bank).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, diesel::QueryableByName)]
+pub struct Account {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub customer_id: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub bank_id: i64,
+}
+
+impl diesel_idempotent::UniqueViolation for AppError {
+    fn is_unique_violation(&self) -> bool {
+        match self {
+            AppError::Db(e) => e.is_unique_violation(),
+            AppError::Idempotency(e) => e.is_unique_violation(),
+            AppError::Declined => false,
+        }
+    }
+}
+
+/// getOrCreate with a `QueryResult` body.
+#[idempotent(get_or_create = conn.find_account(customer_id, bank_id))]
+pub fn open_account<C: TestConn>(
+    conn: &mut C,
+    customer_id: i64,
+    bank_id: i64,
+) -> QueryResult<Account> {
+    conn.insert_account(customer_id, bank_id)
+}
+
+/// getOrCreate with an application error type and a validation.
+#[idempotent(get_or_create = conn.find_account(customer_id, bank_id))]
+pub fn open_account_checked<C: TestConn>(
+    conn: &mut C,
+    customer_id: i64,
+    bank_id: i64,
+) -> Result<Account, AppError> {
+    if bank_id < 0 {
+        return Err(AppError::Declined);
+    }
+    Ok(conn.insert_account(customer_id, bank_id)?)
+}
+
 /// Instantiates every conformance test for one backend.
 #[macro_export]
 macro_rules! conformance {
@@ -319,6 +373,10 @@ macro_rules! conformance {
             webhook_dedup_by_id_or_body,
             retried_batch_reruns_only_missing_items,
             concurrent_redeliveries_run_hash_body_once,
+            get_or_create_returns_the_existing_row,
+            get_or_create_propagates_other_errors,
+            get_or_create_checks_unique_indexes,
+            concurrent_creators_get_one_row,
         );
     };
     (@tests $backend:ty; $($test:ident),* $(,)?) => {

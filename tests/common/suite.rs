@@ -774,3 +774,99 @@ pub fn concurrent_redeliveries_run_hash_body_once<B: Backend>() {
     });
     assert_eq!(db.connect().count_payments().unwrap(), ROUNDS);
 }
+
+pub fn get_or_create_returns_the_existing_row<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let first = open_account(&mut conn, 1, 10).unwrap();
+    let again = open_account(&mut conn, 1, 10).unwrap();
+    assert_eq!(first, again, "a double-click opens one account");
+    let other_bank = open_account(&mut conn, 1, 11).unwrap();
+    assert_ne!(first.id, other_bank.id);
+    assert_eq!(conn.count_accounts().unwrap(), 2);
+    // Inside a caller's transaction too, and with an application error type.
+    let inside = conn
+        .transaction(|conn| open_account_checked(conn, 1, 10))
+        .unwrap();
+    assert_eq!(inside, first);
+    assert_eq!(
+        conn.count_records().unwrap(),
+        0,
+        "no idempotency record is kept"
+    );
+}
+
+pub fn get_or_create_propagates_other_errors<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let err = open_account_checked(&mut conn, 2, -1).unwrap_err();
+    assert!(matches!(err, AppError::Declined), "{err:?}");
+    assert_eq!(conn.count_accounts().unwrap(), 0);
+    // A unique violation that the lookup does not explain is returned as is:
+    // here the lookup is by another key than the constraint that fired.
+    open_account(&mut conn, 3, 30).unwrap();
+    let err = diesel_idempotent::get_or_create(
+        &mut conn,
+        |_| Ok(None::<Account>),
+        |conn| conn.insert_account(3, 30),
+    )
+    .unwrap_err();
+    assert!(
+        diesel_idempotent::UniqueViolation::is_unique_violation(&err),
+        "{err:?}"
+    );
+    assert_eq!(conn.count_accounts().unwrap(), 1);
+}
+
+pub fn get_or_create_checks_unique_indexes<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let covers = |conn: &mut B::Conn, table: &str, columns: &[&str]| {
+        diesel_idempotent::unique_index_covers(conn, table, columns).unwrap()
+    };
+    assert!(covers(&mut conn, "accounts", &["customer_id", "bank_id"]));
+    assert!(covers(
+        &mut conn,
+        "accounts",
+        &["bank_id", "customer_id", "id"]
+    ));
+    assert!(
+        !covers(&mut conn, "accounts", &["customer_id"]),
+        "the classic silent bug"
+    );
+    assert!(!covers(&mut conn, "notes", &["customer_id"]));
+    assert!(!covers(&mut conn, "no_such_table", &["id"]));
+}
+
+/// 16 creators of the same natural key at once, 20 rounds: one row each
+/// round, every caller gets it, no error surfaces.
+pub fn concurrent_creators_get_one_row<B: Backend>() {
+    const THREADS: usize = 16;
+    const ROUNDS: i64 = 20;
+    let db = B::fresh();
+    let barrier = Barrier::new(THREADS);
+    let per_thread: Vec<Vec<Account>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut conn = db.connect();
+                    (0..ROUNDS)
+                        .map(|round| {
+                            barrier.wait();
+                            open_account_checked(&mut conn, 100 + round, 1)
+                                .unwrap_or_else(|e| panic!("round {round}: {e:?}"))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for round in 0..ROUNDS as usize {
+        assert!(
+            per_thread.iter().all(|r| r[round] == per_thread[0][round]),
+            "round {round}: callers got different accounts"
+        );
+    }
+    assert_eq!(db.connect().count_accounts().unwrap(), ROUNDS);
+}

@@ -71,9 +71,26 @@ pub trait IdempotentConnection: diesel::Connection + Sized {
     #[doc(hidden)]
     fn complete(&mut self, id: RecordId<'_>, response: &str) -> QueryResult<usize>;
 
+    /// The column lists of `table`'s unique indexes (primary key included).
+    #[doc(hidden)]
+    fn unique_indexes(&mut self, table: &str) -> QueryResult<Vec<Vec<String>>>;
+
     /// Deletes at most `limit` records expired at or before `now`.
     #[doc(hidden)]
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize>;
+}
+
+/// Groups `(index, column)` rows, in order, into one column list per index.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn group_index_columns(rows: impl Iterator<Item = (String, String)>) -> Vec<Vec<String>> {
+    let mut indexes: Vec<(String, Vec<String>)> = Vec::new();
+    for (index, column) in rows {
+        match indexes.last_mut() {
+            Some((name, columns)) if *name == index => columns.push(column),
+            _ => indexes.push((index, vec![column])),
+        }
+    }
+    indexes.into_iter().map(|(_, columns)| columns).collect()
 }
 
 /// The statements the dialects with `ON CONFLICT DO NOTHING` (SQLite,

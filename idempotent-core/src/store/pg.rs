@@ -27,5 +27,29 @@ impl IdempotentConnection for PgConnection {
         .execute(self)
     }
 
+    fn unique_indexes(&mut self, table: &str) -> QueryResult<Vec<Vec<String>>> {
+        #[derive(QueryableByName)]
+        struct IndexColumn {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            index_name: String,
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            column_name: String,
+        }
+        let rows: Vec<IndexColumn> = diesel::sql_query(
+            "SELECT ic.relname::text AS index_name, a.attname::text AS column_name \
+             FROM pg_index i \
+             JOIN pg_class ic ON ic.oid = i.indexrelid \
+             JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) ON true \
+             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL \
+             ORDER BY ic.relname, k.n",
+        )
+        .bind::<diesel::sql_types::Text, _>(table)
+        .load(self)?;
+        Ok(super::group_index_columns(
+            rows.into_iter().map(|r| (r.index_name, r.column_name)),
+        ))
+    }
+
     common_statements!(MIGRATIONS);
 }
