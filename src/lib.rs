@@ -55,6 +55,7 @@
 //! |---|---|
 //! | `key = EXPR` | the idempotency key, any expression of a type that is `AsRef<str>` |
 //! | `hash`, `hash(a, b.c)` | instead of `key`: the key is the [`fingerprint`] of every argument, or of the named values (call history) |
+//! | `get_or_create = LOOKUP` | instead of both: return what the lookup finds, else run the body; see [`get_or_create`] |
 //! | `ttl = "24h"` | how long the record answers, a humantime literal checked at compile time (1s to 366d; default 24h) |
 //! | `name = "payments.create"` | the stable namespace of this function's records |
 //! | `scope = EXPR` | a tenant or user scope (`Display`), so equal keys of two tenants never collide |

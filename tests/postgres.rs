@@ -13,3 +13,9 @@ conformance!(common::Postgres);
 fn postgres_backend_skipped_feature_disabled() {
     println!("SKIPPED: postgres backend (build with --features postgres or run ./scripts/test.sh)");
 }
+
+#[cfg(feature = "postgres")]
+#[test]
+fn get_or_create_under_repeatable_read_never_reports_not_found() {
+    common::suite::get_or_create_under_repeatable_read();
+}

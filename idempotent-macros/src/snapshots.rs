@@ -156,3 +156,16 @@ fn hash_of_named_values() {
         },
     );
 }
+
+#[test]
+fn get_or_create() {
+    check(
+        "get_or_create",
+        quote!(get_or_create = find_account(conn, customer.id, params.bank_id)),
+        quote! {
+            fn open_account(conn: &mut PgConnection, customer: &Customer, params: &NewAccount) -> QueryResult<Account> {
+                insert_account(conn, customer, params)
+            }
+        },
+    );
+}

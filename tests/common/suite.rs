@@ -870,3 +870,70 @@ pub fn concurrent_creators_get_one_row<B: Backend>() {
     }
     assert_eq!(db.connect().count_accounts().unwrap(), ROUNDS);
 }
+
+/// PostgreSQL at REPEATABLE READ: a creator whose snapshot predates the
+/// winner's row cannot see it, so it gets the unique violation (retry the
+/// transaction) or the row, never a spurious "not found"; a retry converges.
+#[cfg(feature = "postgres")]
+pub fn get_or_create_under_repeatable_read() {
+    use diesel::result::{DatabaseErrorKind, Error as DieselError};
+    const THREADS: usize = 8;
+    const ROUNDS: i64 = 10;
+    let db = Postgres::fresh();
+    let barrier = Barrier::new(THREADS);
+    let attempt = |conn: &mut diesel::PgConnection, customer: i64| {
+        conn.build_transaction().repeatable_read().run(|conn| {
+            conn.count_accounts()?; // the snapshot is taken before the race
+            open_account(conn, customer, 7)
+        })
+    };
+    let (mut ok, mut retryable) = (0usize, 0usize);
+    let outcomes: Vec<Vec<(Result<Account, DieselError>, Account)>> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut conn = db.connect();
+                    (0..ROUNDS)
+                        .map(|round| {
+                            barrier.wait();
+                            let first = attempt(&mut conn, 900 + round);
+                            // The documented reaction: retry the transaction.
+                            let settled = (0..5)
+                                .find_map(|_| attempt(&mut conn, 900 + round).ok())
+                                .expect("a retry converges");
+                            (first, settled)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        workers.into_iter().map(|w| w.join().unwrap()).collect()
+    });
+    for round in 0..ROUNDS as usize {
+        let winner = &outcomes[0][round].1;
+        for thread in &outcomes {
+            let (first, settled) = &thread[round];
+            assert_eq!(
+                settled, winner,
+                "round {round}: retries converge on one row"
+            );
+            match first {
+                Ok(account) => {
+                    assert_eq!(account, winner);
+                    ok += 1;
+                }
+                Err(DieselError::DatabaseError(
+                    DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure,
+                    _,
+                )) => retryable += 1,
+                Err(other) => panic!("round {round}: unexpected {other:?}"),
+            }
+        }
+    }
+    println!(
+        "[postgres] REPEATABLE READ, {THREADS} creators x {ROUNDS} rounds: {ok} got the row, \
+         {retryable} got a retryable unique violation / serialization failure"
+    );
+    assert!(ok >= ROUNDS as usize, "every round has a winner");
+    assert_eq!(db.connect().count_accounts().unwrap(), ROUNDS);
+}

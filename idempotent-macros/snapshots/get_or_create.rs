@@ -1,0 +1,13 @@
+fn open_account(
+    conn: &mut PgConnection,
+    customer: &Customer,
+    params: &NewAccount,
+) -> QueryResult<Account> {
+    ::diesel_idempotent::__private::get_or_create(
+        conn,
+        |conn| ::core::result::Result::Ok(
+            (find_account(conn, customer.id, params.bank_id))?,
+        ),
+        |conn| -> QueryResult<Account> { insert_account(conn, customer, params) },
+    )
+}
