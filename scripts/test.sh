@@ -79,3 +79,6 @@ cargo run --example quickstart
 
 log "cargo run --example analytics_consumer"
 cargo run --example analytics_consumer
+
+log "cargo run --example bank_accounts"
+cargo run --example bank_accounts
