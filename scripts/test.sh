@@ -2,11 +2,13 @@
 # The whole test suite, every backend: `./scripts/test.sh [cargo test args]`.
 #
 # Installs what the tests need when it is missing (libpq, libsqlite3, the
-# PostgreSQL server), starts an ephemeral PostgreSQL on a free loopback port
-# in a temporary directory (as the `postgres` user when run as root), runs
-# `cargo test` for the workspace with all features, and stops the server.
-# Set DIESEL_IDEMPOTENT_PG_URL to use a server of your own instead; the
-# tests create and drop one database each on it.
+# MySQL client library, the PostgreSQL and MariaDB servers), starts an
+# ephemeral PostgreSQL and an ephemeral MariaDB on free loopback ports in
+# temporary directories (as the `postgres` and `mysql` users when run as
+# root), runs `cargo test` for the workspace with all features, and stops
+# the servers. Set DIESEL_IDEMPOTENT_PG_URL / DIESEL_IDEMPOTENT_MYSQL_URL to
+# use servers of your own instead; the tests create and drop one database
+# each on them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +29,8 @@ apt_install() {
 missing=()
 dpkg -s libpq-dev >/dev/null 2>&1 || missing+=(libpq-dev)
 dpkg -s libsqlite3-dev >/dev/null 2>&1 || missing+=(libsqlite3-dev)
+dpkg -s default-libmysqlclient-dev >/dev/null 2>&1 || missing+=(default-libmysqlclient-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pg_bindir() {
   local d
   for d in /usr/lib/postgresql/*/bin; do
@@ -37,9 +41,20 @@ pg_bindir() {
 if [ -z "${DIESEL_IDEMPOTENT_PG_URL:-}" ] && ! pg_bindir >/dev/null; then
   missing+=(postgresql)
 fi
+if [ -z "${DIESEL_IDEMPOTENT_MYSQL_URL:-}" ] && ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
+  missing+=(mariadb-server)
+fi
 if [ "${#missing[@]}" -gt 0 ] && command -v dpkg >/dev/null 2>&1; then
   apt_install "${missing[@]}"
 fi
+
+cleanups=()
+run_cleanups() { local c; for c in "${cleanups[@]}"; do "$c"; done; }
+trap run_cleanups EXIT INT TERM
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
 
 if [ -z "${DIESEL_IDEMPOTENT_PG_URL:-}" ]; then
   bindir=$(pg_bindir) || { log "no PostgreSQL server binaries found"; exit 1; }
@@ -51,12 +66,12 @@ if [ -z "${DIESEL_IDEMPOTENT_PG_URL:-}" ]; then
     chown postgres "$pgdir"
     as_pg=(runuser -u postgres --)
   fi
-  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()')
-  cleanup() {
+  port=$(free_port)
+  pg_cleanup() {
     "${as_pg[@]}" "$bindir/pg_ctl" -D "$pgdir/data" -m immediate stop >/dev/null 2>&1 || true
     rm -rf "$pgdir"
   }
-  trap cleanup EXIT INT TERM
+  cleanups+=(pg_cleanup)
   log "starting PostgreSQL ($bindir) on 127.0.0.1:$port in $pgdir"
   "${as_pg[@]}" "$bindir/initdb" -D "$pgdir/data" -U postgres -A trust -E UTF8 --no-locale >"$pgdir/initdb.log" 2>&1 \
     || { cat "$pgdir/initdb.log" >&2; exit 1; }
@@ -66,6 +81,45 @@ if [ -z "${DIESEL_IDEMPOTENT_PG_URL:-}" ]; then
   export DIESEL_IDEMPOTENT_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
 else
   log "using PostgreSQL at DIESEL_IDEMPOTENT_PG_URL"
+fi
+
+if [ -z "${DIESEL_IDEMPOTENT_MYSQL_URL:-}" ]; then
+  mydir=$(mktemp -d /tmp/diesel-idempotent-mysql.XXXXXX)
+  chmod 755 "$mydir"
+  myuser=$(id -un)
+  if [ "$(id -u)" -eq 0 ]; then
+    id mysql >/dev/null 2>&1 || useradd --system --home-dir "$mydir" mysql
+    chown mysql "$mydir"
+    myuser=mysql
+  fi
+  myport=$(free_port)
+  my_cleanup() {
+    if [ -f "$mydir/mariadbd.pid" ]; then
+      kill "$(cat "$mydir/mariadbd.pid")" 2>/dev/null || true
+      for _ in $(seq 1 100); do [ -f "$mydir/mariadbd.pid" ] || break; sleep 0.1; done
+    fi
+    rm -rf "$mydir"
+  }
+  cleanups+=(my_cleanup)
+  log "starting MariaDB on 127.0.0.1:$myport in $mydir"
+  mariadb-install-db --no-defaults --datadir="$mydir/data" --user="$myuser" \
+    --auth-root-authentication-method=normal --skip-test-db >"$mydir/install.log" 2>&1 \
+    || { cat "$mydir/install.log" >&2; exit 1; }
+  mariadbd=$(command -v mariadbd || echo /usr/sbin/mariadbd)
+  "$mariadbd" --no-defaults --datadir="$mydir/data" --user="$myuser" \
+    --bind-address=127.0.0.1 --port="$myport" --socket="$mydir/mysql.sock" \
+    --pid-file="$mydir/mariadbd.pid" --log-error="$mydir/error.log" \
+    --skip-grant-tables --skip-log-bin --max-connections=600 \
+    --innodb-flush-log-at-trx-commit=2 --innodb-buffer-pool-size=256M &
+  for _ in $(seq 1 300); do
+    mariadb-admin --no-defaults --protocol=tcp -h 127.0.0.1 -P "$myport" -u root ping >/dev/null 2>&1 && break
+    sleep 0.2
+  done
+  mariadb-admin --no-defaults --protocol=tcp -h 127.0.0.1 -P "$myport" -u root ping >/dev/null 2>&1 \
+    || { cat "$mydir/error.log" >&2; log "MariaDB did not start"; exit 1; }
+  export DIESEL_IDEMPOTENT_MYSQL_URL="mysql://root@127.0.0.1:$myport/mysql"
+else
+  log "using MySQL at DIESEL_IDEMPOTENT_MYSQL_URL"
 fi
 
 log "cargo test --workspace --all-features $*"

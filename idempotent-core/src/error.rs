@@ -82,6 +82,23 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// The result's JSON is larger than the function's `max_response_bytes`.
+    /// The transaction was rolled back: nothing was stored, nothing changed.
+    #[error(
+        "the result for idempotency key {key:?} in {namespace:?} is {size} bytes of JSON, over \
+         the limit of {limit}; return less (an id to fetch the rest) or raise `max_response_bytes`"
+    )]
+    ResponseTooLarge {
+        /// The function's namespace.
+        namespace: String,
+        /// The key of the call.
+        key: String,
+        /// The JSON's size in bytes.
+        size: usize,
+        /// The configured limit.
+        limit: usize,
+    },
+
     /// An argument or the result could not be serialized to JSON (a map with
     /// non-string keys, a non-finite float, a failing `Serialize` impl).
     #[error(

@@ -23,17 +23,20 @@ pub enum Backend {
     Sqlite,
     /// PostgreSQL 11 or later, and engines compatible with it.
     Postgres,
+    /// MySQL 8 or MariaDB 10.5 or later (InnoDB).
+    Mysql,
 }
 
 impl Backend {
     /// Every backend, in documentation order.
-    pub const ALL: [Backend; 2] = [Backend::Sqlite, Backend::Postgres];
+    pub const ALL: [Backend; 3] = [Backend::Sqlite, Backend::Postgres, Backend::Mysql];
 
     /// The name used on the command line: `sqlite` or `postgres`.
     pub fn name(self) -> &'static str {
         match self {
             Backend::Sqlite => "sqlite",
             Backend::Postgres => "postgres",
+            Backend::Mysql => "mysql",
         }
     }
 
@@ -46,6 +49,9 @@ impl Backend {
             Backend::Postgres => include_str!(
                 "../migrations/postgres/2026-11-24-000000_create_idempotency_records/up.sql"
             ),
+            Backend::Mysql => include_str!(
+                "../migrations/mysql/2026-11-24-000000_create_idempotency_records/up.sql"
+            ),
         }
     }
 
@@ -57,6 +63,9 @@ impl Backend {
             ),
             Backend::Postgres => include_str!(
                 "../migrations/postgres/2026-11-24-000000_create_idempotency_records/down.sql"
+            ),
+            Backend::Mysql => include_str!(
+                "../migrations/mysql/2026-11-24-000000_create_idempotency_records/down.sql"
             ),
         }
     }
@@ -75,8 +84,9 @@ impl std::str::FromStr for Backend {
         match s.to_ascii_lowercase().as_str() {
             "sqlite" | "sqlite3" => Ok(Backend::Sqlite),
             "postgres" | "postgresql" | "pg" => Ok(Backend::Postgres),
+            "mysql" | "mariadb" => Ok(Backend::Mysql),
             other => Err(format!(
-                "unknown backend {other:?}; expected one of: sqlite, postgres"
+                "unknown backend {other:?}; expected one of: sqlite, postgres, mysql"
             )),
         }
     }
@@ -114,7 +124,7 @@ pub fn write_diesel_cli_migrations(backend: Backend, dir: &Path) -> io::Result<P
     Ok(folder)
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub(crate) fn run_embedded<DB, H>(
     conn: &mut H,
     source: diesel_migrations::EmbeddedMigrations,

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 use diesel_idempotent::migrations::{Backend, write_diesel_cli_migrations};
 
 const USAGE: &str = "\
-usage: diesel-idempotent migrations --backend <sqlite|postgres> [--dir <migrations dir>]
+usage: diesel-idempotent migrations --backend <sqlite|postgres|mysql> [--dir <migrations dir>]
 
 Writes <dir>/<version>_create_idempotency_records/{up,down}.sql for the backend
 (default dir: ./migrations); apply it with `diesel migration run`.";
@@ -48,7 +48,7 @@ fn run(args: Vec<String>) -> Result<String, String> {
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
-    let backend = backend.ok_or("missing --backend (sqlite or postgres)")?;
+    let backend = backend.ok_or("missing --backend (sqlite, postgres or mysql)")?;
     let folder = write_diesel_cli_migrations(backend, &dir)
         .map_err(|e| format!("could not write into {}: {e}", dir.display()))?;
     Ok(format!("wrote {}", folder.display()))

@@ -68,6 +68,43 @@ fn file_migrations(dir: &Path) -> FileBasedMigrations {
     FileBasedMigrations::from_path(dir).expect("a Diesel CLI migrations directory")
 }
 
+/// `admin_url` with its database replaced by `name`.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn database_url(admin_url: &str, name: &str) -> String {
+    let (base, query) = match admin_url.split_once('?') {
+        Some((base, query)) => (base, format!("?{query}")),
+        None => (admin_url, String::new()),
+    };
+    let (server, _) = base
+        .rsplit_once('/')
+        .filter(|(server, _)| server.contains("//"))
+        .unwrap_or((base, ""));
+    format!("{server}/{name}{query}")
+}
+
+/// A database name unique to this process and call.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn unique_database_name() -> String {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    format!(
+        "di_test_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// The server URL in `var`, or a failure that says how to get one.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+fn server_url(var: &str, what: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!(
+            "the {what} tests need a server: run ./scripts/test.sh, which starts one, \
+             or set {var}"
+        )
+    })
+}
+
 /// SQLite on a temporary file in WAL mode, every connection with a busy
 /// timeout so concurrent writers wait instead of failing.
 #[cfg(feature = "sqlite")]
@@ -176,33 +213,14 @@ impl Backend for Postgres {
         diesel_idempotent::migrations::Backend::Postgres;
 
     fn empty() -> Self {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let admin_url = std::env::var(PG_URL_VAR).unwrap_or_else(|_| {
-            panic!(
-                "the PostgreSQL tests need a server: run ./scripts/test.sh, which starts one, \
-                 or set {PG_URL_VAR}=postgres://user@host/db"
-            )
-        });
-        let name = format!(
-            "di_test_{}_{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::SeqCst)
-        );
+        let admin_url = server_url(PG_URL_VAR, "PostgreSQL");
+        let name = unique_database_name();
         let mut admin = PgConnection::establish(&admin_url)
             .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {PG_URL_VAR}: {e}"));
         diesel::sql_query(format!("CREATE DATABASE {name}"))
             .execute(&mut admin)
             .expect("create test database");
-        let (base, query) = match admin_url.split_once('?') {
-            Some((base, query)) => (base, format!("?{query}")),
-            None => (admin_url.as_str(), String::new()),
-        };
-        let (server, _) = base
-            .rsplit_once('/')
-            .filter(|(server, _)| server.contains("//"))
-            .unwrap_or((base, ""));
-        let url = format!("{server}/{name}{query}");
+        let url = database_url(&admin_url, &name);
         Postgres {
             admin_url,
             url,
@@ -296,6 +314,136 @@ impl TestConn for PgConnection {
             .bind::<BigInt, _>(amount)
             .get_result::<Id>(self)
             .map(|row| row.id)
+    }
+
+    shared_helpers!();
+}
+
+/// A database of its own on the MySQL/MariaDB server at
+/// `DIESEL_IDEMPOTENT_MYSQL_URL` (started by `scripts/test.sh`).
+#[cfg(feature = "mysql")]
+pub struct Mysql {
+    admin_url: String,
+    url: String,
+    name: String,
+}
+
+#[cfg(feature = "mysql")]
+pub const MYSQL_URL_VAR: &str = "DIESEL_IDEMPOTENT_MYSQL_URL";
+
+#[cfg(feature = "mysql")]
+impl Backend for Mysql {
+    type Conn = MysqlConnection;
+    const NAME: &'static str = "mysql";
+    const MIGRATIONS: diesel_idempotent::migrations::Backend =
+        diesel_idempotent::migrations::Backend::Mysql;
+
+    fn empty() -> Self {
+        let admin_url = server_url(MYSQL_URL_VAR, "MySQL");
+        let name = unique_database_name();
+        let mut admin = MysqlConnection::establish(&admin_url)
+            .unwrap_or_else(|e| panic!("cannot reach MySQL at {MYSQL_URL_VAR}: {e}"));
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .expect("create test database");
+        let url = database_url(&admin_url, &name);
+        Mysql {
+            admin_url,
+            url,
+            name,
+        }
+    }
+
+    fn connect(&self) -> MysqlConnection {
+        MysqlConnection::establish(&self.url).expect("connect to the test database")
+    }
+
+    fn wait_for_lock_waiters(&self, n: usize) {
+        let mut conn = self.connect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            // A claim that is executing cannot finish while the first call
+            // holds the key, so it is (or is about to be) waiting on its lock.
+            let waiting = diesel::sql_query(
+                "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST \
+                 WHERE DB = DATABASE() AND INFO LIKE 'INSERT IGNORE INTO `idempotency_records`%'",
+            )
+            .get_result::<Count>(&mut conn)
+            .expect("PROCESSLIST")
+            .n;
+            if waiting >= n as i64 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} lock waiter(s) never appeared"
+            );
+            std::thread::yield_now();
+        }
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl Drop for Mysql {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = MysqlConnection::establish(&self.admin_url) {
+            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {}", self.name))
+                .execute(&mut admin);
+        }
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl TestConn for MysqlConnection {
+    fn create_side_tables(&mut self) -> QueryResult<()> {
+        diesel::sql_query(
+            "CREATE TABLE payments (id BIGINT AUTO_INCREMENT PRIMARY KEY, amount BIGINT NOT NULL) \
+             ENGINE = InnoDB",
+        )
+        .execute(self)
+        .map(drop)
+    }
+
+    fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
+        diesel::sql_query("INSERT INTO payments (amount) VALUES (?)")
+            .bind::<BigInt, _>(amount)
+            .execute(self)?;
+        diesel::sql_query("SELECT CAST(LAST_INSERT_ID() AS SIGNED) AS id")
+            .get_result::<Id>(self)
+            .map(|row| row.id)
+    }
+
+    fn create_account_tables(&mut self) -> QueryResult<()> {
+        diesel::sql_query(
+            "CREATE TABLE accounts (id BIGINT AUTO_INCREMENT PRIMARY KEY, \
+             customer_id BIGINT NOT NULL, bank_id BIGINT NOT NULL, \
+             UNIQUE KEY accounts_natural (customer_id, bank_id)) ENGINE = InnoDB",
+        )
+        .execute(self)?;
+        diesel::sql_query("CREATE TABLE notes (customer_id BIGINT NOT NULL, body TEXT)")
+            .execute(self)
+            .map(drop)
+    }
+
+    fn find_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Option<Account>> {
+        diesel::sql_query(
+            "SELECT id, customer_id, bank_id FROM accounts WHERE customer_id = ? AND bank_id = ?",
+        )
+        .bind::<BigInt, _>(customer_id)
+        .bind::<BigInt, _>(bank_id)
+        .get_result(self)
+        .optional()
+    }
+
+    fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
+        diesel::sql_query("INSERT INTO accounts (customer_id, bank_id) VALUES (?, ?)")
+            .bind::<BigInt, _>(customer_id)
+            .bind::<BigInt, _>(bank_id)
+            .execute(self)?;
+        diesel::sql_query(
+            "SELECT id, customer_id, bank_id FROM accounts WHERE id = LAST_INSERT_ID()",
+        )
+        .get_result(self)
     }
 
     shared_helpers!();

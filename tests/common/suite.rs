@@ -447,7 +447,7 @@ pub fn statements_added_per_call<B: Backend>() {
         // The caller's own BEGIN/COMMIT and the body's insert are not ours.
         let body = log
             .iter()
-            .filter(|q| q.contains("INSERT INTO payments"))
+            .filter(|q| q.contains("INSERT INTO payments") || q.contains("LAST_INSERT_ID"))
             .count();
         let caller = usize::from(in_tx) * 2;
         let added = log.len() - body - caller;
@@ -497,6 +497,9 @@ fn held_first_call<B: Backend>(commit: bool) {
     let (claimed_tx, claimed_rx) = mpsc::channel();
     let (finish_tx, finish_rx) = mpsc::channel::<()>();
     std::thread::scope(|s| {
+        // Owned by this closure, so a failure below drops it and releases
+        // the first thread instead of leaving it waiting forever.
+        let finish_tx = finish_tx;
         let first = s.spawn(move || {
             let mut conn = db.connect();
             let result: Result<Payment, AppError> = conn.transaction(|conn| {

@@ -24,6 +24,10 @@ use crate::ttl::Ttl;
 /// The longest key, scope or namespace, in bytes.
 pub const MAX_KEY_LEN: usize = 255;
 
+/// How often a call that owns its transaction starts it again after a
+/// transient failure of the claim (before the body ran).
+const CLAIM_TRANSACTIONS: usize = 5;
+
 /// How often a claim is retried when the record it collided with vanished
 /// (purged) or was renewed by a concurrent caller in between.
 const CLAIM_ATTEMPTS: usize = 4;
@@ -185,6 +189,7 @@ pub struct Call<'a> {
     ttl: Ttl,
     clock: &'a dyn Clock,
     fingerprint: Result<Fingerprint, Error>,
+    max_response_bytes: Option<usize>,
 }
 
 impl std::fmt::Debug for Call<'_> {
@@ -211,7 +216,16 @@ impl<'a> Call<'a> {
             ttl: Ttl::DEFAULT,
             clock: &SystemClock,
             fingerprint: Fingerprint::builder().finish(),
+            max_response_bytes: None,
         }
+    }
+
+    /// Refuses to store a result whose JSON exceeds `limit` bytes: the call
+    /// fails with [`Error::ResponseTooLarge`] and rolls back with nothing
+    /// stored. Unlimited by default.
+    pub fn max_response_bytes(mut self, limit: usize) -> Self {
+        self.max_response_bytes = Some(limit);
+        self
     }
 
     /// Keeps this call's record apart from other tenants' equal keys.
@@ -280,41 +294,78 @@ impl<'a> Call<'a> {
             Ok(prepared) => prepared,
             Err(e) => return Err(E::from(e)),
         };
-        let result = conn.idempotent_transaction(|conn| -> Result<O, Failure<E>> {
-            match claim(conn, &prepared)? {
-                Step::Replay(json) => O::from_stored_json(&json).map_err(|source| {
-                    Failure::Library(Error::StoredResultUnreadable {
-                        namespace: prepared.namespace.to_owned(),
-                        key: prepared.key.to_owned(),
-                        source,
-                    })
-                }),
-                Step::Run => {
-                    let out = match panic::catch_unwind(AssertUnwindSafe(|| body(conn))) {
-                        Ok(Ok(out)) => out,
-                        Ok(Err(e)) => return Err(Failure::Body(e)),
-                        Err(payload) => return Err(Failure::Panic(payload)),
-                    };
-                    let json = out.to_stored_json().map_err(|source| {
-                        Failure::Library(Error::Serialization {
-                            what: "the result",
-                            source,
-                        })
-                    })?;
-                    match conn.complete(prepared.id(), &json)? {
-                        1 => Ok(out),
-                        _ => Err(Failure::Library(Error::InFlight {
+        // A claim that fails transiently (a deadlock between two callers
+        // taking over the same expired record, a serialization failure)
+        // happens before the body runs; when this call owns the
+        // transaction it is safe to start it again.
+        let owns_transaction = match conn.in_transaction() {
+            Ok(open) => !open,
+            Err(e) => return Err(E::from(Error::Database(e))),
+        };
+        let mut body = Some(body);
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            let result = conn.idempotent_transaction(|conn| -> Result<O, Failure<E>> {
+                match claim(conn, &prepared).map_err(Failure::Claim)? {
+                    Step::Replay(json) => O::from_stored_json(&json).map_err(|source| {
+                        Failure::Library(Error::StoredResultUnreadable {
                             namespace: prepared.namespace.to_owned(),
                             key: prepared.key.to_owned(),
-                        })),
+                            source,
+                        })
+                    }),
+                    Step::Run => {
+                        let Some(body) = body.take() else {
+                            return Err(Failure::Library(Error::InFlight {
+                                namespace: prepared.namespace.to_owned(),
+                                key: prepared.key.to_owned(),
+                            }));
+                        };
+                        let out = match panic::catch_unwind(AssertUnwindSafe(|| body(conn))) {
+                            Ok(Ok(out)) => out,
+                            Ok(Err(e)) => return Err(Failure::Body(e)),
+                            Err(payload) => return Err(Failure::Panic(payload)),
+                        };
+                        let json = out.to_stored_json().map_err(|source| {
+                            Failure::Library(Error::Serialization {
+                                what: "the result",
+                                source,
+                            })
+                        })?;
+                        if let Some(limit) = prepared.max_response_bytes
+                            && json.len() > limit
+                        {
+                            return Err(Failure::Library(Error::ResponseTooLarge {
+                                namespace: prepared.namespace.to_owned(),
+                                key: prepared.key.to_owned(),
+                                size: json.len(),
+                                limit,
+                            }));
+                        }
+                        match conn.complete(prepared.id(), &json)? {
+                            1 => Ok(out),
+                            _ => Err(Failure::Library(Error::InFlight {
+                                namespace: prepared.namespace.to_owned(),
+                                key: prepared.key.to_owned(),
+                            })),
+                        }
                     }
                 }
+            });
+            match result {
+                Err(Failure::Claim(e))
+                    if owns_transaction && e.is_retryable() && attempt < CLAIM_TRANSACTIONS =>
+                {
+                    continue;
+                }
+                other => break other,
             }
-        });
+        };
         match result {
             Ok(out) => Ok(out),
             Err(Failure::Body(e)) => Err(e),
-            Err(Failure::Library(e)) => Err(E::from(e)),
+            Err(Failure::Library(e) | Failure::Claim(e)) => Err(E::from(e)),
             Err(Failure::Panic(payload)) => panic::resume_unwind(payload),
         }
     }
@@ -335,6 +386,7 @@ impl<'a> Call<'a> {
             fingerprint,
             now,
             expires_at,
+            max_response_bytes: self.max_response_bytes,
         })
     }
 }
@@ -347,6 +399,7 @@ struct Prepared<'a> {
     fingerprint: Fingerprint,
     now: NaiveDateTime,
     expires_at: NaiveDateTime,
+    max_response_bytes: Option<usize>,
 }
 
 impl Prepared<'_> {
@@ -374,6 +427,8 @@ impl Prepared<'_> {
 /// Why the transaction around the body ended early.
 enum Failure<E> {
     Body(E),
+    /// Before the body ran.
+    Claim(Error),
     Library(Error),
     Panic(Box<dyn Any + Send + 'static>),
 }
@@ -474,12 +529,15 @@ pub fn validate_key(key: &str) -> Result<(), Error> {
     Err(Error::InvalidKey { reason })
 }
 
-/// Checks a scope: at most 255 bytes, no control characters (may be empty).
+/// Checks a scope: at most 255 bytes, no control characters, no leading or
+/// trailing whitespace (may be empty).
 pub fn validate_scope(scope: &str) -> Result<(), Error> {
     let reason = if scope.len() > MAX_KEY_LEN {
         "the scope is longer than 255 bytes"
     } else if scope.chars().any(char::is_control) {
         "the scope holds a control character"
+    } else if scope.trim() != scope {
+        "the scope begins or ends with whitespace (MySQL would ignore trailing spaces)"
     } else {
         return Ok(());
     };
@@ -494,6 +552,8 @@ pub fn validate_namespace(namespace: &str) -> Result<(), Error> {
         "the namespace is longer than 255 bytes; set a shorter `name`"
     } else if namespace.chars().any(char::is_control) {
         "the namespace holds a control character"
+    } else if namespace.trim() != namespace {
+        "the namespace begins or ends with whitespace"
     } else {
         return Ok(());
     };
@@ -551,6 +611,7 @@ mod tests {
         assert!(validate_scope("").is_ok());
         assert!(validate_scope("tenant 42").is_ok());
         assert!(validate_scope("a\nb").is_err());
+        assert!(validate_scope("tenant ").is_err());
         assert!(validate_namespace("").is_err());
     }
 }

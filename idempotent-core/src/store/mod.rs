@@ -10,6 +10,8 @@ use diesel::QueryResult;
 
 use crate::record::{NewRecord, RecordId};
 
+#[cfg(feature = "mysql")]
+mod mysql;
 #[cfg(feature = "postgres")]
 mod pg;
 #[cfg(feature = "sqlite")]
@@ -37,7 +39,18 @@ pub struct StoredState {
 ///
 /// The methods are the library's storage statements; they are not part of
 /// the stable API and are hidden from the documentation.
-pub trait IdempotentConnection: diesel::Connection + Sized {
+pub trait IdempotentConnection:
+    diesel::Connection<TransactionManager = diesel::connection::AnsiTransactionManager> + Sized
+{
+    /// Whether a transaction is open on this connection.
+    #[doc(hidden)]
+    fn in_transaction(&mut self) -> QueryResult<bool> {
+        use diesel::connection::{AnsiTransactionManager, TransactionManager};
+        AnsiTransactionManager::transaction_manager_status_mut(self)
+            .transaction_depth()
+            .map(|depth| depth.is_some())
+    }
+
     /// Runs the embedded migrations that create the record table on this
     /// backend; returns how many were applied.
     #[doc(hidden)]
@@ -81,7 +94,7 @@ pub trait IdempotentConnection: diesel::Connection + Sized {
 }
 
 /// Groups `(index, column)` rows, in order, into one column list per index.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 fn group_index_columns(rows: impl Iterator<Item = (String, String)>) -> Vec<Vec<String>> {
     let mut indexes: Vec<(String, Vec<String>)> = Vec::new();
     for (index, column) in rows {
@@ -93,16 +106,11 @@ fn group_index_columns(rows: impl Iterator<Item = (String, String)>) -> Vec<Vec<
     indexes.into_iter().map(|(_, columns)| columns).collect()
 }
 
-/// The statements the dialects with `ON CONFLICT DO NOTHING` (SQLite,
-/// PostgreSQL) write the same way, in Diesel's DSL. Expanded inside each
-/// backend's `impl IdempotentConnection`, given its embedded migrations.
+/// The claim of the dialects with `ON CONFLICT DO NOTHING` (SQLite,
+/// PostgreSQL). Expanded inside their `impl IdempotentConnection`.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-macro_rules! common_statements {
-    ($migrations:expr) => {
-        fn migrate(&mut self) -> Result<usize, $crate::Error> {
-            $crate::migrations::run_embedded(self, $migrations)
-        }
-
+macro_rules! on_conflict_claim {
+    () => {
         fn claim(&mut self, record: &$crate::record::NewRecord<'_>) -> ::diesel::QueryResult<bool> {
             use ::diesel::prelude::*;
             ::diesel::insert_into($crate::record::idempotency_records::table)
@@ -132,6 +140,19 @@ macro_rules! common_statements {
                         },
                     )
                 })
+        }
+    };
+}
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) use on_conflict_claim;
+
+/// The statements every dialect writes the same way in Diesel's DSL, given
+/// its embedded migrations. Expanded inside each backend's impl.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+macro_rules! shared_statements {
+    ($migrations:expr) => {
+        fn migrate(&mut self) -> Result<usize, $crate::Error> {
+            $crate::migrations::run_embedded(self, $migrations)
         }
 
         fn take_over(
@@ -170,5 +191,5 @@ macro_rules! common_statements {
         }
     };
 }
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) use common_statements;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub(crate) use shared_statements;

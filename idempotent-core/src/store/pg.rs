@@ -9,7 +9,7 @@ use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Timestamp};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use super::{IdempotentConnection, common_statements};
+use super::{IdempotentConnection, on_conflict_claim, shared_statements};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
@@ -51,5 +51,6 @@ impl IdempotentConnection for PgConnection {
         ))
     }
 
-    common_statements!(MIGRATIONS);
+    on_conflict_claim!();
+    shared_statements!(MIGRATIONS);
 }

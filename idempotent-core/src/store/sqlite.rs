@@ -4,13 +4,12 @@
 //! (set `PRAGMA busy_timeout` on every connection that shares the file).
 
 use chrono::NaiveDateTime;
-use diesel::connection::{AnsiTransactionManager, TransactionManager};
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Timestamp};
 use diesel::sqlite::SqliteConnection;
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use super::{IdempotentConnection, common_statements};
+use super::{IdempotentConnection, on_conflict_claim, shared_statements};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
@@ -20,12 +19,10 @@ impl IdempotentConnection for SqliteConnection {
         F: FnOnce(&mut Self) -> Result<R, E>,
         E: From<diesel::result::Error>,
     {
-        let depth = AnsiTransactionManager::transaction_manager_status_mut(self)
-            .transaction_depth()
-            .map_err(E::from)?;
-        match depth {
-            None => self.immediate_transaction(f),
-            Some(_) => self.transaction(f),
+        if self.in_transaction().map_err(E::from)? {
+            self.transaction(f)
+        } else {
+            self.immediate_transaction(f)
         }
     }
 
@@ -60,5 +57,6 @@ impl IdempotentConnection for SqliteConnection {
         ))
     }
 
-    common_statements!(MIGRATIONS);
+    on_conflict_claim!();
+    shared_statements!(MIGRATIONS);
 }
