@@ -79,6 +79,9 @@ if [ -z "${DIESEL_IDEMPOTENT_PG_URL:-}" ]; then
     -o "-h 127.0.0.1 -p $port -k $pgdir -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
     start >/dev/null || { cat "$pgdir/server.log" >&2; exit 1; }
   export DIESEL_IDEMPOTENT_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  # For the fault tests: restart this server (returns once it accepts
+  # connections again, with the same options).
+  export DIESEL_IDEMPOTENT_PG_RESTART="${as_pg[*]} $bindir/pg_ctl -D $pgdir/data -w -t 60 -m fast restart -l $pgdir/server.log"
 else
   log "using PostgreSQL at DIESEL_IDEMPOTENT_PG_URL"
 fi
