@@ -141,20 +141,43 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether retrying the same call later can succeed: the key was in
-    /// flight, or the database failed transiently (serialization failure,
-    /// deadlock, lost connection, a record that disappeared between two
-    /// statements).
+    /// Whether retrying the same call (its whole transaction) later can
+    /// succeed: the key was in flight, or the database failed transiently
+    /// (serialization failure or deadlock, a lock wait that timed out, a
+    /// busy SQLite file, a lost connection).
     pub fn is_retryable(&self) -> bool {
-        use diesel::result::{DatabaseErrorKind, Error as D};
         match self {
             Error::InFlight { .. } => true,
-            Error::Database(D::DatabaseError(kind, _)) => matches!(
-                kind,
-                DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::ClosedConnection
-            ),
-            Error::Database(D::BrokenTransactionManager) => true,
+            Error::Database(e) => is_transient(e),
             _ => false,
         }
+    }
+}
+
+/// Whether a Diesel error is transient: retrying the transaction may work.
+///
+/// Diesel classifies serialization failures (and MySQL deadlocks) and lost
+/// PostgreSQL connections; the other transient cases reach it as `Unknown`
+/// errors, recognised by the database's own message.
+pub(crate) fn is_transient(error: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as D};
+    const TRANSIENT_MESSAGES: [&str; 6] = [
+        "database is locked",         // SQLite SQLITE_BUSY
+        "database table is locked",   // SQLite SQLITE_LOCKED
+        "deadlock detected",          // PostgreSQL 40P01
+        "Lock wait timeout exceeded", // MySQL 1205
+        "server has gone away",       // MySQL 2006
+        "Lost connection to",         // MySQL 2013
+    ];
+    match error {
+        D::DatabaseError(
+            DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::ClosedConnection,
+            _,
+        ) => true,
+        D::DatabaseError(DatabaseErrorKind::Unknown, info) => TRANSIENT_MESSAGES
+            .iter()
+            .any(|m| info.message().contains(m)),
+        D::BrokenTransactionManager => true,
+        _ => false,
     }
 }

@@ -11,6 +11,7 @@ mod fingerprint;
 pub mod migrations;
 pub mod pattern;
 mod record;
+pub mod retry;
 mod store;
 pub mod ttl;
 
@@ -19,8 +20,9 @@ pub use error::Error;
 pub use fingerprint::{Fingerprint, FingerprintBuilder, canonical_json};
 pub use pattern::get_or_create::{UniqueViolation, get_or_create, unique_index_covers};
 pub use pattern::hash::{fingerprint, id_or_body_hash, sub_key};
-pub use pattern::key::{Call, IdempotentResult, Outcome, Response};
+pub use pattern::key::{Call, IdempotentResult, OnConflict, Outcome, Response};
 pub use record::{IdempotencyRecord, idempotency_records};
+pub use retry::{RetryPolicy, Retryable, retry};
 pub use store::IdempotentConnection;
 pub use ttl::Ttl;
 
@@ -73,7 +75,7 @@ pub mod __private {
     pub use crate::clock::{Clock, SystemClock};
     pub use crate::fingerprint::Fingerprint;
     pub use crate::pattern::get_or_create::get_or_create;
-    pub use crate::pattern::key::{Call, IdempotentResult, Response};
+    pub use crate::pattern::key::{Call, IdempotentResult, OnConflict, Response};
     pub use crate::ttl::Ttl;
     pub use crate::{Error, IdempotentConnection};
 

@@ -11,6 +11,8 @@ mod kw {
     syn::custom_keyword!(key);
     syn::custom_keyword!(hash);
     syn::custom_keyword!(get_or_create);
+    syn::custom_keyword!(on_conflict);
+    syn::custom_keyword!(max_response_bytes);
     syn::custom_keyword!(ttl);
     syn::custom_keyword!(name);
     syn::custom_keyword!(scope);
@@ -39,6 +41,10 @@ pub(crate) struct Options {
     /// Where `skip` was written, for errors.
     pub(crate) skip_span: Option<proc_macro2::Span>,
     pub(crate) clock: Option<Expr>,
+    /// `on_conflict = "reject"` (true) or `"wait"` (false, the default).
+    pub(crate) reject: Option<(kw::on_conflict, bool)>,
+    /// `max_response_bytes = N`.
+    pub(crate) max_response_bytes: Option<(kw::max_response_bytes, u64)>,
     /// `crate = "path"`: where `diesel_idempotent` is reachable.
     pub(crate) krate: Option<syn::Path>,
     /// Problems with individual options, reported together with the
@@ -90,6 +96,54 @@ impl Parse for Options {
                     errors.push(duplicate(token.span, "get_or_create"));
                 } else {
                     options.get_or_create = Some(expr);
+                }
+            } else if lookahead.peek(kw::on_conflict) {
+                let token: kw::on_conflict = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let expr: Expr = input.parse()?;
+                let reject = match &expr {
+                    Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(lit),
+                        ..
+                    }) if lit.value() == "wait" => Ok(false),
+                    Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(lit),
+                        ..
+                    }) if lit.value() == "reject" => Ok(true),
+                    other => Err(syn::Error::new(
+                        other.span(),
+                        "`on_conflict` is `\"wait\"` (block until the call holding the key \
+                         finishes, then replay) or `\"reject\"` (return `Error::InFlight` at once)",
+                    )),
+                };
+                match reject {
+                    Ok(reject) if options.reject.is_none() => {
+                        options.reject = Some((token, reject))
+                    }
+                    Ok(_) => errors.push(duplicate(token.span, "on_conflict")),
+                    Err(e) => errors.push(e),
+                }
+            } else if lookahead.peek(kw::max_response_bytes) {
+                let token: kw::max_response_bytes = input.parse()?;
+                input.parse::<Token![=]>()?;
+                let expr: Expr = input.parse()?;
+                let limit = match &expr {
+                    Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Int(lit),
+                        ..
+                    }) => lit.base10_parse::<u64>().ok().filter(|n| *n > 0),
+                    _ => None,
+                };
+                match limit {
+                    Some(limit) if options.max_response_bytes.is_none() => {
+                        options.max_response_bytes = Some((token, limit));
+                    }
+                    Some(_) => errors.push(duplicate(token.span, "max_response_bytes")),
+                    None => errors.push(syn::Error::new(
+                        expr.span(),
+                        "`max_response_bytes` is a positive integer literal, e.g. \
+                         `max_response_bytes = 65_536`",
+                    )),
                 }
             } else if lookahead.peek(kw::hash) {
                 let token: kw::hash = input.parse()?;

@@ -74,6 +74,8 @@ struct Plan<'f> {
     fingerprinted: Vec<&'f Ident>,
     output: &'f Type,
     krate: Option<&'f syn::Path>,
+    reject: bool,
+    max_response_bytes: Option<u64>,
 }
 
 impl<'f> Plan<'f> {
@@ -175,6 +177,20 @@ impl<'f> Plan<'f> {
             }
             if let Some(clock) = &options.clock {
                 errors.push(pointless(clock.span(), "clock", "nothing expires"));
+            }
+            if let Some((token, _)) = &options.reject {
+                errors.push(pointless(
+                    token.span,
+                    "on_conflict",
+                    "a concurrent creator always waits on the unique constraint",
+                ));
+            }
+            if let Some((token, _)) = &options.max_response_bytes {
+                errors.push(pointless(
+                    token.span,
+                    "max_response_bytes",
+                    "nothing is stored",
+                ));
             }
         }
         let identity = match (&options.key, &options.hash) {
@@ -338,6 +354,8 @@ impl<'f> Plan<'f> {
             fingerprinted,
             output,
             krate: options.krate.as_ref(),
+            reject: options.reject.is_some_and(|(_, reject)| reject),
+            max_response_bytes: options.max_response_bytes.map(|(_, limit)| limit),
         })
     }
 
@@ -413,6 +431,13 @@ impl<'f> Plan<'f> {
             None => (TokenStream::new(), TokenStream::new()),
         };
         let clock_call = self.clock.map(|clock| quote! { .clock(&(#clock)) });
+        let reject_call = self
+            .reject
+            .then(|| quote! { .on_conflict(#private::OnConflict::Reject) });
+        let limit_call = self.max_response_bytes.map(|limit| {
+            let limit = proc_macro2::Literal::u64_unsuffixed(limit);
+            quote! { .max_response_bytes(#limit) }
+        });
         let namespace = &self.namespace;
         let ttl_secs = self.ttl_secs;
         // Type errors about the result (not a `Result`, `T` not serializable,
@@ -431,6 +456,8 @@ impl<'f> Plan<'f> {
                     #scope_call
                     .ttl(#private::Ttl::from_secs(#ttl_secs))
                     #clock_call
+                    #reject_call
+                    #limit_call
                     .fingerprint(#fingerprint_var)
                     .#run(#conn, |#closure| -> #output #block)
             }

@@ -7,7 +7,7 @@ use diesel::sql_types::BigInt;
 use diesel_idempotent::{IdempotencyRecord, idempotency_records};
 use diesel_migrations::{FileBasedMigrations, MigrationHarness};
 
-use super::{Account, Backend, TestConn};
+use super::{Account, AppError, Backend, Isolation, TestConn};
 
 #[derive(QueryableByName)]
 struct Id {
@@ -114,6 +114,8 @@ pub struct Sqlite {
 
 #[cfg(feature = "sqlite")]
 impl Backend for Sqlite {
+    const ISOLATION_LEVELS: &'static [Isolation] = &[Isolation::Serializable];
+    const REJECTS_AT_ONCE: bool = false;
     type Conn = SqliteConnection;
     const NAME: &'static str = "sqlite";
     const MIGRATIONS: diesel_idempotent::migrations::Backend =
@@ -150,6 +152,19 @@ impl TestConn for SqliteConnection {
         )
         .execute(self)
         .map(drop)
+    }
+
+    fn transaction_at<R>(
+        &mut self,
+        level: Isolation,
+        f: impl FnOnce(&mut Self) -> Result<R, AppError>,
+    ) -> Result<R, AppError> {
+        assert_eq!(
+            level,
+            Isolation::Serializable,
+            "SQLite is always serializable"
+        );
+        self.transaction(f)
     }
 
     fn create_account_tables(&mut self) -> QueryResult<()> {
@@ -207,6 +222,12 @@ pub const PG_URL_VAR: &str = "DIESEL_IDEMPOTENT_PG_URL";
 
 #[cfg(feature = "postgres")]
 impl Backend for Postgres {
+    const ISOLATION_LEVELS: &'static [Isolation] = &[
+        Isolation::ReadCommitted,
+        Isolation::RepeatableRead,
+        Isolation::Serializable,
+    ];
+    const REJECTS_AT_ONCE: bool = true;
     type Conn = PgConnection;
     const NAME: &'static str = "postgres";
     const MIGRATIONS: diesel_idempotent::migrations::Backend =
@@ -278,6 +299,20 @@ impl TestConn for PgConnection {
         .map(drop)
     }
 
+    fn transaction_at<R>(
+        &mut self,
+        level: Isolation,
+        f: impl FnOnce(&mut Self) -> Result<R, AppError>,
+    ) -> Result<R, AppError> {
+        let builder = self.build_transaction();
+        let mut builder = match level {
+            Isolation::ReadCommitted => builder.read_committed(),
+            Isolation::RepeatableRead => builder.repeatable_read(),
+            Isolation::Serializable => builder.serializable(),
+        };
+        builder.run(f)
+    }
+
     fn create_account_tables(&mut self) -> QueryResult<()> {
         diesel::sql_query(
             "CREATE TABLE accounts (id BIGSERIAL PRIMARY KEY, customer_id BIGINT NOT NULL, \
@@ -333,6 +368,12 @@ pub const MYSQL_URL_VAR: &str = "DIESEL_IDEMPOTENT_MYSQL_URL";
 
 #[cfg(feature = "mysql")]
 impl Backend for Mysql {
+    const ISOLATION_LEVELS: &'static [Isolation] = &[
+        Isolation::ReadCommitted,
+        Isolation::RepeatableRead,
+        Isolation::Serializable,
+    ];
+    const REJECTS_AT_ONCE: bool = true;
     type Conn = MysqlConnection;
     const NAME: &'static str = "mysql";
     const MIGRATIONS: diesel_idempotent::migrations::Backend =
@@ -411,6 +452,21 @@ impl TestConn for MysqlConnection {
         diesel::sql_query("SELECT CAST(LAST_INSERT_ID() AS SIGNED) AS id")
             .get_result::<Id>(self)
             .map(|row| row.id)
+    }
+
+    fn transaction_at<R>(
+        &mut self,
+        level: Isolation,
+        f: impl FnOnce(&mut Self) -> Result<R, AppError>,
+    ) -> Result<R, AppError> {
+        let level = match level {
+            Isolation::ReadCommitted => "READ COMMITTED",
+            Isolation::RepeatableRead => "REPEATABLE READ",
+            Isolation::Serializable => "SERIALIZABLE",
+        };
+        // Applies to the next transaction of this session.
+        diesel::sql_query(format!("SET TRANSACTION ISOLATION LEVEL {level}")).execute(self)?;
+        self.transaction(f)
     }
 
     fn create_account_tables(&mut self) -> QueryResult<()> {

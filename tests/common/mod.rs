@@ -17,6 +17,11 @@ pub trait Backend: Sized + Sync + 'static {
     type Conn: TestConn;
     /// The backend's name in test output.
     const NAME: &'static str;
+    /// The isolation levels the backend offers for the isolation test.
+    const ISOLATION_LEVELS: &'static [Isolation];
+    /// Whether `on_conflict = "reject"` answers at once (SQLite serializes
+    /// writers before the claim, so a duplicate waits there).
+    const REJECTS_AT_ONCE: bool;
     /// Which generated migrations fit it.
     const MIGRATIONS: diesel_idempotent::migrations::Backend;
 
@@ -39,6 +44,14 @@ pub trait Backend: Sized + Sync + 'static {
         conn.create_account_tables().expect("account tables");
         db
     }
+}
+
+/// A transaction isolation level.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Isolation {
+    ReadCommitted,
+    RepeatableRead,
+    Serializable,
 }
 
 /// What the test functions and assertions need from a connection.
@@ -70,6 +83,12 @@ pub trait TestConn: IdempotentConnection + Send {
     fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account>;
     /// Rows in `accounts`.
     fn count_accounts(&mut self) -> QueryResult<i64>;
+    /// Runs `f` in a transaction at `level`.
+    fn transaction_at<R>(
+        &mut self,
+        level: Isolation,
+        f: impl FnOnce(&mut Self) -> Result<R, AppError>,
+    ) -> Result<R, AppError>;
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -297,6 +316,51 @@ pub fn process_batch<C: TestConn>(
         .collect()
 }
 
+impl diesel_idempotent::Retryable for AppError {
+    fn is_retryable(&self) -> bool {
+        match self {
+            AppError::Idempotency(e) => e.is_retryable(),
+            AppError::Db(e) => diesel_idempotent::Retryable::is_retryable(e),
+            AppError::Declined => false,
+        }
+    }
+}
+
+/// `create_payment`'s records, but a held key is an error at once.
+#[idempotent(
+    key = key,
+    ttl = "1h",
+    name = "tests.create_payment",
+    clock = clock,
+    skip(then),
+    on_conflict = "reject"
+)]
+pub fn create_payment_or_reject<C: TestConn>(
+    conn: &mut C,
+    clock: &ManualClock,
+    key: &str,
+    req: &NewPayment,
+    then: Then,
+) -> Result<Payment, AppError> {
+    let _ = then;
+    Ok(Payment {
+        id: conn.insert_payment(req.amount)?,
+        amount: req.amount,
+    })
+}
+
+/// A result that may exceed the size cap.
+#[idempotent(key = key, name = "tests.big", clock = clock, max_response_bytes = 1024)]
+pub fn big_result<C: TestConn>(
+    conn: &mut C,
+    clock: &ManualClock,
+    key: &str,
+    size: usize,
+) -> Result<String, AppError> {
+    conn.insert_payment(1)?;
+    Ok("x".repeat(size))
+}
+
 /// A bank account, unique per (customer, bank).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, diesel::QueryableByName)]
 pub struct Account {
@@ -377,6 +441,9 @@ macro_rules! conformance {
             get_or_create_propagates_other_errors,
             get_or_create_checks_unique_indexes,
             concurrent_creators_get_one_row,
+            on_conflict_reject_answers_in_flight,
+            oversized_result_is_refused_and_nothing_stored,
+            isolation_levels_replay_or_retry,
         );
     };
     (@tests $backend:ty; $($test:ident),* $(,)?) => {

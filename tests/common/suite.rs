@@ -940,3 +940,152 @@ pub fn get_or_create_under_repeatable_read() {
     assert!(ok >= ROUNDS as usize, "every round has a winner");
     assert_eq!(db.connect().count_accounts().unwrap(), ROUNDS);
 }
+
+/// A first call holds the key in an open transaction; a duplicate with
+/// `on_conflict = "reject"` gets `InFlight` at once (where the backend can
+/// tell), and replays once the first committed.
+pub fn on_conflict_reject_answers_in_flight<B: Backend>() {
+    let db = &B::fresh();
+    let clock = &clock();
+    let req = &NewPayment::eur(5);
+    let (claimed_tx, claimed_rx) = mpsc::channel();
+    let (finish_tx, finish_rx) = mpsc::channel::<()>();
+    let (answer_tx, answer_rx) = mpsc::channel();
+    std::thread::scope(|s| {
+        let finish_tx = finish_tx;
+        let first = s.spawn(move || {
+            let mut conn = db.connect();
+            conn.transaction(|conn| {
+                let p = create_payment(conn, clock, "held", req, Then::Succeed)?;
+                claimed_tx.send(()).unwrap();
+                finish_rx.recv().unwrap();
+                Ok::<_, AppError>(p)
+            })
+        });
+        claimed_rx.recv().unwrap();
+        s.spawn(move || {
+            let mut conn = db.connect();
+            let answer = create_payment_or_reject(&mut conn, clock, "held", req, Then::Succeed);
+            let _ = answer_tx.send(answer);
+        });
+        if B::REJECTS_AT_ONCE {
+            // A generous bound that only a blocked call would reach.
+            let answer = answer_rx
+                .recv_timeout(Duration::from_secs(30))
+                .expect("reject answers while the key is held");
+            assert!(
+                matches!(answer.as_ref().unwrap_err().idempotency(), Some(Error::InFlight { key, .. }) if key == "held"),
+                "{answer:?}"
+            );
+            finish_tx.send(()).unwrap();
+            let first = first.join().unwrap().unwrap();
+            let mut conn = db.connect();
+            let replay = create_payment_or_reject(&mut conn, clock, "held", req, Then::Succeed);
+            assert_eq!(replay.unwrap(), first, "after the commit it replays");
+        } else {
+            finish_tx.send(()).unwrap();
+            let first = first.join().unwrap().unwrap();
+            assert_eq!(
+                answer_rx.recv().unwrap().unwrap(),
+                first,
+                "it waited, then replayed"
+            );
+        }
+    });
+    assert_eq!(db.connect().count_payments().unwrap(), 1);
+}
+
+pub fn oversized_result_is_refused_and_nothing_stored<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let err = big_result(&mut conn, &clock, "big", 4096).unwrap_err();
+    match err.idempotency() {
+        Some(Error::ResponseTooLarge {
+            key, size, limit, ..
+        }) => {
+            assert_eq!((key.as_str(), *size, *limit), ("big", 4098, 1024));
+        }
+        other => panic!("expected ResponseTooLarge, got {other:?}"),
+    }
+    assert_eq!(conn.count_records().unwrap(), 0, "nothing half-stored");
+    assert_eq!(
+        conn.count_payments().unwrap(),
+        0,
+        "the body's effects rolled back"
+    );
+    assert_eq!(
+        big_result(&mut conn, &clock, "small", 100).unwrap().len(),
+        100
+    );
+    assert_eq!(conn.count_records().unwrap(), 1);
+}
+
+/// At each isolation level the backend offers, 16 callers race for one key
+/// inside their own transactions (which read first, so their snapshot
+/// predates the winner): each replays or gets an error that is retryable,
+/// and `retry` converges to exactly one execution.
+pub fn isolation_levels_replay_or_retry<B: Backend>() {
+    const THREADS: usize = 16;
+    const ROUNDS: usize = 10;
+    let db = B::fresh();
+    let clock = clock();
+    let barrier = Barrier::new(THREADS);
+    // Backoff with full jitter is what breaks repeated deadlocks between
+    // the same callers (MySQL SERIALIZABLE turns reads into locking reads).
+    let policy = diesel_idempotent::RetryPolicy::new()
+        .max_attempts(50)
+        .base_delay(Duration::from_millis(2))
+        .max_delay(Duration::from_millis(100));
+    for (l, level) in B::ISOLATION_LEVELS.iter().enumerate() {
+        let retries = std::sync::atomic::AtomicUsize::new(0);
+        // Workers never panic mid-round (that would strand the others at
+        // the barrier): they collect results, asserted afterwards.
+        let results: Vec<Vec<Result<Payment, String>>> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut conn = db.connect();
+                        (0..ROUNDS)
+                            .map(|round| {
+                                let key = format!("iso-{l}-{round}");
+                                let req = NewPayment::eur(round as i64);
+                                barrier.wait();
+                                let mut attempts = 0;
+                                let result = diesel_idempotent::retry(&policy, || {
+                                    attempts += 1;
+                                    conn.transaction_at(*level, |c| {
+                                        c.count_payments()?;
+                                        create_payment(c, &clock, &key, &req, Then::Succeed)
+                                    })
+                                });
+                                retries
+                                    .fetch_add(attempts - 1, std::sync::atomic::Ordering::SeqCst);
+                                result.map_err(|e| format!("{level:?} round {round}: {e:?}"))
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        for round in 0..ROUNDS {
+            let first = results[0][round].as_ref().unwrap_or_else(|e| panic!("{e}"));
+            for r in &results {
+                let got = r[round].as_ref().unwrap_or_else(|e| panic!("{e}"));
+                assert_eq!(got, first, "{level:?} round {round}: callers disagree");
+            }
+        }
+        println!(
+            "[{}] {level:?}: {THREADS} x {ROUNDS} racing calls, {} retryable errors retried",
+            B::NAME,
+            retries.load(std::sync::atomic::Ordering::SeqCst)
+        );
+    }
+    let executions = db.connect().count_payments().unwrap();
+    assert_eq!(
+        executions,
+        (ROUNDS * B::ISOLATION_LEVELS.len()) as i64,
+        "exactly one execution per key at every level"
+    );
+}

@@ -161,6 +161,21 @@ impl<T: Serialize + DeserializeOwned> Response for Outcome<T> {
     }
 }
 
+/// What a call does when its key is held by a call that has not finished
+/// (an uncommitted transaction on another connection).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OnConflict {
+    /// Wait for that transaction, then replay its result (or run the body
+    /// if it rolled back). The default.
+    #[default]
+    Wait,
+    /// Return [`Error::InFlight`] at once (HTTP 409). PostgreSQL: the claim
+    /// runs with `lock_timeout = 1ms`; MariaDB: `innodb_lock_wait_timeout = 0`
+    /// (MySQL 8 waits at least 1 s); SQLite serializes writers before the
+    /// claim, so a duplicate waits for the database lock as with `Wait`.
+    Reject,
+}
+
 /// One idempotent call: where its record lives and what request it carries.
 ///
 /// This is the runtime behind `#[idempotent(key = ..)]`, usable directly:
@@ -190,6 +205,7 @@ pub struct Call<'a> {
     clock: &'a dyn Clock,
     fingerprint: Result<Fingerprint, Error>,
     max_response_bytes: Option<usize>,
+    on_conflict: OnConflict,
 }
 
 impl std::fmt::Debug for Call<'_> {
@@ -217,7 +233,14 @@ impl<'a> Call<'a> {
             clock: &SystemClock,
             fingerprint: Fingerprint::builder().finish(),
             max_response_bytes: None,
+            on_conflict: OnConflict::Wait,
         }
+    }
+
+    /// What to do when the key is held by a call that has not finished.
+    pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
+        self.on_conflict = on_conflict;
+        self
     }
 
     /// Refuses to store a result whose JSON exceeds `limit` bytes: the call
@@ -387,6 +410,7 @@ impl<'a> Call<'a> {
             now,
             expires_at,
             max_response_bytes: self.max_response_bytes,
+            on_conflict: self.on_conflict,
         })
     }
 }
@@ -400,6 +424,7 @@ struct Prepared<'a> {
     now: NaiveDateTime,
     expires_at: NaiveDateTime,
     max_response_bytes: Option<usize>,
+    on_conflict: OnConflict,
 }
 
 impl Prepared<'_> {
@@ -484,8 +509,16 @@ pub fn judge<'s>(existing: &'s StoredState, fingerprint: &str, now: NaiveDateTim
 /// Claims the key insert-first; on conflict, judges the existing record.
 fn claim<C: IdempotentConnection>(conn: &mut C, call: &Prepared<'_>) -> Result<Step, Error> {
     let record = call.claim_record();
+    let in_flight = || Error::InFlight {
+        namespace: call.namespace.to_owned(),
+        key: call.key.to_owned(),
+    };
     for _ in 0..CLAIM_ATTEMPTS {
-        if conn.claim(&record)? {
+        let claimed = match call.on_conflict {
+            OnConflict::Wait => conn.claim(&record)?,
+            OnConflict::Reject => conn.claim_nowait(&record)?.ok_or_else(in_flight)?,
+        };
+        if claimed {
             return Ok(Step::Run);
         }
         let Some(existing) = conn.load(call.id())? else {
@@ -509,10 +542,7 @@ fn claim<C: IdempotentConnection>(conn: &mut C, call: &Prepared<'_>) -> Result<S
             }
         }
     }
-    Err(Error::InFlight {
-        namespace: call.namespace.to_owned(),
-        key: call.key.to_owned(),
-    })
+    Err(in_flight())
 }
 
 /// Checks an idempotency key: 1 to 255 bytes of visible ASCII (`!` to `~`).

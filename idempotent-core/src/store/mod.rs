@@ -71,6 +71,15 @@ pub trait IdempotentConnection:
     #[doc(hidden)]
     fn claim(&mut self, record: &NewRecord<'_>) -> QueryResult<bool>;
 
+    /// Like [`IdempotentConnection::claim`], but returns `None` at once
+    /// instead of waiting when an uncommitted competing claim holds the key
+    /// (`on_conflict = "reject"`). SQLite serializes writers before any
+    /// claim, so there it is the same as `claim`.
+    #[doc(hidden)]
+    fn claim_nowait(&mut self, record: &NewRecord<'_>) -> QueryResult<Option<bool>> {
+        self.claim(record).map(Some)
+    }
+
     /// The record with this id, if one is visible.
     #[doc(hidden)]
     fn load(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>>;

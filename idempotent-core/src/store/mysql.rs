@@ -38,6 +38,29 @@ impl IdempotentConnection for MysqlConnection {
             .map(|rows| rows == 1)
     }
 
+    fn claim_nowait(&mut self, record: &NewRecord<'_>) -> QueryResult<Option<bool>> {
+        // MariaDB accepts 0 (do not wait); MySQL 8 raises it to 1 second.
+        diesel::sql_query(
+            "SET @diesel_idempotent_lock_wait = @@innodb_lock_wait_timeout, \
+             innodb_lock_wait_timeout = 0",
+        )
+        .execute(self)?;
+        let claimed = self.claim(record);
+        // A lock wait timeout rolls back the statement only (InnoDB's
+        // default), so the session can be restored either way.
+        diesel::sql_query("SET innodb_lock_wait_timeout = @diesel_idempotent_lock_wait")
+            .execute(self)?;
+        match claimed {
+            Ok(claimed) => Ok(Some(claimed)),
+            Err(diesel::result::Error::DatabaseError(_, info))
+                if info.message().contains("Lock wait timeout") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn load(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>> {
         diesel::sql_query(
             "SELECT fingerprint, response, expires_at FROM idempotency_records \

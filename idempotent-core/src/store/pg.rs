@@ -6,14 +6,46 @@
 use chrono::NaiveDateTime;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
-use diesel::sql_types::{BigInt, Timestamp};
+use diesel::sql_types::{BigInt, Text, Timestamp};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 use super::{IdempotentConnection, on_conflict_claim, shared_statements};
+use crate::record::NewRecord;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 impl IdempotentConnection for PgConnection {
+    fn claim_nowait(&mut self, record: &NewRecord<'_>) -> QueryResult<Option<bool>> {
+        #[derive(QueryableByName)]
+        struct Previous {
+            #[diesel(sql_type = Text)]
+            previous: String,
+        }
+        // `lock_timeout` applies to waits on row locks, such as the one an
+        // uncommitted competing insert of the same key holds.
+        let previous = diesel::sql_query(
+            "SELECT current_setting('lock_timeout') AS previous, \
+             set_config('lock_timeout', '1ms', true)",
+        )
+        .get_result::<Previous>(self)?
+        .previous;
+        match self.claim(record) {
+            Ok(claimed) => {
+                diesel::sql_query("SELECT set_config('lock_timeout', $1, true)")
+                    .bind::<Text, _>(previous)
+                    .execute(self)?;
+                Ok(Some(claimed))
+            }
+            // The transaction is aborted; its rollback restores the setting.
+            Err(diesel::result::Error::DatabaseError(_, info))
+                if info.message().contains("lock timeout") =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize> {
         // The outer `expires_at` test matters: a row renewed by a concurrent
         // take-over no longer qualifies when the delete re-checks it.
