@@ -62,6 +62,9 @@
 //! | `conn = IDENT` | the connection parameter (default: the one named `conn`) |
 //! | `skip(a, b)` | arguments left out of the fingerprint |
 //! | `clock = EXPR` | a [`Clock`] (default [`SystemClock`]); tests pass a [`ManualClock`] |
+//! | `on_conflict = "wait"` / `"reject"` | a duplicate of an unfinished call waits (default) or gets [`Error::InFlight`] at once ([`OnConflict`]) |
+//! | `max_response_bytes = N` | refuse results whose JSON exceeds N bytes ([`Error::ResponseTooLarge`]) |
+//! | `crate = "path"` | where this crate is reachable if renamed or re-exported |
 //!
 //! The default `name` is the module path and the function's name.
 //! **Renaming or moving the function changes it** (old records then no
@@ -76,7 +79,8 @@
 //!
 //! # Backends and features
 //!
-//! `sqlite` (default) and `postgres`. Create the record table with
+//! `sqlite` (default), `postgres` and `mysql` (MySQL 8, MariaDB 10.5+).
+//! Create the record table with
 //! [`migrate`], or write Diesel CLI migration folders with
 //! `diesel-idempotent migrations --backend postgres --dir migrations`
 //! (or [`migrations::write_diesel_cli_migrations`]).
