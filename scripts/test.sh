@@ -128,6 +128,9 @@ fi
 log "cargo test --workspace --all-features $*"
 cargo test --workspace --all-features "$@"
 
+log "cargo bench --no-run (the benches build, so they never rot)"
+cargo bench --no-run --all-features
+
 log "cargo clippy --test shapes (generated code is lint-free under clippy::pedantic)"
 cargo clippy --all-features --test shapes -- -D warnings
 
