@@ -186,6 +186,7 @@ pub enum OnConflict {
 /// # use diesel_idempotent::{Call, Ttl};
 /// # #[derive(Debug)] struct AppError;
 /// # impl From<diesel_idempotent::Error> for AppError { fn from(_: diesel_idempotent::Error) -> Self { AppError } }
+/// # #[cfg(feature = "sqlite")]
 /// # fn f(conn: &mut SqliteConnection, key: &str, amount: i64) -> Result<(), AppError> {
 /// let outcome = Call::new("payments.create", key)
 ///     .ttl(Ttl::parse("24h")?)
