@@ -102,11 +102,25 @@ pub trait IdempotentConnection:
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize>;
 }
 
-/// Groups `(index, column)` rows, in order, into one column list per index.
+/// One column of a unique index, as each dialect's catalog query returns it.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-fn group_index_columns(rows: impl Iterator<Item = (String, String)>) -> Vec<Vec<String>> {
+#[derive(diesel::QueryableByName)]
+struct IndexColumn {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    index_name: String,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    column_name: String,
+}
+
+/// Groups index columns, in order, into one column list per index.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+fn group_index_columns(rows: Vec<IndexColumn>) -> Vec<Vec<String>> {
     let mut indexes: Vec<(String, Vec<String>)> = Vec::new();
-    for (index, column) in rows {
+    for IndexColumn {
+        index_name: index,
+        column_name: column,
+    } in rows
+    {
         match indexes.last_mut() {
             Some((name, columns)) if *name == index => columns.push(column),
             _ => indexes.push((index, vec![column])),

@@ -90,14 +90,7 @@ impl IdempotentConnection for MysqlConnection {
     }
 
     fn unique_indexes(&mut self, table: &str) -> QueryResult<Vec<Vec<String>>> {
-        #[derive(QueryableByName)]
-        struct IndexColumn {
-            #[diesel(sql_type = Text)]
-            index_name: String,
-            #[diesel(sql_type = Text)]
-            column_name: String,
-        }
-        let rows: Vec<IndexColumn> = diesel::sql_query(
+        let rows: Vec<super::IndexColumn> = diesel::sql_query(
             "SELECT INDEX_NAME AS index_name, COLUMN_NAME AS column_name \
              FROM information_schema.STATISTICS \
              WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = ? AND NON_UNIQUE = 0 \
@@ -105,9 +98,7 @@ impl IdempotentConnection for MysqlConnection {
         )
         .bind::<Text, _>(table)
         .load(self)?;
-        Ok(super::group_index_columns(
-            rows.into_iter().map(|r| (r.index_name, r.column_name)),
-        ))
+        Ok(super::group_index_columns(rows))
     }
 
     shared_statements!(MIGRATIONS);

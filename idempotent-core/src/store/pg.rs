@@ -60,14 +60,7 @@ impl IdempotentConnection for PgConnection {
     }
 
     fn unique_indexes(&mut self, table: &str) -> QueryResult<Vec<Vec<String>>> {
-        #[derive(QueryableByName)]
-        struct IndexColumn {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            index_name: String,
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            column_name: String,
-        }
-        let rows: Vec<IndexColumn> = diesel::sql_query(
+        let rows: Vec<super::IndexColumn> = diesel::sql_query(
             "SELECT ic.relname::text AS index_name, a.attname::text AS column_name \
              FROM pg_index i \
              JOIN pg_class ic ON ic.oid = i.indexrelid \
@@ -78,9 +71,7 @@ impl IdempotentConnection for PgConnection {
         )
         .bind::<diesel::sql_types::Text, _>(table)
         .load(self)?;
-        Ok(super::group_index_columns(
-            rows.into_iter().map(|r| (r.index_name, r.column_name)),
-        ))
+        Ok(super::group_index_columns(rows))
     }
 
     on_conflict_claim!();

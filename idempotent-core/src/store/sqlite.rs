@@ -38,23 +38,14 @@ impl IdempotentConnection for SqliteConnection {
     }
 
     fn unique_indexes(&mut self, table: &str) -> QueryResult<Vec<Vec<String>>> {
-        #[derive(QueryableByName)]
-        struct IndexColumn {
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            index_name: String,
-            #[diesel(sql_type = diesel::sql_types::Text)]
-            column_name: String,
-        }
-        let rows: Vec<IndexColumn> = diesel::sql_query(
+        let rows: Vec<super::IndexColumn> = diesel::sql_query(
             "SELECT il.name AS index_name, ii.name AS column_name \
              FROM pragma_index_list(?1) AS il, pragma_index_info(il.name) AS ii \
              WHERE il.\"unique\" = 1 ORDER BY il.name, ii.seqno",
         )
         .bind::<diesel::sql_types::Text, _>(table)
         .load(self)?;
-        Ok(super::group_index_columns(
-            rows.into_iter().map(|r| (r.index_name, r.column_name)),
-        ))
+        Ok(super::group_index_columns(rows))
     }
 
     on_conflict_claim!();
