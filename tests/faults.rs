@@ -148,20 +148,6 @@ struct Count {
     n: i64,
 }
 
-/// `admin_url` with its database replaced by `name`.
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-fn database_url(admin_url: &str, name: &str) -> String {
-    let (base, query) = match admin_url.split_once('?') {
-        Some((base, query)) => (base, format!("?{query}")),
-        None => (admin_url, String::new()),
-    };
-    let (server, _) = base
-        .rsplit_once('/')
-        .filter(|(server, _)| server.contains("//"))
-        .unwrap_or((base, ""));
-    format!("{server}/{name}{query}")
-}
-
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 fn env_var(var: &str) -> String {
     std::env::var(var)
@@ -233,7 +219,7 @@ impl Reachable for common::Postgres {
             .get_result::<Name>(conn)
             .expect("current_database()")
             .name;
-        database_url(&env_var(common::PG_URL_VAR), &name)
+        common::database_url(&env_var(common::PG_URL_VAR), &name)
     }
 
     fn reach(location: &str) -> PgConnection {
@@ -275,7 +261,7 @@ impl Reachable for common::Mysql {
             .get_result::<Name>(conn)
             .expect("DATABASE()")
             .name;
-        database_url(&env_var(common::MYSQL_URL_VAR), &name)
+        common::database_url(&env_var(common::MYSQL_URL_VAR), &name)
     }
 
     fn reach(location: &str) -> MysqlConnection {

@@ -2,6 +2,7 @@
 //! called against `SQLite`: the generated code adds no warning, no clippy lint
 //! (pedantic included) and no `unsafe`, and each shape behaves as documented.
 //! `scripts/test.sh` runs clippy on this file with `-D warnings`.
+#![cfg(feature = "sqlite")]
 #![deny(warnings, clippy::all, clippy::pedantic)]
 #![forbid(unsafe_code)]
 

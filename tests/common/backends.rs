@@ -68,9 +68,80 @@ fn file_migrations(dir: &Path) -> FileBasedMigrations {
     FileBasedMigrations::from_path(dir).expect("a Diesel CLI migrations directory")
 }
 
+/// A database created for one test on a server whose URL is in an
+/// environment variable, dropped when the handle is.
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+struct ServerDatabase<C: Connection> {
+    admin_url: String,
+    url: String,
+    name: String,
+    drop_options: &'static str,
+    connection: std::marker::PhantomData<fn() -> C>,
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl<C: Connection> ServerDatabase<C>
+where
+    diesel::query_builder::SqlQuery: diesel::query_dsl::methods::ExecuteDsl<C>
+        + diesel::query_dsl::methods::LoadQuery<'static, C, Count>,
+{
+    fn create(var: &str, what: &str, drop_options: &'static str) -> Self {
+        let admin_url = server_url(var, what);
+        let name = unique_database_name();
+        let mut admin = C::establish(&admin_url)
+            .unwrap_or_else(|e| panic!("cannot reach {what} at {var}: {e}"));
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .expect("create test database");
+        let url = database_url(&admin_url, &name);
+        ServerDatabase {
+            admin_url,
+            url,
+            name,
+            drop_options,
+            connection: std::marker::PhantomData,
+        }
+    }
+
+    fn connect(&self) -> C {
+        C::establish(&self.url).expect("connect to the test database")
+    }
+
+    /// Returns once `count_sql` (a `COUNT(*) AS n`) reaches `n`; fails after
+    /// a minute.
+    fn wait_until_count(&self, count_sql: &str, n: usize) {
+        let mut conn = self.connect();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let count = diesel::sql_query(count_sql)
+                .get_result::<Count>(&mut conn)
+                .expect("count query")
+                .n;
+            if count >= n as i64 {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{n} lock waiter(s) never appeared"
+            );
+            std::thread::yield_now();
+        }
+    }
+}
+
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl<C: Connection> Drop for ServerDatabase<C> {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = C::establish(&self.admin_url) {
+            let sql = format!("DROP DATABASE IF EXISTS {}{}", self.name, self.drop_options);
+            let _ = admin.batch_execute(&sql);
+        }
+    }
+}
+
 /// `admin_url` with its database replaced by `name`.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
-fn database_url(admin_url: &str, name: &str) -> String {
+pub fn database_url(admin_url: &str, name: &str) -> String {
     let (base, query) = match admin_url.split_once('?') {
         Some((base, query)) => (base, format!("?{query}")),
         None => (admin_url, String::new()),
@@ -211,11 +282,7 @@ impl TestConn for SqliteConnection {
 /// A database of its own on the PostgreSQL server at
 /// `DIESEL_IDEMPOTENT_PG_URL` (started by `scripts/test.sh`).
 #[cfg(feature = "postgres")]
-pub struct Postgres {
-    admin_url: String,
-    url: String,
-    name: String,
-}
+pub struct Postgres(ServerDatabase<PgConnection>);
 
 #[cfg(feature = "postgres")]
 pub const PG_URL_VAR: &str = "DIESEL_IDEMPOTENT_PG_URL";
@@ -234,58 +301,23 @@ impl Backend for Postgres {
         diesel_idempotent::migrations::Backend::Postgres;
 
     fn empty() -> Self {
-        let admin_url = server_url(PG_URL_VAR, "PostgreSQL");
-        let name = unique_database_name();
-        let mut admin = PgConnection::establish(&admin_url)
-            .unwrap_or_else(|e| panic!("cannot reach PostgreSQL at {PG_URL_VAR}: {e}"));
-        diesel::sql_query(format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .expect("create test database");
-        let url = database_url(&admin_url, &name);
-        Postgres {
-            admin_url,
-            url,
-            name,
-        }
+        Postgres(ServerDatabase::create(
+            PG_URL_VAR,
+            "PostgreSQL",
+            " WITH (FORCE)",
+        ))
     }
 
     fn connect(&self) -> PgConnection {
-        PgConnection::establish(&self.url).expect("connect to the test database")
+        self.0.connect()
     }
 
     fn wait_for_lock_waiters(&self, n: usize) {
-        let mut conn = self.connect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            let waiting = diesel::sql_query(
-                "SELECT COUNT(*) AS n FROM pg_stat_activity \
-                 WHERE datname = current_database() AND wait_event_type = 'Lock'",
-            )
-            .get_result::<Count>(&mut conn)
-            .expect("pg_stat_activity")
-            .n;
-            if waiting >= n as i64 {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{n} lock waiter(s) never appeared"
-            );
-            std::thread::yield_now();
-        }
-    }
-}
-
-#[cfg(feature = "postgres")]
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = PgConnection::establish(&self.admin_url) {
-            let _ = diesel::sql_query(format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ))
-            .execute(&mut admin);
-        }
+        self.0.wait_until_count(
+            "SELECT COUNT(*) AS n FROM pg_stat_activity \
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+            n,
+        );
     }
 }
 
@@ -357,11 +389,7 @@ impl TestConn for PgConnection {
 /// A database of its own on the MySQL/MariaDB server at
 /// `DIESEL_IDEMPOTENT_MYSQL_URL` (started by `scripts/test.sh`).
 #[cfg(feature = "mysql")]
-pub struct Mysql {
-    admin_url: String,
-    url: String,
-    name: String,
-}
+pub struct Mysql(ServerDatabase<MysqlConnection>);
 
 #[cfg(feature = "mysql")]
 pub const MYSQL_URL_VAR: &str = "DIESEL_IDEMPOTENT_MYSQL_URL";
@@ -380,57 +408,21 @@ impl Backend for Mysql {
         diesel_idempotent::migrations::Backend::Mysql;
 
     fn empty() -> Self {
-        let admin_url = server_url(MYSQL_URL_VAR, "MySQL");
-        let name = unique_database_name();
-        let mut admin = MysqlConnection::establish(&admin_url)
-            .unwrap_or_else(|e| panic!("cannot reach MySQL at {MYSQL_URL_VAR}: {e}"));
-        diesel::sql_query(format!("CREATE DATABASE {name}"))
-            .execute(&mut admin)
-            .expect("create test database");
-        let url = database_url(&admin_url, &name);
-        Mysql {
-            admin_url,
-            url,
-            name,
-        }
+        Mysql(ServerDatabase::create(MYSQL_URL_VAR, "MySQL", ""))
     }
 
     fn connect(&self) -> MysqlConnection {
-        MysqlConnection::establish(&self.url).expect("connect to the test database")
+        self.0.connect()
     }
 
     fn wait_for_lock_waiters(&self, n: usize) {
-        let mut conn = self.connect();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        loop {
-            // A claim that is executing cannot finish while the first call
-            // holds the key, so it is (or is about to be) waiting on its lock.
-            let waiting = diesel::sql_query(
-                "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST \
-                 WHERE DB = DATABASE() AND INFO LIKE 'INSERT IGNORE INTO `idempotency_records`%'",
-            )
-            .get_result::<Count>(&mut conn)
-            .expect("PROCESSLIST")
-            .n;
-            if waiting >= n as i64 {
-                return;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{n} lock waiter(s) never appeared"
-            );
-            std::thread::yield_now();
-        }
-    }
-}
-
-#[cfg(feature = "mysql")]
-impl Drop for Mysql {
-    fn drop(&mut self) {
-        if let Ok(mut admin) = MysqlConnection::establish(&self.admin_url) {
-            let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS {}", self.name))
-                .execute(&mut admin);
-        }
+        // A claim that is executing cannot finish while the first call
+        // holds the key, so it is (or is about to be) waiting on its lock.
+        self.0.wait_until_count(
+            "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST \
+             WHERE DB = DATABASE() AND INFO LIKE 'INSERT IGNORE INTO `idempotency_records`%'",
+            n,
+        );
     }
 }
 
