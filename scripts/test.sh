@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, every backend: `./scripts/test.sh [cargo test args]`.
 #
-# Installs what the tests need when it is missing (libpq, libsqlite3, the
-# MySQL client library, the PostgreSQL and MariaDB servers), starts an
+# Installs what the tests need when it is missing (libpq, the MySQL client
+# library, pkg-config, the PostgreSQL and MariaDB servers; SQLite is built
+# from source by the `libsqlite3-sys` dev-dependency), starts an
 # ephemeral PostgreSQL and an ephemeral MariaDB on free loopback ports in
 # temporary directories (as the `postgres` and `mysql` users when run as
 # root), runs `cargo test` for the workspace with all features, and stops
@@ -28,7 +29,6 @@ apt_install() {
 
 missing=()
 dpkg -s libpq-dev >/dev/null 2>&1 || missing+=(libpq-dev)
-dpkg -s libsqlite3-dev >/dev/null 2>&1 || missing+=(libsqlite3-dev)
 dpkg -s default-libmysqlclient-dev >/dev/null 2>&1 || missing+=(default-libmysqlclient-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 pg_bindir() {
