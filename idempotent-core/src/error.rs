@@ -6,6 +6,18 @@
 /// The body's own errors never appear here: they are returned unchanged.
 /// Functions under `#[idempotent]` return their own error type `E`, which must
 /// implement `From<diesel_idempotent::Error>`.
+///
+/// # Which message is for whom
+///
+/// The variants an API client causes — [`Error::InvalidKey`],
+/// [`Error::PayloadMismatch`] and [`Error::InFlight`] (HTTP 400, 422, 409) —
+/// have a `Display` that is safe to send to that client: it names no
+/// namespace, echoes no key and gives no advice meant for the service's
+/// developers. What a developer needs (the namespace, the key) is in the
+/// variant's fields, which `Debug` prints: log `{:?}`, answer with `{}`.
+/// Every other variant is a server-side problem whose `Display` is written
+/// for the developer or operator (it may name tables, types and database
+/// messages); answer those with a generic 5xx body.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
@@ -13,7 +25,7 @@ pub enum Error {
     /// visible ASCII. The body did not run.
     #[error(
         "invalid idempotency key: {reason}; send 1 to 255 visible ASCII characters \
-         (a UUID is a good choice) and retry"
+         (a UUID is a good choice)"
     )]
     InvalidKey {
         /// What is wrong with the key.
@@ -41,8 +53,8 @@ pub enum Error {
     /// The key was used before with a different request (the fingerprint of the
     /// arguments differs). Nothing was changed.
     #[error(
-        "idempotency key {key:?} in {namespace:?} was already used with a different request; \
-         use a new key for a new request, or resend the original request to get its result"
+        "this idempotency key was already used with a different request; use a new key for a \
+         new request, or resend the original request to get its result"
     )]
     PayloadMismatch {
         /// The function's namespace.
@@ -55,8 +67,7 @@ pub enum Error {
     /// by this same transaction, or the caller chose not to wait). Nothing was
     /// changed.
     #[error(
-        "idempotency key {key:?} in {namespace:?} is being processed by a call that has not \
-         finished; retry after it completes (an HTTP service answers 409 Conflict)"
+        "a request with this idempotency key is still being processed; retry after it completes"
     )]
     InFlight {
         /// The function's namespace.
@@ -97,6 +108,25 @@ pub enum Error {
         size: usize,
         /// The configured limit.
         limit: usize,
+    },
+
+    /// The result's JSON does not read back as the same value, so a replay
+    /// would return something else than the first call did (a non-finite
+    /// `f64`, which JSON writes as `null`; a `Deserialize` impl that rejects
+    /// what its `Serialize` wrote). Checked before storing: the transaction
+    /// was rolled back, nothing was stored, nothing changed.
+    #[error(
+        "the result for idempotency key {key:?} in {namespace:?} cannot be replayed: {reason}; \
+         return a value whose JSON round-trips (finite floats, matching Serialize and \
+         Deserialize impls)"
+    )]
+    ResultNotReplayable {
+        /// The function's namespace.
+        namespace: String,
+        /// The key of the call.
+        key: String,
+        /// What did not round-trip.
+        reason: String,
     },
 
     /// An argument or the result could not be serialized to JSON (a map with
@@ -144,7 +174,13 @@ impl Error {
     /// Whether retrying the same call (its whole transaction) later can
     /// succeed: the key was in flight, or the database failed transiently
     /// (serialization failure or deadlock, a lock wait that timed out, a
-    /// busy SQLite file, a lost connection).
+    /// busy SQLite file, a lost connection). See [`crate::Retryable`] for
+    /// how each database error is recognised.
+    ///
+    /// `Database(BrokenTransactionManager)` is not retryable on the same
+    /// connection: Diesel could not roll a transaction back and no longer
+    /// knows its state. Drop that connection (a pool discards it when
+    /// `is_broken` says so) and retry on a new one.
     pub fn is_retryable(&self) -> bool {
         match self {
             Error::InFlight { .. } => true,
@@ -152,6 +188,63 @@ impl Error {
             _ => false,
         }
     }
+
+    /// Whether the database aborted a claim that had not run the body yet
+    /// (a serialization failure or a deadlock), so the library may start
+    /// its own transaction again. A lock wait that timed out is not one: the
+    /// call waited its full time already.
+    pub(crate) fn is_aborted_claim(&self) -> bool {
+        match self {
+            Error::Database(e) => is_conflict_abort(e),
+            _ => false,
+        }
+    }
+}
+
+/// Messages of transient errors that Diesel reports as
+/// `DatabaseErrorKind::Unknown`, with the error each stands for. Diesel does
+/// not expose SQLSTATE or error numbers for those, so the database's own
+/// (English) message text is matched: keep `lc_messages` in English on
+/// PostgreSQL servers.
+const LOCK_TIMEOUT_MESSAGES: [&str; 3] = [
+    "canceling statement due to lock timeout", // PostgreSQL 55P03 (lock_timeout)
+    "could not obtain lock on",                // PostgreSQL 55P03 (NOWAIT)
+    "Lock wait timeout exceeded",              // MySQL/MariaDB 1205
+];
+const DEADLOCK_MESSAGES: [&str; 1] = [
+    "deadlock detected", // PostgreSQL 40P01 (MySQL 1213 is a SerializationFailure)
+];
+const BUSY_OR_LOST_MESSAGES: [&str; 4] = [
+    "database is locked",       // SQLite SQLITE_BUSY
+    "database table is locked", // SQLite SQLITE_LOCKED
+    "server has gone away",     // MySQL/MariaDB 2006
+    "Lost connection to",       // MySQL/MariaDB 2013
+];
+
+fn unknown_message_matches(error: &diesel::result::Error, messages: &[&str]) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as D};
+    match error {
+        D::DatabaseError(DatabaseErrorKind::Unknown, info) => {
+            messages.iter().any(|m| info.message().contains(m))
+        }
+        _ => false,
+    }
+}
+
+/// A lock wait that timed out (PostgreSQL 55P03, MySQL 1205).
+pub(crate) fn is_lock_timeout(error: &diesel::result::Error) -> bool {
+    unknown_message_matches(error, &LOCK_TIMEOUT_MESSAGES)
+}
+
+/// A transaction the database aborted to resolve a conflict: a
+/// serialization failure (PostgreSQL 40001, MySQL 1213 deadlock) or a
+/// PostgreSQL deadlock (40P01).
+pub(crate) fn is_conflict_abort(error: &diesel::result::Error) -> bool {
+    use diesel::result::{DatabaseErrorKind, Error as D};
+    matches!(
+        error,
+        D::DatabaseError(DatabaseErrorKind::SerializationFailure, _)
+    ) || unknown_message_matches(error, &DEADLOCK_MESSAGES)
 }
 
 /// Whether a Diesel error is transient: retrying the transaction may work.
@@ -161,23 +254,10 @@ impl Error {
 /// errors, recognised by the database's own message.
 pub(crate) fn is_transient(error: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error as D};
-    const TRANSIENT_MESSAGES: [&str; 6] = [
-        "database is locked",         // SQLite SQLITE_BUSY
-        "database table is locked",   // SQLite SQLITE_LOCKED
-        "deadlock detected",          // PostgreSQL 40P01
-        "Lock wait timeout exceeded", // MySQL 1205
-        "server has gone away",       // MySQL 2006
-        "Lost connection to",         // MySQL 2013
-    ];
-    match error {
-        D::DatabaseError(
-            DatabaseErrorKind::SerializationFailure | DatabaseErrorKind::ClosedConnection,
-            _,
-        ) => true,
-        D::DatabaseError(DatabaseErrorKind::Unknown, info) => TRANSIENT_MESSAGES
-            .iter()
-            .any(|m| info.message().contains(m)),
-        D::BrokenTransactionManager => true,
-        _ => false,
-    }
+    matches!(
+        error,
+        D::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
+    ) || is_conflict_abort(error)
+        || is_lock_timeout(error)
+        || unknown_message_matches(error, &BUSY_OR_LOST_MESSAGES)
 }

@@ -2,6 +2,7 @@
 
 use std::path::Path;
 
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
 use diesel_idempotent::{IdempotencyRecord, idempotency_records};
@@ -276,6 +277,41 @@ impl TestConn for SqliteConnection {
             .map(|row| row.id)
     }
 
+    fn short_lock_waits(&mut self) -> QueryResult<()> {
+        diesel::sql_query("PRAGMA busy_timeout = 0")
+            .execute(self)
+            .map(drop)
+    }
+
+    fn touch_payment(&mut self, id: i64) -> QueryResult<()> {
+        diesel::sql_query("UPDATE payments SET amount = amount + 1 WHERE id = ?")
+            .bind::<BigInt, _>(id)
+            .execute(self)
+            .map(drop)
+    }
+
+    fn lock_payment_nowait(&mut self, _id: i64) -> QueryResult<()> {
+        unreachable!("SQLite has no row locks")
+    }
+
+    fn create_tricky_index_tables(
+        &mut self,
+    ) -> QueryResult<Vec<(&'static str, &'static [&'static str], bool)>> {
+        self.batch_execute(
+            "CREATE TABLE emails (customer_id BIGINT NOT NULL, email TEXT NOT NULL, \
+               deleted INTEGER NOT NULL DEFAULT 0); \
+             CREATE UNIQUE INDEX emails_expr ON emails (customer_id, lower(email)); \
+             CREATE UNIQUE INDEX emails_live ON emails (email) WHERE deleted = 0; \
+             CREATE TABLE handles (handle TEXT NOT NULL UNIQUE);",
+        )?;
+        Ok(vec![
+            ("emails", &["customer_id"], false),
+            ("emails", &["customer_id", "email"], false),
+            ("emails", &["email"], false),
+            ("handles", &["handle"], true),
+        ])
+    }
+
     shared_helpers!();
 }
 
@@ -383,6 +419,51 @@ impl TestConn for PgConnection {
             .map(|row| row.id)
     }
 
+    fn short_lock_waits(&mut self) -> QueryResult<()> {
+        diesel::sql_query("SET lock_timeout = '200ms'")
+            .execute(self)
+            .map(drop)
+    }
+
+    fn touch_payment(&mut self, id: i64) -> QueryResult<()> {
+        diesel::sql_query("UPDATE payments SET amount = amount + 1 WHERE id = $1")
+            .bind::<BigInt, _>(id)
+            .execute(self)
+            .map(drop)
+    }
+
+    fn lock_payment_nowait(&mut self, id: i64) -> QueryResult<()> {
+        diesel::sql_query("SELECT id FROM payments WHERE id = $1 FOR UPDATE NOWAIT")
+            .bind::<BigInt, _>(id)
+            .get_result::<Id>(self)
+            .map(drop)
+    }
+
+    fn create_tricky_index_tables(
+        &mut self,
+    ) -> QueryResult<Vec<(&'static str, &'static [&'static str], bool)>> {
+        self.batch_execute(
+            "CREATE TABLE emails (customer_id BIGINT NOT NULL, email TEXT NOT NULL, \
+               deleted BOOLEAN NOT NULL DEFAULT false); \
+             CREATE UNIQUE INDEX emails_expr ON emails (customer_id, lower(email)); \
+             CREATE UNIQUE INDEX emails_live ON emails (email) WHERE NOT deleted; \
+             CREATE TABLE codes (code TEXT NOT NULL, \
+               CONSTRAINT codes_code UNIQUE (code) DEFERRABLE INITIALLY DEFERRED); \
+             CREATE TABLE tickets (ticket TEXT NOT NULL, \
+               CONSTRAINT tickets_ticket UNIQUE (ticket) DEFERRABLE INITIALLY IMMEDIATE); \
+             CREATE TABLE handles (handle TEXT NOT NULL, note TEXT, \
+               CONSTRAINT handles_handle UNIQUE (handle) INCLUDE (note));",
+        )?;
+        Ok(vec![
+            ("emails", &["customer_id"], false),
+            ("emails", &["customer_id", "email"], false),
+            ("emails", &["email"], false),
+            ("codes", &["code"], false),
+            ("tickets", &["ticket"], false),
+            ("handles", &["handle"], true),
+        ])
+    }
+
     shared_helpers!();
 }
 
@@ -444,6 +525,44 @@ impl TestConn for MysqlConnection {
         diesel::sql_query("SELECT CAST(LAST_INSERT_ID() AS SIGNED) AS id")
             .get_result::<Id>(self)
             .map(|row| row.id)
+    }
+
+    fn short_lock_waits(&mut self) -> QueryResult<()> {
+        diesel::sql_query("SET SESSION innodb_lock_wait_timeout = 1")
+            .execute(self)
+            .map(drop)
+    }
+
+    fn touch_payment(&mut self, id: i64) -> QueryResult<()> {
+        diesel::sql_query("UPDATE payments SET amount = amount + 1 WHERE id = ?")
+            .bind::<BigInt, _>(id)
+            .execute(self)
+            .map(drop)
+    }
+
+    fn lock_payment_nowait(&mut self, id: i64) -> QueryResult<()> {
+        diesel::sql_query("SELECT id FROM payments WHERE id = ? FOR UPDATE NOWAIT")
+            .bind::<BigInt, _>(id)
+            .get_result::<Id>(self)
+            .map(drop)
+    }
+
+    fn create_tricky_index_tables(
+        &mut self,
+    ) -> QueryResult<Vec<(&'static str, &'static [&'static str], bool)>> {
+        // MariaDB has neither expression nor partial indexes; a prefix
+        // index on a column still makes the column unique.
+        self.batch_execute(
+            "CREATE TABLE handles (handle VARCHAR(64) NOT NULL, note TEXT, \
+               UNIQUE KEY handles_prefix (handle(16))) ENGINE = InnoDB; \
+             CREATE TABLE emails (customer_id BIGINT NOT NULL, email VARCHAR(64) NOT NULL, \
+               UNIQUE KEY emails_pair (customer_id, email)) ENGINE = InnoDB;",
+        )?;
+        Ok(vec![
+            ("handles", &["handle"], true),
+            ("emails", &["customer_id"], false),
+            ("emails", &["customer_id", "email"], true),
+        ])
     }
 
     fn transaction_at<R>(

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod hardening;
 pub mod suite;
 
 use diesel::QueryResult;
@@ -83,6 +84,19 @@ pub trait TestConn: IdempotentConnection + Send {
     fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account>;
     /// Rows in `accounts`.
     fn count_accounts(&mut self) -> QueryResult<i64>;
+    /// Makes this connection fail instead of waiting long for a lock
+    /// (SQLite: no busy timeout; PostgreSQL: `lock_timeout` 200 ms; MySQL:
+    /// `innodb_lock_wait_timeout` 1 s).
+    fn short_lock_waits(&mut self) -> QueryResult<()>;
+    /// Updates one payment (takes its row lock).
+    fn touch_payment(&mut self, id: i64) -> QueryResult<()>;
+    /// `SELECT .. FOR UPDATE NOWAIT` of one payment (not on SQLite).
+    fn lock_payment_nowait(&mut self, id: i64) -> QueryResult<()>;
+    /// Tables whose unique indexes are not all guards for a lookup, and what
+    /// `unique_index_covers` must answer: (table, columns, covered).
+    fn create_tricky_index_tables(
+        &mut self,
+    ) -> QueryResult<Vec<(&'static str, &'static [&'static str], bool)>>;
     /// Runs `f` in a transaction at `level`.
     fn transaction_at<R>(
         &mut self,
@@ -451,6 +465,28 @@ macro_rules! conformance {
             #[test]
             fn $test() {
                 $crate::common::suite::$test::<$backend>();
+            }
+        )*
+        $crate::conformance!(@hardening $backend;
+            panic_in_nested_transaction_releases_the_claim,
+            panic_in_nested_transaction_keeps_the_callers_transaction,
+            body_leaving_a_transaction_open_is_rolled_back,
+            panics_around_the_body_release_everything,
+            get_or_create_panic_in_nested_transaction_releases,
+            results_that_cannot_replay_are_refused,
+            reject_answers_after_one_claim,
+            lock_wait_timeout_is_retryable_and_waited_once,
+            get_or_create_invisible_winner_is_retryable,
+            unique_index_covers_only_plain_immediate_indexes,
+            deadlocks_are_retryable,
+            nowait_lock_failures_are_retryable,
+        );
+    };
+    (@hardening $backend:ty; $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                $crate::common::hardening::$test::<$backend>();
             }
         )*
     };

@@ -5,12 +5,11 @@
 //! guard. **Without it the pattern is the classic check-then-insert race**;
 //! [`unique_index_covers`] checks it.
 
-use std::any::Any;
-use std::panic::{self, AssertUnwindSafe};
+use std::panic;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-use crate::store::IdempotentConnection;
+use crate::store::{IdempotentConnection, Unwound, guarded_transaction};
 
 /// An error that can tell whether it is a unique-constraint violation, so
 /// [`get_or_create`] knows that another transaction created the entity.
@@ -51,26 +50,22 @@ impl UniqueViolation for crate::Error {
     }
 }
 
-enum Failure<E> {
-    Body(E),
-    Panic(Box<dyn Any + Send + 'static>),
-}
-
-impl<E: From<DieselError>> From<DieselError> for Failure<E> {
-    fn from(e: DieselError) -> Self {
-        Failure::Body(E::from(e))
-    }
-}
-
 /// Looks the entity up; if absent, runs `create` in a savepoint (a
 /// transaction when none is open). If `create` fails with a unique violation
 /// (another transaction created the entity meanwhile), its savepoint is
 /// rolled back and the lookup runs again and returns the winner's entity.
-/// Other errors, and panics, roll `create` back and propagate unchanged.
+/// Other errors, and panics, roll `create` back (with any transaction it
+/// left open) and propagate unchanged.
 ///
-/// When the winner's entity is not visible to the second lookup (an outer
-/// REPEATABLE READ or SERIALIZABLE transaction whose snapshot predates it),
-/// the unique violation itself is returned: retry the whole transaction.
+/// When the winner's entity is not visible to the second lookup because
+/// the caller's transaction reads from a snapshot that predates it
+/// (REPEATABLE READ or SERIALIZABLE: MySQL's default, PostgreSQL on
+/// request), the call fails with a serialization failure
+/// (`diesel::result::Error::DatabaseError(SerializationFailure, _)`, which
+/// [`crate::Retryable`] and [`crate::retry`] treat as retryable): retry the
+/// whole transaction and its fresh snapshot finds the row. At READ
+/// COMMITTED (and on SQLite) a unique violation that the second lookup
+/// cannot explain comes from another constraint and is returned unchanged.
 /// This is what `#[idempotent(get_or_create = ..)]` calls.
 pub fn get_or_create<C, T, E, L, B>(conn: &mut C, mut lookup: L, create: B) -> Result<T, E>
 where
@@ -82,21 +77,37 @@ where
     if let Some(found) = lookup(conn)? {
         return Ok(found);
     }
-    let created = conn.idempotent_transaction(|conn| -> Result<T, Failure<E>> {
-        match panic::catch_unwind(AssertUnwindSafe(|| create(conn))) {
-            Ok(result) => result.map_err(Failure::Body),
-            Err(payload) => Err(Failure::Panic(payload)),
-        }
-    });
-    match created {
+    match guarded_transaction(conn, create) {
         Ok(created) => Ok(created),
-        Err(Failure::Panic(payload)) => panic::resume_unwind(payload),
-        Err(Failure::Body(e)) if e.is_unique_violation() => match lookup(conn)? {
+        Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
+        Err(Unwound::Failed(e)) if e.is_unique_violation() => match lookup(conn)? {
             Some(winner) => Ok(winner),
+            // Outside a caller's transaction the second lookup saw every
+            // committed row: the violation is another constraint's.
+            None if snapshot_may_hide_rows(conn) => Err(E::from(invisible_winner())),
             None => Err(e),
         },
-        Err(Failure::Body(e)) => Err(e),
+        Err(Unwound::Failed(e)) => Err(e),
     }
+}
+
+/// Whether the caller's open transaction reads from a snapshot that may hide
+/// a row committed after it began.
+fn snapshot_may_hide_rows<C: IdempotentConnection>(conn: &mut C) -> bool {
+    matches!(conn.in_transaction(), Ok(true)) && matches!(conn.reads_from_snapshot(), Ok(true))
+}
+
+/// The error of a creator whose transaction cannot see the row that beat it.
+fn invisible_winner() -> DieselError {
+    DieselError::DatabaseError(
+        DatabaseErrorKind::SerializationFailure,
+        Box::new(
+            "get_or_create: a concurrent transaction created this row (unique violation), but \
+             this transaction's snapshot (REPEATABLE READ or SERIALIZABLE) predates it and \
+             cannot see it; retry the whole transaction"
+                .to_owned(),
+        ),
+    )
 }
 
 /// Whether some unique index (or primary key) of `table` lies within

@@ -7,8 +7,7 @@
 //! its result. [`judge`] and the validators hold every decision and do no
 //! I/O, so a non-blocking driver can reuse them unchanged.
 
-use std::any::Any;
-use std::panic::{self, AssertUnwindSafe};
+use std::panic;
 
 use chrono::{NaiveDateTime, SubsecRound};
 use serde::Serialize;
@@ -18,7 +17,7 @@ use crate::Error;
 use crate::clock::{Clock, SystemClock};
 use crate::fingerprint::Fingerprint;
 use crate::record::{NewRecord, RecordId};
-use crate::store::{IdempotentConnection, StoredState};
+use crate::store::{IdempotentConnection, StoredState, Unwound, guarded_transaction};
 use crate::ttl::Ttl;
 
 /// The longest key, scope or namespace, in bytes.
@@ -318,10 +317,12 @@ impl<'a> Call<'a> {
             Ok(prepared) => prepared,
             Err(e) => return Err(E::from(e)),
         };
-        // A claim that fails transiently (a deadlock between two callers
+        // A claim that the database aborted (a deadlock between two callers
         // taking over the same expired record, a serialization failure)
-        // happens before the body runs; when this call owns the
-        // transaction it is safe to start it again.
+        // fails before the body runs; when this call owns the transaction
+        // it is safe to start it again. Nothing else is retried here: an
+        // `InFlight` answer or a lock wait that timed out goes back to the
+        // caller at once.
         let owns_transaction = match conn.in_transaction() {
             Ok(open) => !open,
             Err(e) => return Err(E::from(Error::Database(e))),
@@ -330,7 +331,7 @@ impl<'a> Call<'a> {
         let mut attempt = 0;
         let result = loop {
             attempt += 1;
-            let result = conn.idempotent_transaction(|conn| -> Result<O, Failure<E>> {
+            let result = guarded_transaction(conn, |conn| -> Result<O, Failure<E>> {
                 match claim(conn, &prepared).map_err(Failure::Claim)? {
                     Step::Replay(json) => O::from_stored_json(&json).map_err(|source| {
                         Failure::Library(Error::StoredResultUnreadable {
@@ -341,45 +342,20 @@ impl<'a> Call<'a> {
                     }),
                     Step::Run => {
                         let Some(body) = body.take() else {
-                            return Err(Failure::Library(Error::InFlight {
-                                namespace: prepared.namespace.to_owned(),
-                                key: prepared.key.to_owned(),
-                            }));
+                            return Err(Failure::Library(prepared.in_flight()));
                         };
-                        let out = match panic::catch_unwind(AssertUnwindSafe(|| body(conn))) {
-                            Ok(Ok(out)) => out,
-                            Ok(Err(e)) => return Err(Failure::Body(e)),
-                            Err(payload) => return Err(Failure::Panic(payload)),
-                        };
-                        let json = out.to_stored_json().map_err(|source| {
-                            Failure::Library(Error::Serialization {
-                                what: "the result",
-                                source,
-                            })
-                        })?;
-                        if let Some(limit) = prepared.max_response_bytes
-                            && json.len() > limit
-                        {
-                            return Err(Failure::Library(Error::ResponseTooLarge {
-                                namespace: prepared.namespace.to_owned(),
-                                key: prepared.key.to_owned(),
-                                size: json.len(),
-                                limit,
-                            }));
-                        }
+                        let out = body(conn).map_err(Failure::Body)?;
+                        let json = prepared.stored_json(&out)?;
                         match conn.complete(prepared.id(), &json)? {
                             1 => Ok(out),
-                            _ => Err(Failure::Library(Error::InFlight {
-                                namespace: prepared.namespace.to_owned(),
-                                key: prepared.key.to_owned(),
-                            })),
+                            _ => Err(Failure::Library(prepared.in_flight())),
                         }
                     }
                 }
             });
             match result {
-                Err(Failure::Claim(e))
-                    if owns_transaction && e.is_retryable() && attempt < CLAIM_TRANSACTIONS =>
+                Err(Unwound::Failed(Failure::Claim(e)))
+                    if owns_transaction && e.is_aborted_claim() && attempt < CLAIM_TRANSACTIONS =>
                 {
                     continue;
                 }
@@ -388,9 +364,9 @@ impl<'a> Call<'a> {
         };
         match result {
             Ok(out) => Ok(out),
-            Err(Failure::Body(e)) => Err(e),
-            Err(Failure::Library(e) | Failure::Claim(e)) => Err(E::from(e)),
-            Err(Failure::Panic(payload)) => panic::resume_unwind(payload),
+            Err(Unwound::Failed(Failure::Body(e))) => Err(e),
+            Err(Unwound::Failed(Failure::Library(e) | Failure::Claim(e))) => Err(E::from(e)),
+            Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
         }
     }
 
@@ -429,6 +405,57 @@ struct Prepared<'a> {
 }
 
 impl Prepared<'_> {
+    fn in_flight(&self) -> Error {
+        Error::InFlight {
+            namespace: self.namespace.to_owned(),
+            key: self.key.to_owned(),
+        }
+    }
+
+    /// The JSON to store for `out`: within the size limit, and read back as
+    /// the same value, so every replay returns what the first call did.
+    fn stored_json<O: Response>(&self, out: &O) -> Result<String, Error> {
+        let json = out
+            .to_stored_json()
+            .map_err(|source| Error::Serialization {
+                what: "the result",
+                source,
+            })?;
+        if let Some(limit) = self.max_response_bytes
+            && json.len() > limit
+        {
+            return Err(Error::ResponseTooLarge {
+                namespace: self.namespace.to_owned(),
+                key: self.key.to_owned(),
+                size: json.len(),
+                limit,
+            });
+        }
+        let not_replayable = |reason: String| Error::ResultNotReplayable {
+            namespace: self.namespace.to_owned(),
+            key: self.key.to_owned(),
+            reason,
+        };
+        let again = O::from_stored_json(&json)
+            .and_then(|back| back.to_stored_json())
+            .map_err(|e| {
+                not_replayable(format!(
+                    "its JSON `{}` does not read back: {e}",
+                    preview(&json)
+                ))
+            })?;
+        // Byte equality is the common case; maps whose iteration order
+        // differs between two instances (`HashMap`) compare as JSON values.
+        if again != json && !same_json_value(&json, &again) {
+            return Err(not_replayable(format!(
+                "its JSON `{}` reads back as `{}`",
+                preview(&json),
+                preview(&again)
+            )));
+        }
+        Ok(json)
+    }
+
     fn id(&self) -> RecordId<'_> {
         RecordId {
             namespace: self.namespace,
@@ -450,13 +477,32 @@ impl Prepared<'_> {
     }
 }
 
+/// Whether two JSON texts hold the same value (object members in any order).
+fn same_json_value(a: &str, b: &str) -> bool {
+    match (
+        serde_json::from_str::<serde_json::Value>(a),
+        serde_json::from_str::<serde_json::Value>(b),
+    ) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// The start of a JSON text, for an error message.
+fn preview(json: &str) -> String {
+    const MAX: usize = 80;
+    match json.char_indices().nth(MAX) {
+        Some((end, _)) => format!("{}...", &json[..end]),
+        None => json.to_owned(),
+    }
+}
+
 /// Why the transaction around the body ended early.
 enum Failure<E> {
     Body(E),
     /// Before the body ran.
     Claim(Error),
     Library(Error),
-    Panic(Box<dyn Any + Send + 'static>),
 }
 
 impl<E> From<diesel::result::Error> for Failure<E> {
@@ -508,18 +554,24 @@ pub fn judge<'s>(existing: &'s StoredState, fingerprint: &str, now: NaiveDateTim
 }
 
 /// Claims the key insert-first; on conflict, judges the existing record.
+///
+/// With [`OnConflict::Reject`] every statement of the claim runs without
+/// waiting for row locks, so a key held by an unfinished call (a first call,
+/// or another caller taking over the expired record) answers
+/// [`Error::InFlight`] after one attempt.
 fn claim<C: IdempotentConnection>(conn: &mut C, call: &Prepared<'_>) -> Result<Step, Error> {
+    match call.on_conflict {
+        OnConflict::Wait => claim_once(conn, call),
+        OnConflict::Reject => conn
+            .without_lock_waits(|conn| claim_once(conn, call))?
+            .ok_or_else(|| call.in_flight()),
+    }
+}
+
+fn claim_once<C: IdempotentConnection>(conn: &mut C, call: &Prepared<'_>) -> Result<Step, Error> {
     let record = call.claim_record();
-    let in_flight = || Error::InFlight {
-        namespace: call.namespace.to_owned(),
-        key: call.key.to_owned(),
-    };
     for _ in 0..CLAIM_ATTEMPTS {
-        let claimed = match call.on_conflict {
-            OnConflict::Wait => conn.claim(&record)?,
-            OnConflict::Reject => conn.claim_nowait(&record)?.ok_or_else(in_flight)?,
-        };
-        if claimed {
+        if conn.claim(&record)? {
             return Ok(Step::Run);
         }
         let Some(existing) = conn.load(call.id())? else {
@@ -543,7 +595,7 @@ fn claim<C: IdempotentConnection>(conn: &mut C, call: &Prepared<'_>) -> Result<S
             }
         }
     }
-    Err(in_flight())
+    Err(call.in_flight())
 }
 
 /// Checks an idempotency key: 1 to 255 bytes of visible ASCII (`!` to `~`).

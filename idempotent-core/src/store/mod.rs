@@ -5,6 +5,10 @@
 //! load, take over an expired record, complete, purge); the decisions made
 //! from their answers live once, in [`crate::pattern`].
 
+use std::any::Any;
+use std::num::NonZeroU32;
+use std::panic::{self, AssertUnwindSafe};
+
 use chrono::NaiveDateTime;
 use diesel::QueryResult;
 
@@ -71,13 +75,19 @@ pub trait IdempotentConnection:
     #[doc(hidden)]
     fn claim(&mut self, record: &NewRecord<'_>) -> QueryResult<bool>;
 
-    /// Like [`IdempotentConnection::claim`], but returns `None` at once
-    /// instead of waiting when an uncommitted competing claim holds the key
-    /// (`on_conflict = "reject"`). SQLite serializes writers before any
-    /// claim, so there it is the same as `claim`.
+    /// Runs `f` with row-lock waits disabled (`on_conflict = "reject"`):
+    /// a statement that would wait for another transaction's lock fails at
+    /// once, and then this returns `Ok(None)` (the transaction may be
+    /// aborted: roll it back). PostgreSQL sets `lock_timeout` to 1 ms for
+    /// the transaction and restores it after; MariaDB sets
+    /// `innodb_lock_wait_timeout` to 0 (MySQL 8 raises it to 1 s). SQLite
+    /// serializes writers before any claim, so there `f` just runs.
     #[doc(hidden)]
-    fn claim_nowait(&mut self, record: &NewRecord<'_>) -> QueryResult<Option<bool>> {
-        self.claim(record).map(Some)
+    fn without_lock_waits<R>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<R, crate::Error>,
+    ) -> Result<Option<R>, crate::Error> {
+        f(self).map(Some)
     }
 
     /// The record with this id, if one is visible.
@@ -93,13 +103,127 @@ pub trait IdempotentConnection:
     #[doc(hidden)]
     fn complete(&mut self, id: RecordId<'_>, response: &str) -> QueryResult<usize>;
 
-    /// The column lists of `table`'s unique indexes (primary key included).
+    /// The column lists of `table`'s unique indexes (primary key included)
+    /// that make a row unique at every insert: expression and partial
+    /// indexes, and deferrable constraints (checked at COMMIT), are left out.
     #[doc(hidden)]
     fn unique_indexes(&mut self, table: &str) -> QueryResult<Vec<Vec<String>>>;
+
+    /// Whether the open transaction reads from a snapshot that may predate
+    /// rows other transactions committed since (REPEATABLE READ or
+    /// SERIALIZABLE on PostgreSQL and MySQL). `false` on SQLite, whose
+    /// writers are serialized.
+    #[doc(hidden)]
+    fn reads_from_snapshot(&mut self) -> QueryResult<bool> {
+        Ok(false)
+    }
 
     /// Deletes at most `limit` records expired at or before `now`.
     #[doc(hidden)]
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize>;
+}
+
+/// How a guarded transaction ended without a value.
+pub(crate) enum Unwound<E> {
+    /// The closure returned this error; everything it did was rolled back.
+    Failed(E),
+    /// The closure panicked; everything it did was rolled back. Resume it
+    /// with [`std::panic::resume_unwind`].
+    Panicked(Box<dyn Any + Send + 'static>),
+}
+
+impl<E: From<diesel::result::Error>> From<diesel::result::Error> for Unwound<E> {
+    fn from(e: diesel::result::Error) -> Self {
+        Unwound::Failed(E::from(e))
+    }
+}
+
+/// The transaction depth of `conn` (0 outside a transaction).
+pub(crate) fn transaction_depth<C: IdempotentConnection>(conn: &mut C) -> QueryResult<u32> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    AnsiTransactionManager::transaction_manager_status_mut(conn)
+        .transaction_depth()
+        .map(|depth| depth.map_or(0, NonZeroU32::get))
+}
+
+/// Rolls back every transaction level above `depth` (savepoints the code
+/// inside left open, e.g. a `conn.transaction(..)` that a panic unwound).
+fn roll_back_to<C: IdempotentConnection>(conn: &mut C, depth: u32) -> QueryResult<()> {
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    while transaction_depth(conn)? > depth {
+        AnsiTransactionManager::rollback_transaction(conn)?;
+    }
+    Ok(())
+}
+
+/// The error of a body that returned with `levels` transaction levels of its
+/// own still open.
+fn left_open(levels: u32) -> diesel::result::Error {
+    diesel::result::Error::DatabaseError(
+        diesel::result::DatabaseErrorKind::Unknown,
+        Box::new(format!(
+            "the function returned with {levels} transaction level(s) of its own still open \
+             (a panic caught inside a nested transaction, or a transaction begun and never \
+             ended); everything the call did was rolled back and nothing was stored: end \
+             every transaction the function begins"
+        )),
+    )
+}
+
+/// Runs `f` in the library's transaction ([`IdempotentConnection::idempotent_transaction`]:
+/// a transaction, or a savepoint inside the caller's) and leaves the
+/// connection at exactly the depth it had before, whatever `f` does:
+///
+/// - `Ok`: committed (released), unless `f` returned with a level of its own
+///   still open (it caught a panic inside a nested transaction, or began
+///   one by hand): then everything is rolled back and the call fails with a
+///   database error that says so, since committing would have stored a
+///   result for effects that were never committed;
+/// - `Err`: every level `f` opened and the library's own are rolled back;
+/// - a panic anywhere in `f` (the body, a nested `conn.transaction(..)`,
+///   a `Serialize` or `Deserialize` impl) is caught, every level above the
+///   caller's is rolled back, and the panic is returned to be resumed.
+///
+/// Diesel's own `transaction` does not catch panics: without this, a panic
+/// inside a nested transaction leaves the outer levels open, with the claim
+/// and its locks held.
+pub(crate) fn guarded_transaction<C, R, E, F>(conn: &mut C, f: F) -> Result<R, Unwound<E>>
+where
+    C: IdempotentConnection,
+    E: From<diesel::result::Error>,
+    F: FnOnce(&mut C) -> Result<R, E>,
+{
+    let outside = transaction_depth(conn)?;
+    let inside = outside + 1;
+    let result = conn.idempotent_transaction(|conn| {
+        match panic::catch_unwind(AssertUnwindSafe(|| f(conn))) {
+            Ok(Ok(value)) => {
+                let depth = transaction_depth(conn)?;
+                if depth <= inside {
+                    Ok(value)
+                } else {
+                    roll_back_to(conn, inside)?;
+                    Err(Unwound::Failed(E::from(left_open(depth - inside))))
+                }
+            }
+            // Best effort in both cases: the error or panic matters more
+            // than a failed rollback, after which Diesel marks the
+            // connection broken and its next use reports it.
+            Ok(Err(e)) => {
+                let _ = roll_back_to(conn, inside);
+                Err(Unwound::Failed(e))
+            }
+            Err(payload) => {
+                let _ = roll_back_to(conn, inside);
+                Err(Unwound::Panicked(payload))
+            }
+        }
+    });
+    if result.is_err() {
+        // Normally a no-op: the library's own level was rolled back above.
+        let _ = roll_back_to(conn, outside);
+    }
+    result
 }
 
 /// One column of a unique index, as each dialect's catalog query returns it.
@@ -108,25 +232,36 @@ pub trait IdempotentConnection:
 struct IndexColumn {
     #[diesel(sql_type = diesel::sql_types::Text)]
     index_name: String,
-    #[diesel(sql_type = diesel::sql_types::Text)]
-    column_name: String,
+    /// `None` for an expression (`lower(email)`).
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    column_name: Option<String>,
 }
 
-/// Groups index columns, in order, into one column list per index.
+/// Groups index columns, in order, into one column list per index; an
+/// index with an expression among its columns is left out (it does not
+/// make its plain columns unique).
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 fn group_index_columns(rows: Vec<IndexColumn>) -> Vec<Vec<String>> {
-    let mut indexes: Vec<(String, Vec<String>)> = Vec::new();
+    let mut indexes: Vec<(String, Option<Vec<String>>)> = Vec::new();
     for IndexColumn {
         index_name: index,
         column_name: column,
     } in rows
     {
         match indexes.last_mut() {
-            Some((name, columns)) if *name == index => columns.push(column),
-            _ => indexes.push((index, vec![column])),
+            Some((name, columns)) if *name == index => {
+                *columns = columns.take().zip(column).map(|(mut columns, column)| {
+                    columns.push(column);
+                    columns
+                });
+            }
+            _ => indexes.push((index, column.map(|column| vec![column]))),
         }
     }
-    indexes.into_iter().map(|(_, columns)| columns).collect()
+    indexes
+        .into_iter()
+        .filter_map(|(_, columns)| columns)
+        .collect()
 }
 
 /// The claim of the dialects with `ON CONFLICT DO NOTHING` (SQLite,

@@ -38,25 +38,24 @@ impl IdempotentConnection for MysqlConnection {
             .map(|rows| rows == 1)
     }
 
-    fn claim_nowait(&mut self, record: &NewRecord<'_>) -> QueryResult<Option<bool>> {
+    fn without_lock_waits<R>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<R, crate::Error>,
+    ) -> Result<Option<R>, crate::Error> {
         // MariaDB accepts 0 (do not wait); MySQL 8 raises it to 1 second.
         diesel::sql_query(
             "SET @diesel_idempotent_lock_wait = @@innodb_lock_wait_timeout, \
              innodb_lock_wait_timeout = 0",
         )
         .execute(self)?;
-        let claimed = self.claim(record);
+        let result = f(self);
         // A lock wait timeout rolls back the statement only (InnoDB's
         // default), so the session can be restored either way.
         diesel::sql_query("SET innodb_lock_wait_timeout = @diesel_idempotent_lock_wait")
             .execute(self)?;
-        match claimed {
-            Ok(claimed) => Ok(Some(claimed)),
-            Err(diesel::result::Error::DatabaseError(_, info))
-                if info.message().contains("Lock wait timeout") =>
-            {
-                Ok(None)
-            }
+        match result {
+            Ok(value) => Ok(Some(value)),
+            Err(crate::Error::Database(e)) if crate::error::is_lock_timeout(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -99,6 +98,30 @@ impl IdempotentConnection for MysqlConnection {
         .bind::<Text, _>(table)
         .load(self)?;
         Ok(super::group_index_columns(rows))
+    }
+
+    fn reads_from_snapshot(&mut self) -> QueryResult<bool> {
+        #[derive(QueryableByName)]
+        struct Level {
+            #[diesel(sql_type = Text)]
+            level: String,
+        }
+        // The open transaction's own level (a `SET TRANSACTION` before it
+        // does not show in the session variable). Without the PROCESS
+        // privilege, or before InnoDB started the transaction, assume
+        // InnoDB's default, REPEATABLE READ.
+        let level = diesel::sql_query(
+            "SELECT trx_isolation_level AS level FROM information_schema.INNODB_TRX \
+             WHERE trx_mysql_thread_id = CONNECTION_ID()",
+        )
+        .get_result::<Level>(self)
+        .optional();
+        Ok(match level {
+            Ok(Some(Level { level })) => {
+                matches!(level.as_str(), "REPEATABLE READ" | "SERIALIZABLE")
+            }
+            Ok(None) | Err(_) => true,
+        })
     }
 
     shared_statements!(MIGRATIONS);

@@ -10,38 +10,37 @@ use diesel::sql_types::{BigInt, Text, Timestamp};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
 use super::{IdempotentConnection, on_conflict_claim, shared_statements};
-use crate::record::NewRecord;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
 
 impl IdempotentConnection for PgConnection {
-    fn claim_nowait(&mut self, record: &NewRecord<'_>) -> QueryResult<Option<bool>> {
+    fn without_lock_waits<R>(
+        &mut self,
+        f: impl FnOnce(&mut Self) -> Result<R, crate::Error>,
+    ) -> Result<Option<R>, crate::Error> {
         #[derive(QueryableByName)]
         struct Previous {
             #[diesel(sql_type = Text)]
             previous: String,
         }
-        // `lock_timeout` applies to waits on row locks, such as the one an
-        // uncommitted competing insert of the same key holds.
+        // `lock_timeout` applies to every wait on a row lock: the one an
+        // uncommitted competing insert of the same key holds, and the one
+        // a concurrent take-over of an expired record holds.
         let previous = diesel::sql_query(
             "SELECT current_setting('lock_timeout') AS previous, \
              set_config('lock_timeout', '1ms', true)",
         )
         .get_result::<Previous>(self)?
         .previous;
-        match self.claim(record) {
-            Ok(claimed) => {
+        match f(self) {
+            Ok(value) => {
                 diesel::sql_query("SELECT set_config('lock_timeout', $1, true)")
                     .bind::<Text, _>(previous)
                     .execute(self)?;
-                Ok(Some(claimed))
+                Ok(Some(value))
             }
             // The transaction is aborted; its rollback restores the setting.
-            Err(diesel::result::Error::DatabaseError(_, info))
-                if info.message().contains("lock timeout") =>
-            {
-                Ok(None)
-            }
+            Err(crate::Error::Database(e)) if crate::error::is_lock_timeout(&e) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -65,13 +64,26 @@ impl IdempotentConnection for PgConnection {
              FROM pg_index i \
              JOIN pg_class ic ON ic.oid = i.indexrelid \
              JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, n) ON true \
-             JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
-             WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indpred IS NULL \
+             LEFT JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum \
+             WHERE i.indrelid = to_regclass($1) AND i.indisunique AND i.indimmediate \
+             AND i.indpred IS NULL AND k.n <= i.indnkeyatts \
              ORDER BY ic.relname, k.n",
         )
         .bind::<diesel::sql_types::Text, _>(table)
         .load(self)?;
         Ok(super::group_index_columns(rows))
+    }
+
+    fn reads_from_snapshot(&mut self) -> QueryResult<bool> {
+        #[derive(QueryableByName)]
+        struct Level {
+            #[diesel(sql_type = Text)]
+            level: String,
+        }
+        let level = diesel::sql_query("SELECT current_setting('transaction_isolation') AS level")
+            .get_result::<Level>(self)?
+            .level;
+        Ok(matches!(level.as_str(), "repeatable read" | "serializable"))
     }
 
     on_conflict_claim!();

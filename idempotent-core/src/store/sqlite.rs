@@ -41,7 +41,7 @@ impl IdempotentConnection for SqliteConnection {
         let rows: Vec<super::IndexColumn> = diesel::sql_query(
             "SELECT il.name AS index_name, ii.name AS column_name \
              FROM pragma_index_list(?1) AS il, pragma_index_info(il.name) AS ii \
-             WHERE il.\"unique\" = 1 ORDER BY il.name, ii.seqno",
+             WHERE il.\"unique\" = 1 AND il.partial = 0 ORDER BY il.name, ii.seqno",
         )
         .bind::<diesel::sql_types::Text, _>(table)
         .load(self)?;
