@@ -261,3 +261,90 @@ pub(crate) fn is_transient(error: &diesel::result::Error) -> bool {
         || is_lock_timeout(error)
         || unknown_message_matches(error, &BUSY_OR_LOST_MESSAGES)
 }
+
+#[cfg(test)]
+mod tests {
+    use diesel::result::{DatabaseErrorKind, Error as D};
+
+    use super::*;
+
+    fn unknown(message: &str) -> D {
+        D::DatabaseError(DatabaseErrorKind::Unknown, Box::new(message.to_owned()))
+    }
+
+    /// Each message matched, as the servers write it.
+    #[test]
+    fn every_matched_message_is_classified() {
+        let transient = [
+            "canceling statement due to lock timeout",
+            "could not obtain lock on row in relation \"payments\"",
+            "Lock wait timeout exceeded; try restarting transaction",
+            "deadlock detected",
+            "database is locked",
+            "database table is locked",
+            "MySQL server has gone away",
+            "Lost connection to server during query",
+        ];
+        for message in transient {
+            assert!(is_transient(&unknown(message)), "{message}");
+            assert!(Error::Database(unknown(message)).is_retryable(), "{message}");
+        }
+        for message in &transient[..3] {
+            assert!(is_lock_timeout(&unknown(message)), "{message}");
+            assert!(!is_conflict_abort(&unknown(message)), "{message}");
+        }
+        assert!(is_conflict_abort(&unknown("deadlock detected")));
+        let serialization = D::DatabaseError(
+            DatabaseErrorKind::SerializationFailure,
+            Box::new("could not serialize access".to_owned()),
+        );
+        assert!(is_conflict_abort(&serialization) && is_transient(&serialization));
+        let closed = D::DatabaseError(
+            DatabaseErrorKind::ClosedConnection,
+            Box::new("server closed the connection".to_owned()),
+        );
+        assert!(is_transient(&closed) && !is_conflict_abort(&closed));
+        for permanent in [
+            unknown("relation \"idempotency_records\" does not exist"),
+            D::DatabaseError(
+                DatabaseErrorKind::UniqueViolation,
+                Box::new("duplicate key".to_owned()),
+            ),
+            D::BrokenTransactionManager,
+            D::NotFound,
+        ] {
+            assert!(!is_transient(&permanent), "{permanent:?}");
+        }
+    }
+
+    /// What an API client sees names no namespace and echoes no key; the
+    /// fields (and `Debug`) keep them for the logs.
+    #[test]
+    fn client_facing_messages_name_no_internals() {
+        let namespace = "billing::internal::create_payment";
+        let key = "client-key-123";
+        for error in [
+            Error::PayloadMismatch {
+                namespace: namespace.to_owned(),
+                key: key.to_owned(),
+            },
+            Error::InFlight {
+                namespace: namespace.to_owned(),
+                key: key.to_owned(),
+            },
+            Error::InvalidKey {
+                reason: "the key is empty",
+            },
+        ] {
+            let shown = error.to_string();
+            assert!(
+                !shown.contains(namespace) && !shown.contains(key) && !shown.contains("HTTP"),
+                "{shown}"
+            );
+            let logged = format!("{error:?}");
+            if !matches!(error, Error::InvalidKey { .. }) {
+                assert!(logged.contains(namespace) && logged.contains(key), "{logged}");
+            }
+        }
+    }
+}

@@ -430,52 +430,87 @@ pub fn statements_added_per_call<B: Backend>() {
     let mut conn = db.connect();
     let clock = clock();
     let req = NewPayment::eur(1);
+    let other = NewPayment::eur(2);
     let mut report = Vec::new();
-    let mut measure = |label: &str, in_tx: bool, key: &str, conn: &mut B::Conn| {
-        let (log, ()) = statements(conn, |conn| {
-            if in_tx {
-                conn.transaction(|conn| {
-                    create_payment(conn, &clock, key, &req, Then::Succeed).map(drop)
-                })
-                .unwrap()
-            } else {
-                create_payment(conn, &clock, key, &req, Then::Succeed)
-                    .map(drop)
-                    .unwrap()
-            }
-        });
-        // The caller's own BEGIN/COMMIT and the body's insert are not ours.
-        let body = log
-            .iter()
-            .filter(|q| q.contains("INSERT INTO payments") || q.contains("LAST_INSERT_ID"))
-            .count();
-        let caller = usize::from(in_tx) * 2;
-        let added = log.len() - body - caller;
-        let shapes: Vec<String> = log.iter().map(|q| q.chars().take(32).collect()).collect();
-        report.push(format!(
-            "{label}: {added} of {} ({})",
-            log.len(),
-            shapes.join(" | ")
-        ));
-        added
+    let mut measure =
+        |label: &str,
+         in_tx: bool,
+         conn: &mut B::Conn,
+         call: &dyn Fn(&mut B::Conn) -> Result<Payment, AppError>| {
+            let (log, ()) = statements(conn, |conn| {
+                let result = if in_tx {
+                    conn.transaction(|conn| call(conn).map(drop))
+                } else {
+                    call(conn).map(drop)
+                };
+                if let Err(e) = result {
+                    assert!(
+                        matches!(e, AppError::Idempotency(Error::PayloadMismatch { .. })),
+                        "{label}: {e:?}"
+                    );
+                }
+            });
+            // The caller's own BEGIN and COMMIT (or ROLLBACK) and the body's
+            // insert are not the library's.
+            let body = log
+                .iter()
+                .filter(|q| q.contains("INSERT INTO payments") || q.contains("LAST_INSERT_ID"))
+                .count();
+            let caller = usize::from(in_tx) * 2;
+            let added = log.len() - body - caller;
+            let shapes: Vec<String> = log.iter().map(|q| q.chars().take(32).collect()).collect();
+            report.push(format!(
+                "{label}: {added} of {} ({})",
+                log.len(),
+                shapes.join(" | ")
+            ));
+            added
+        };
+    let create = |c: &mut B::Conn, key: &str, req: &NewPayment| {
+        create_payment(c, &clock, key, req, Then::Succeed)
     };
-    let first = measure("first call", false, "s-1", &mut conn);
-    let replay = measure("replay", false, "s-1", &mut conn);
-    let first_tx = measure("first call in caller tx", true, "s-2", &mut conn);
-    let replay_tx = measure("replay in caller tx", true, "s-2", &mut conn);
+    let reject =
+        |c: &mut B::Conn, key: &str| create_payment_or_reject(c, &clock, key, &req, Then::Succeed);
+    let first = measure("first call", false, &mut conn, &|c| create(c, "s-1", &req));
+    let replay = measure("replay", false, &mut conn, &|c| create(c, "s-1", &req));
+    let first_tx = measure("first call in caller tx", true, &mut conn, &|c| {
+        create(c, "s-2", &req)
+    });
+    let replay_tx = measure("replay in caller tx", true, &mut conn, &|c| {
+        create(c, "s-2", &req)
+    });
+    let mismatch = measure("mismatch", false, &mut conn, &|c| create(c, "s-1", &other));
+    let reject_first = measure("reject, first call", false, &mut conn, &|c| {
+        reject(c, "s-3")
+    });
+    let reject_replay = measure("reject, replay", false, &mut conn, &|c| reject(c, "s-3"));
+    clock.advance(Duration::from_secs(2 * 3600));
+    let take_over = measure("take-over of an expired record", false, &mut conn, &|c| {
+        create(c, "s-1", &req)
+    });
     println!(
         "[{}] statements added by the library:\n  {}",
         B::NAME,
         report.join("\n  ")
     );
-    // Pinned (BENCHMARKS.md): a first call adds BEGIN/SAVEPOINT, the
-    // claim, the stored result and COMMIT/RELEASE; a replay adds
-    // BEGIN/SAVEPOINT, the claim (a no-op), the load and COMMIT/RELEASE.
-    // A change here is a change of the library's cost: update the doc.
+    // Pinned (README "Cost", BENCHMARKS.md). A change here is a change of
+    // the library's cost: update the docs.
+    // First call: BEGIN/SAVEPOINT, the claim, the stored result,
+    // COMMIT/RELEASE. Replay and mismatch: BEGIN/SAVEPOINT, the claim (a
+    // no-op), the load, COMMIT/RELEASE (ROLLBACK for a mismatch).
     assert_eq!(first, 4, "first call");
     assert_eq!(first_tx, 4, "first call in a transaction");
     assert_eq!(replay, 4, "replay");
     assert_eq!(replay_tx, 4, "replay in a transaction");
+    assert_eq!(mismatch, 4, "mismatch");
+    // Taking over an expired record: the claim, the load and the take-over
+    // `UPDATE` before the body, then the result.
+    assert_eq!(take_over, 6, "take-over");
+    // `on_conflict = "reject"` disables lock waits for the claim and
+    // restores the setting after it: two more on PostgreSQL and MySQL.
+    let reject_extra = if B::REJECTS_AT_ONCE { 2 } else { 0 };
+    assert_eq!(reject_first, 4 + reject_extra, "reject, first call");
+    assert_eq!(reject_replay, 4 + reject_extra, "reject, replay");
 }
 
 /// A first call holds the key in an open transaction; a duplicate on another
