@@ -9,8 +9,29 @@ use diesel::result::Error as DieselError;
 /// An error that can say whether the same call may succeed if retried.
 ///
 /// Implemented for [`crate::Error`] (see [`crate::Error::is_retryable`]) and
-/// for `diesel::result::Error` (the same transient database failures). Implement it for your error type by forwarding to the error
-/// it wraps.
+/// for `diesel::result::Error`. Implement it for your error type by
+/// forwarding to the error it wraps.
+///
+/// A `diesel::result::Error` is retryable when it is:
+///
+/// | failure | PostgreSQL | MySQL / MariaDB | SQLite | recognised by |
+/// |---|---|---|---|---|
+/// | serialization failure | 40001 | 1213 (deadlock) | | Diesel's `SerializationFailure` kind |
+/// | deadlock | 40P01 | (1213, above) | | message `deadlock detected` |
+/// | lock wait timed out | 55P03 (`lock_timeout`, `NOWAIT`) | 1205 | | messages `canceling statement due to lock timeout`, `could not obtain lock on`, `Lock wait timeout exceeded` |
+/// | busy database | | | `SQLITE_BUSY`, `SQLITE_LOCKED` | messages `database is locked`, `database table is locked` |
+/// | lost connection | connection errors | 2006, 2013 | | Diesel's `ClosedConnection` kind; messages `server has gone away`, `Lost connection to` |
+///
+/// Diesel reports the SQLSTATE or error number only for the kinds it
+/// names; every other case reaches it as `DatabaseErrorKind::Unknown` with
+/// the server's message, so the message text is matched (each one is
+/// tested). PostgreSQL translates its messages when `lc_messages` is not
+/// English: keep it at `C` or `en_US` on servers this library talks to.
+///
+/// `BrokenTransactionManager` is **not** retryable: Diesel could not roll a
+/// transaction back on that connection and no longer knows its state. Drop
+/// the connection (r2d2 and deadpool discard one whose transaction manager
+/// is broken) and retry on a fresh one.
 pub trait Retryable {
     /// `true` when retrying the whole transaction may succeed.
     fn is_retryable(&self) -> bool;
