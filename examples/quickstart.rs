@@ -7,6 +7,9 @@
 //! Creates a payment, retries it with the same idempotency key (the stored
 //! result is replayed and the body does not run again), then reuses the key
 //! with a different amount (rejected as a payload mismatch).
+//!
+//! No system SQLite is needed: this repository's dev-dependency on
+//! `libsqlite3-sys` with its `bundled` feature compiles SQLite from source.
 
 use diesel::prelude::*;
 use diesel_idempotent::{Outcome, idempotent};

@@ -34,9 +34,11 @@
 //!
 //! 1. the key is validated: 1 to 255 bytes of visible ASCII, else
 //!    [`Error::InvalidKey`] and the body does not run;
-//! 2. the request [`Fingerprint`] is computed: SHA-256 over the canonical
-//!    JSON (RFC 8785) of every argument except the connection, the key,
-//!    `self` and those named in `skip(..)`;
+//! 2. the request [`Fingerprint`] is computed: SHA-256 over the crate's
+//!    canonical JSON (scheme `v1`: members sorted by key bytes, integers
+//!    exact within 64 bits, floats in serde_json's shortest form) of every
+//!    argument except the connection, the key, `self` and those named in
+//!    `skip(..)`;
 //! 3. the key is claimed by inserting its record (insert-first, on the
 //!    primary key `(namespace, scope, key)`);
 //! 4. on the first call the body runs and its `Ok` value is stored as JSON;
@@ -80,6 +82,10 @@
 //! # Backends and features
 //!
 //! `sqlite` (default), `postgres` and `mysql` (MySQL 8, MariaDB 10.5+).
+//! `sqlite` links the system libsqlite3; `bundled-sqlite` compiles SQLite
+//! from source instead. Because `sqlite` is a default feature, a
+//! PostgreSQL-only build turns the defaults off:
+//! `default-features = false, features = ["postgres"]`.
 //! Create the record table with
 //! [`migrate`], or write Diesel CLI migration folders with
 //! `diesel-idempotent migrations --backend postgres --dir migrations`
@@ -110,3 +116,10 @@ pub mod migrations {
 pub mod __private {
     pub use idempotent_core::__private::*;
 }
+
+/// Compiles every Rust block of `README.md` as a doc test, so the README's
+/// examples cannot drift from the API. Blocks that need a database are
+/// `no_run`: they are compiled, not run.
+#[cfg(all(doctest, feature = "sqlite", feature = "postgres", feature = "mysql"))]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
