@@ -12,9 +12,11 @@
 //! - object members are sorted by the UTF-8 bytes of their keys, so the
 //!   order in which a map was filled never matters (`HashMap`, `BTreeMap`,
 //!   or `serde_json` with `preserve_order` enabled anywhere in the build);
-//! - integers are written exactly in decimal, however large (`u64::MAX`
-//!   stays `18446744073709551615`; RFC 8785, whose numbers are doubles,
+//! - integers from `i64::MIN` to `u64::MAX` are written exactly in decimal
+//!   (`u64::MAX` stays `18446744073709551615`; RFC 8785, whose numbers are doubles,
 //!   would merge 2^53 and 2^53 + 1, so its number form is not used);
+//!   `i128`/`u128` values outside that range fail with
+//!   [`Error::Serialization`], as `serde_json::to_value` does;
 //! - floats are written in serde_json's shortest round-trip form (`1.5`,
 //!   `1.0`, `1e+300`), so `1` and `1.0` differ; NaN and infinities become
 //!   `null`, as serde_json writes them;

@@ -35,7 +35,7 @@ pub enum Nested {
     /// A nested transaction that commits.
     Commit,
     /// Panics inside `conn.transaction(..)`.
-    PanicInNested,
+    PanicInside,
     /// Panics two `conn.transaction(..)` levels deep.
     PanicTwoDeep,
     /// Catches its own panic from a nested transaction and returns `Ok`,
@@ -59,7 +59,7 @@ pub fn nested_work<C: TestConn>(
             c.insert_payment(amount)?;
             Ok(id)
         }),
-        Nested::PanicInNested => conn.transaction::<i64, AppError, _>(|c| {
+        Nested::PanicInside => conn.transaction::<i64, AppError, _>(|c| {
             c.insert_payment(amount)?;
             panic!("panic in a nested transaction")
         }),
@@ -108,7 +108,7 @@ pub fn panic_in_nested_transaction_releases_the_claim<B: Backend>() {
     let db = B::fresh();
     let mut conn = db.connect();
     let clock = clock();
-    for (i, how) in [Nested::PanicInNested, Nested::PanicTwoDeep]
+    for (i, how) in [Nested::PanicInside, Nested::PanicTwoDeep]
         .into_iter()
         .enumerate()
     {
@@ -146,7 +146,7 @@ pub fn panic_in_nested_transaction_keeps_the_callers_transaction<B: Backend>() {
     let clock = clock();
     conn.transaction::<_, AppError, _>(|c| {
         c.insert_payment(1000)?;
-        for how in [Nested::PanicInNested, Nested::PanicTwoDeep] {
+        for how in [Nested::PanicInside, Nested::PanicTwoDeep] {
             expect_panic(|| nested_work(c, &clock, "in-tx", 10, how));
             assert_eq!(depth(c), 1, "{how:?}: back in the caller's transaction");
         }
@@ -277,7 +277,8 @@ pub fn panics_around_the_body_release_everything<B: Backend>() {
     let db = B::fresh();
     let mut conn = db.connect();
     let clock = clock();
-    let cases: [(&str, Box<dyn Fn(&mut B::Conn) -> String>); 4] = [
+    type Case<'a, C> = (&'static str, Box<dyn Fn(&mut C) -> String + 'a>);
+    let cases: [Case<'_, B::Conn>; 4] = [
         (
             "Serialize",
             Box::new(|c| expect_panic(|| panicky_serialize(c, &clock, "ser"))),
