@@ -33,6 +33,24 @@ impl Ttl {
         Ttl(Duration::from_secs(secs))
     }
 
+    /// A TTL of `millis` milliseconds, clamped into `1s..=366d` like
+    /// [`Ttl::from_secs`]. Records keep microseconds, so a TTL of
+    /// `"1500ms"` expires 1.5 s after the call.
+    ///
+    /// The `#[idempotent]` attribute calls this for a `ttl` with a fraction
+    /// of a second, such as `ttl = "1500ms"`.
+    pub const fn from_millis(millis: u64) -> Ttl {
+        let max = Ttl::MAX.0.as_secs() * 1000;
+        let millis = if millis < 1000 {
+            1000
+        } else if millis > max {
+            max
+        } else {
+            millis
+        };
+        Ttl(Duration::from_millis(millis))
+    }
+
     /// Parses a humantime duration such as `"90s"`, `"15m"`, `"24h"`, `"7d"`
     /// or `"1h 30m"`.
     pub fn parse(text: &str) -> Result<Ttl, Error> {
@@ -107,5 +125,22 @@ mod tests {
     fn from_secs_clamps() {
         assert_eq!(Ttl::from_secs(0).as_duration().as_secs(), 1);
         assert_eq!(Ttl::from_secs(u64::MAX), Ttl::MAX);
+    }
+
+    #[test]
+    fn from_millis_keeps_fractions_and_clamps() {
+        assert_eq!(
+            Ttl::from_millis(1500).as_duration(),
+            Duration::from_millis(1500)
+        );
+        assert_eq!(Ttl::from_millis(3000), Ttl::from_secs(3));
+        assert_eq!(Ttl::from_millis(0), Ttl::from_secs(1));
+        assert_eq!(Ttl::from_millis(999), Ttl::from_secs(1));
+        assert_eq!(Ttl::from_millis(u64::MAX), Ttl::MAX);
+        assert_eq!(
+            Ttl::parse("1500ms").unwrap(),
+            Ttl::from_millis(1500),
+            "the runtime parser agrees"
+        );
     }
 }
