@@ -8,7 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::Error;
-use crate::fingerprint::Fingerprint;
+use crate::fingerprint::{Fingerprint, canonical_json};
 use crate::pattern::key::{MAX_KEY_LEN, validate_key};
 
 /// The deterministic id of `value`: the key `#[idempotent(hash)]` derives
@@ -39,12 +39,35 @@ pub fn sub_key(key: &str, index: usize) -> String {
 }
 
 /// A webhook's key: the provider's delivery id when it sent a valid one,
-/// else `"sha256:"` and the hex SHA-256 of the raw request body (so a
-/// redelivered body is recognised even without an id).
-pub fn id_or_body_hash(id: Option<&str>, raw_body: &[u8]) -> String {
+/// else the [`fingerprint`] of the parsed body (`v1:` and 64 hex digits).
+///
+/// The body is fingerprinted in its canonical form, so a redelivery is
+/// recognised even when the provider serialized it again with other
+/// whitespace or another member order; the raw bytes would differ. Parse
+/// the body first (a body that does not parse is not a delivery to
+/// process); for a body in another format, fingerprint the parsed value
+/// with [`fingerprint`] instead.
+///
+/// ```
+/// # extern crate idempotent_core as diesel_idempotent;
+/// let first: serde_json::Value = serde_json::from_str(r#"{"type":"paid","amount":1200}"#)?;
+/// let again: serde_json::Value = serde_json::from_str(r#"{ "amount": 1200, "type": "paid" }"#)?;
+/// assert_eq!(
+///     diesel_idempotent::id_or_body_hash(None, &first),
+///     diesel_idempotent::id_or_body_hash(None, &again),
+/// );
+/// assert_eq!(diesel_idempotent::id_or_body_hash(Some("evt_1"), &first), "evt_1");
+/// # Ok::<(), serde_json::Error>(())
+/// ```
+pub fn id_or_body_hash(id: Option<&str>, body: &serde_json::Value) -> String {
     match id {
         Some(id) if validate_key(id).is_ok() => id.to_owned(),
-        _ => sha256_key(raw_body),
+        _ => match Fingerprint::of(body) {
+            Ok(fingerprint) => fingerprint.as_str().to_owned(),
+            // A JSON value always serializes; should that ever change, the
+            // key is still derived from the canonical form.
+            Err(_) => sha256_key(&canonical_json(body)),
+        },
     }
 }
 
@@ -74,12 +97,33 @@ mod tests {
         assert_ne!(sub, sub_key(&long, 13));
     }
 
+    fn json(text: &str) -> serde_json::Value {
+        serde_json::from_str(text).unwrap()
+    }
+
     #[test]
     fn webhook_key_prefers_a_valid_id() {
-        assert_eq!(id_or_body_hash(Some("evt_123"), b"{}"), "evt_123");
-        let by_body = id_or_body_hash(None, b"{\"a\":1}");
-        assert!(by_body.starts_with("sha256:"));
-        assert_eq!(by_body, id_or_body_hash(Some(""), b"{\"a\":1}"));
-        assert_ne!(by_body, id_or_body_hash(None, b"{\"a\":2}"));
+        assert_eq!(id_or_body_hash(Some("evt_123"), &json("{}")), "evt_123");
+        let by_body = id_or_body_hash(None, &json(r#"{"a":1}"#));
+        assert!(validate_key(&by_body).is_ok(), "{by_body}");
+        assert_eq!(by_body, id_or_body_hash(Some(""), &json(r#"{"a":1}"#)));
+        let too_long = "x".repeat(MAX_KEY_LEN + 1);
+        assert_eq!(
+            by_body,
+            id_or_body_hash(Some(&too_long), &json(r#"{"a":1}"#))
+        );
+    }
+
+    #[test]
+    fn webhook_key_of_a_reserialized_body_is_the_same() {
+        let first = json(r#"{"type":"payment.succeeded","data":{"amount":1200,"currency":"eur"}}"#);
+        let again = json(
+            "{\n  \"data\": { \"currency\": \"eur\", \"amount\": 1200 },\n  \"type\": \"payment.succeeded\"\n}",
+        );
+        let key = id_or_body_hash(None, &first);
+        assert_eq!(key, id_or_body_hash(None, &again));
+        assert_eq!(key, fingerprint(&first).unwrap().as_str());
+        let other = json(r#"{"type":"payment.succeeded","data":{"amount":1201,"currency":"eur"}}"#);
+        assert_ne!(key, id_or_body_hash(None, &other));
     }
 }
