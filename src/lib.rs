@@ -100,9 +100,9 @@ pub use idempotent_macros::idempotent;
 pub use idempotent_core::{
     Call, Clock, Error, Fingerprint, FingerprintBuilder, IdempotencyRecord, IdempotentConnection,
     IdempotentResult, ManualClock, OnConflict, Outcome, Response, RetryPolicy, Retryable,
-    SystemClock, Ttl, UniqueViolation, canonical_json, fingerprint, get_or_create, id_or_body_hash,
-    idempotency_records, migrate, purge_expired, purge_expired_with_clock, retry, sub_key,
-    unique_index_covers,
+    StableName, SystemClock, Ttl, UniqueViolation, canonical_json, fingerprint, get_or_create,
+    id_or_body_hash, idempotency_records, migrate, purge_expired, purge_expired_with_clock, retry,
+    sub_key, unique_index_covers,
 };
 
 /// The record table's migrations: embedded, and written as Diesel CLI folders.

@@ -8,7 +8,7 @@
 
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use diesel_idempotent::{IdempotentConnection, ManualClock, Outcome, idempotent};
+use diesel_idempotent::{IdempotentConnection, ManualClock, Outcome, StableName, idempotent};
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug)]
@@ -86,7 +86,16 @@ pub fn free(conn: &mut SqliteConnection, key: &str, amount: i64) -> Result<Recei
     Ok(Receipt { id, amount })
 }
 
-/// Lifetime, type and const parameters with a where-clause.
+/// An item type with a name of its own in fingerprints.
+#[derive(Debug, Serialize)]
+pub struct Item(i64);
+
+impl StableName for Item {
+    const STABLE_NAME: &'static str = "shapes.item";
+}
+
+/// Lifetime, type and const parameters with a where-clause; the fingerprinted
+/// type parameter has a stable name.
 #[idempotent(key = key, name = "shapes.generic")]
 fn generic<'k, C, T, const N: usize>(
     conn: &mut C,
@@ -95,15 +104,16 @@ fn generic<'k, C, T, const N: usize>(
 ) -> Result<usize, AppError>
 where
     C: IdempotentConnection,
-    T: Serialize,
+    T: Serialize + StableName,
     diesel::query_builder::SqlQuery: diesel::query_dsl::methods::ExecuteDsl<C>,
 {
     record_execution(conn, 0)?;
     Ok(items.len() * N)
 }
 
-/// `impl Trait` arguments and an owned key.
-#[idempotent(key = key, name = "shapes.impl_trait")]
+/// `impl Trait` arguments (left out of the fingerprint: an `impl Trait` type
+/// has no stable name) and an owned key.
+#[idempotent(key = key, name = "shapes.impl_trait", skip(payload))]
 fn impl_trait(
     conn: &mut SqliteConnection,
     key: &String,
@@ -222,16 +232,17 @@ fn free_function_replays_and_keeps_early_return() {
 #[test]
 fn generic_and_impl_trait_shapes() {
     let mut conn = database();
+    let items = [Item(1), Item(2), Item(3)];
     assert_eq!(
-        generic::<_, _, 2>(&mut conn, "g", &[1, 2, 3]).expect("first"),
+        generic::<_, _, 2>(&mut conn, "g", &items).expect("first"),
         6
     );
     assert_eq!(
-        generic::<_, _, 2>(&mut conn, "g", &[1, 2, 3]).expect("replay"),
+        generic::<_, _, 2>(&mut conn, "g", &items).expect("replay"),
         6
     );
     assert!(
-        generic::<_, _, 2>(&mut conn, "g", &[1, 2, 4]).is_err(),
+        generic::<_, _, 2>(&mut conn, "g", &[Item(1), Item(2), Item(4)]).is_err(),
         "another payload"
     );
     let key = "i".to_owned();

@@ -19,7 +19,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
 pub use fingerprint::{Fingerprint, FingerprintBuilder, canonical_json};
 pub use pattern::get_or_create::{UniqueViolation, get_or_create, unique_index_covers};
-pub use pattern::hash::{fingerprint, id_or_body_hash, sub_key};
+pub use pattern::hash::{StableName, fingerprint, id_or_body_hash, sub_key};
 pub use pattern::key::{Call, IdempotentResult, OnConflict, Outcome, Response};
 pub use record::{IdempotencyRecord, idempotency_records};
 pub use retry::{RetryPolicy, Retryable, retry};
@@ -85,14 +85,37 @@ pub mod __private {
         ::std::borrow::ToOwned::to_owned(key.as_ref())
     }
 
-    /// Adds one argument to the fingerprint. The name is what a compile
-    /// error about a non-serializable argument shows.
+    /// What a fingerprinted argument must be: `Serialize`. A trait of its
+    /// own so that the compile error for an argument that is not says what
+    /// to do, at the argument.
+    #[diagnostic::on_unimplemented(
+        message = "the argument of type `{Self}` is fingerprinted but does not implement \
+                   `Serialize`: implement `serde::Serialize` for it, or leave the argument out \
+                   with `skip(..)`",
+        label = "this argument identifies the request, so it must implement `Serialize`",
+        note = "derive it (`#[derive(serde::Serialize)]`) if the argument tells requests apart; \
+                `#[idempotent(.., skip(argument))]` if it does not (a pool, a logger, a handle)"
+    )]
+    pub trait FingerprintedArgument: ::serde::Serialize {}
+
+    impl<T: ::serde::Serialize + ?Sized> FingerprintedArgument for T {}
+
+    /// Adds one argument to the fingerprint.
     #[inline]
-    pub fn argument_must_be_serializable_or_skipped<T: ::serde::Serialize + ?Sized>(
+    pub fn fingerprint_argument<T: FingerprintedArgument + ?Sized>(
         builder: crate::FingerprintBuilder,
         value: &T,
     ) -> crate::FingerprintBuilder {
         builder.arg(value)
+    }
+
+    /// Adds the stable name of a type parameter that a fingerprinted value
+    /// mentions, so values of two types that serialize alike differ.
+    #[inline]
+    pub fn type_name_for_generic_argument<T: crate::StableName + ?Sized>(
+        builder: crate::FingerprintBuilder,
+    ) -> crate::FingerprintBuilder {
+        builder.arg(T::STABLE_NAME)
     }
 
     /// The key `hash` derives: the fingerprint's text (empty when the

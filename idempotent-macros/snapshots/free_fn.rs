@@ -6,14 +6,14 @@ pub fn create_payment(
     req: &NewPayment,
 ) -> Result<Payment, AppError> {
     let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
-    let __idempotent_fingerprint = ::diesel_idempotent::__private::argument_must_be_serializable_or_skipped(
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
         __idempotent_fingerprint,
         &(req),
     );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();
     let __idempotent_key = ::diesel_idempotent::__private::key(&(key));
     ::diesel_idempotent::__private::Call::new("payments.create", &__idempotent_key)
-        .ttl(::diesel_idempotent::__private::Ttl::from_secs(86400u64))
+        .ttl(::diesel_idempotent::__private::Ttl::from_secs(86400))
         .fingerprint(__idempotent_fingerprint)
         .run_response(
             conn,

@@ -4,7 +4,7 @@ fn record_click(
     trace: TraceId,
 ) -> Result<(), AppError> {
     let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
-    let __idempotent_fingerprint = ::diesel_idempotent::__private::argument_must_be_serializable_or_skipped(
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
         __idempotent_fingerprint,
         &(event),
     );
@@ -13,7 +13,7 @@ fn record_click(
         &__idempotent_fingerprint,
     );
     ::diesel_idempotent::__private::Call::new("analytics.click", &__idempotent_key)
-        .ttl(::diesel_idempotent::__private::Ttl::from_secs(604800u64))
+        .ttl(::diesel_idempotent::__private::Ttl::from_secs(604800))
         .fingerprint(__idempotent_fingerprint)
         .run_response(conn, |conn| -> Result<(), AppError> { Ok(()) })
 }

@@ -4,11 +4,11 @@ fn record_click(
     event: &ClickEvent,
 ) -> Result<(), AppError> {
     let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
-    let __idempotent_fingerprint = ::diesel_idempotent::__private::argument_must_be_serializable_or_skipped(
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
         __idempotent_fingerprint,
         &(event.user_id),
     );
-    let __idempotent_fingerprint = ::diesel_idempotent::__private::argument_must_be_serializable_or_skipped(
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
         __idempotent_fingerprint,
         &(event.url),
     );
@@ -19,7 +19,7 @@ fn record_click(
     let __idempotent_scope = ::diesel_idempotent::__private::scope(&(tenant));
     ::diesel_idempotent::__private::Call::new("analytics.click", &__idempotent_key)
         .scope(&__idempotent_scope)
-        .ttl(::diesel_idempotent::__private::Ttl::from_secs(86400u64))
+        .ttl(::diesel_idempotent::__private::Ttl::from_secs(86400))
         .fingerprint(__idempotent_fingerprint)
         .run_response(conn, |conn| -> Result<(), AppError> { Ok(()) })
 }

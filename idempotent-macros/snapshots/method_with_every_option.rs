@@ -6,7 +6,7 @@ pub(crate) fn charge(
     trace: &Span,
 ) -> Result<Outcome<Receipt>, AppError> {
     let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
-    let __idempotent_fingerprint = ::diesel_idempotent::__private::argument_must_be_serializable_or_skipped(
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
         __idempotent_fingerprint,
         &(req),
     );
@@ -17,7 +17,7 @@ pub(crate) fn charge(
     let __idempotent_scope = ::diesel_idempotent::__private::scope(&(tenant));
     ::diesel_idempotent::__private::Call::new("svc.charge", &__idempotent_key)
         .scope(&__idempotent_scope)
-        .ttl(::diesel_idempotent::__private::Ttl::from_secs(900u64))
+        .ttl(::diesel_idempotent::__private::Ttl::from_secs(900))
         .clock(&(self.clock))
         .fingerprint(__idempotent_fingerprint)
         .run_response(

@@ -1,55 +1,80 @@
 //! The attribute's options: parsing and the checks that need no signature.
+//!
+//! Options are read one by one; a mistake in one option (an unknown name, a
+//! value of the wrong kind, a value that does not parse) is recorded and the
+//! rest of the attribute is still read, so every mistake is reported at once.
+//!
+//! Values may arrive through `macro_rules!` fragments (`name = $ns`), which
+//! wrap them in invisible groups; every check looks through those.
 
 use std::time::Duration;
 
+use proc_macro2::{Span, TokenTree};
+use syn::ext::IdentExt;
+use syn::parse::discouraged::Speculative;
 use syn::parse::{Parse, ParseStream};
 use syn::punctuated::Punctuated;
 use syn::spanned::Spanned;
 use syn::{Expr, Ident, LitStr, Token};
 
-mod kw {
-    syn::custom_keyword!(key);
-    syn::custom_keyword!(hash);
-    syn::custom_keyword!(get_or_create);
-    syn::custom_keyword!(on_conflict);
-    syn::custom_keyword!(max_response_bytes);
-    syn::custom_keyword!(ttl);
-    syn::custom_keyword!(name);
-    syn::custom_keyword!(scope);
-    syn::custom_keyword!(conn);
-    syn::custom_keyword!(skip);
-    syn::custom_keyword!(clock);
-}
+/// Every option, in the order an error about an unknown one lists them.
+const OPTIONS: &[&str] = &[
+    "key",
+    "hash",
+    "get_or_create",
+    "ttl",
+    "name",
+    "scope",
+    "conn",
+    "clock",
+    "skip",
+    "on_conflict",
+    "max_response_bytes",
+    "crate",
+];
 
 /// The longest TTL accepted (366 days), as in the runtime's `Ttl::MAX`.
 const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
-const MAX_NAME_LEN: usize = 255;
+/// The longest namespace the record table holds, as in the runtime.
+pub(crate) const MAX_NAME_LEN: usize = 255;
 
-/// The parsed options of one `#[idempotent(...)]`.
+/// The parsed options of one `#[idempotent(...)]`. Each option keeps the
+/// span of its name, for errors about the option as a whole.
 #[derive(Default)]
 pub(crate) struct Options {
-    pub(crate) key: Option<(kw::key, Expr)>,
+    pub(crate) key: Option<(Span, Expr)>,
     /// `get_or_create = LOOKUP`: the getOrCreate pattern.
     pub(crate) get_or_create: Option<Expr>,
     /// `hash` (every argument) or `hash(a, b.c)` (the named values).
-    pub(crate) hash: Option<(kw::hash, Option<Vec<Expr>>)>,
-    pub(crate) ttl: Option<(kw::ttl, Duration)>,
+    pub(crate) hash: Option<(Span, Option<Vec<Expr>>)>,
+    pub(crate) ttl: Option<(Span, Duration)>,
     pub(crate) name: Option<LitStr>,
-    pub(crate) scope: Option<(kw::scope, Expr)>,
+    pub(crate) scope: Option<(Span, Expr)>,
     pub(crate) conn: Option<Ident>,
     pub(crate) skip: Vec<Ident>,
     /// Where `skip` was written, for errors.
-    pub(crate) skip_span: Option<proc_macro2::Span>,
+    pub(crate) skip_span: Option<Span>,
     pub(crate) clock: Option<Expr>,
     /// `on_conflict = "reject"` (true) or `"wait"` (false, the default).
-    pub(crate) reject: Option<(kw::on_conflict, bool)>,
+    pub(crate) reject: Option<(Span, bool)>,
     /// `max_response_bytes = N`.
-    pub(crate) max_response_bytes: Option<(kw::max_response_bytes, u64)>,
+    pub(crate) max_response_bytes: Option<(Span, u64)>,
     /// `crate = "path"`: where `diesel_idempotent` is reachable.
     pub(crate) krate: Option<syn::Path>,
+    /// Options that were written, valid or not (and the option an unknown
+    /// name most likely meant), so that a broken `key = ..` is not also
+    /// reported as a missing key.
+    pub(crate) written: Vec<&'static str>,
     /// Problems with individual options, reported together with the
     /// signature's problems.
     pub(crate) errors: Errors,
+}
+
+impl Options {
+    /// Whether `option` was written, even with an invalid value.
+    pub(crate) fn wrote(&self, option: &str) -> bool {
+        self.written.contains(&option)
+    }
 }
 
 /// Accumulates errors so one expansion reports all of them.
@@ -69,199 +94,334 @@ impl Errors {
     }
 }
 
-fn duplicate(span: proc_macro2::Span, option: &str) -> syn::Error {
-    syn::Error::new(span, format!("duplicate option `{option}`; give it once"))
+/// `expr` without the invisible groups `macro_rules!` fragments arrive in.
+pub(crate) fn ungroup(mut expr: &Expr) -> &Expr {
+    while let Expr::Group(group) = expr {
+        expr = &group.expr;
+    }
+    expr
+}
+
+/// Stores `value` in `slot` unless the option was given before.
+fn once<T>(slot: &mut Option<T>, value: T, name: &Ident, errors: &mut Errors) {
+    if slot.is_some() {
+        errors.push(syn::Error::new(
+            name.span(),
+            format!("duplicate option `{name}`; give it once"),
+        ));
+    } else {
+        *slot = Some(value);
+    }
+}
+
+/// Reads `= VALUE` after the option `name`, with errors that say how the
+/// option is written when the `=` or the value is missing.
+fn value<T: Parse>(input: ParseStream<'_>, name: &Ident, example: &str) -> syn::Result<T> {
+    if !input.peek(Token![=]) {
+        return Err(syn::Error::new(
+            name.span(),
+            format!("`{name}` takes a value: write `{example}`"),
+        ));
+    }
+    let eq: Token![=] = input.parse()?;
+    if input.is_empty() || input.peek(Token![,]) {
+        return Err(syn::Error::new(
+            eq.span,
+            format!("`{name} =` is missing its value: write `{example}`"),
+        ));
+    }
+    input.parse()
+}
+
+/// Skips what is left of a broken option, up to the next top-level comma.
+fn skip_to_comma(input: ParseStream<'_>) {
+    while !input.is_empty() && !input.peek(Token![,]) {
+        if input.parse::<TokenTree>().is_err() {
+            break;
+        }
+    }
 }
 
 impl Parse for Options {
     fn parse(input: ParseStream<'_>) -> syn::Result<Self> {
         let mut options = Options::default();
-        let mut errors = Errors::default();
         while !input.is_empty() {
-            let lookahead = input.lookahead1();
-            if lookahead.peek(kw::key) {
-                let token: kw::key = input.parse()?;
-                input.parse::<Token![=]>()?;
-                let expr: Expr = input.parse()?;
-                if options.key.is_some() {
-                    errors.push(duplicate(token.span, "key"));
-                } else {
-                    options.key = Some((token, expr));
+            // Each option is read on a fork: tokens a broken value leaves
+            // inside its parentheses are that option's error alone, not an
+            // "unexpected token" for the whole attribute.
+            let fork = input.fork();
+            match options.parse_option(&fork) {
+                Ok(()) => input.advance_to(&fork),
+                Err(error) => {
+                    options.errors.push(error);
+                    skip_to_comma(input);
                 }
-            } else if lookahead.peek(kw::get_or_create) {
-                let token: kw::get_or_create = input.parse()?;
-                input.parse::<Token![=]>()?;
-                let expr: Expr = input.parse()?;
-                if options.get_or_create.is_some() {
-                    errors.push(duplicate(token.span, "get_or_create"));
-                } else {
-                    options.get_or_create = Some(expr);
+            }
+            if input.is_empty() {
+                break;
+            }
+            if !input.peek(Token![,]) {
+                options
+                    .errors
+                    .push(input.error("expected `,` between options"));
+                skip_to_comma(input);
+                if input.is_empty() {
+                    break;
                 }
-            } else if lookahead.peek(kw::on_conflict) {
-                let token: kw::on_conflict = input.parse()?;
-                input.parse::<Token![=]>()?;
-                let expr: Expr = input.parse()?;
-                let reject = match &expr {
-                    Expr::Lit(syn::ExprLit {
-                        lit: syn::Lit::Str(lit),
-                        ..
-                    }) if lit.value() == "wait" => Ok(false),
-                    Expr::Lit(syn::ExprLit {
-                        lit: syn::Lit::Str(lit),
-                        ..
-                    }) if lit.value() == "reject" => Ok(true),
-                    other => Err(syn::Error::new(
-                        other.span(),
-                        "`on_conflict` is `\"wait\"` (block until the call holding the key \
-                         finishes, then replay) or `\"reject\"` (return `Error::InFlight` at once)",
-                    )),
-                };
-                match reject {
-                    Ok(reject) if options.reject.is_none() => {
-                        options.reject = Some((token, reject))
+            }
+            input.parse::<Token![,]>()?;
+        }
+        Ok(options)
+    }
+}
+
+impl Options {
+    /// Reads one option. A syntax error is returned (the caller skips to the
+    /// next option); a well-formed but invalid value is recorded in
+    /// `self.errors`.
+    fn parse_option(&mut self, input: ParseStream<'_>) -> syn::Result<()> {
+        let name = match input.call(Ident::parse_any) {
+            Ok(name) => name,
+            Err(_) => {
+                return Err(input.error(format!("expected an option, one of {}", list(OPTIONS))));
+            }
+        };
+        let text = name.to_string();
+        let Some(option) = OPTIONS.iter().copied().find(|option| *option == text) else {
+            let mut message = format!("unknown option `{name}`, expected one of {}", list(OPTIONS));
+            if let Some(meant) = closest(&text) {
+                self.written.push(meant);
+                message = format!("{message}; did you mean `{meant}`?");
+            }
+            return Err(syn::Error::new(name.span(), message));
+        };
+        self.written.push(option);
+        let errors = &mut self.errors;
+        match option {
+            "key" => {
+                let expr: Expr = value(input, &name, "key = req.idempotency_key")?;
+                once(&mut self.key, (name.span(), expr), &name, errors);
+            }
+            "get_or_create" => {
+                let expr: Expr = value(input, &name, "get_or_create = find_user(conn, email)")?;
+                once(&mut self.get_or_create, expr, &name, errors);
+            }
+            "scope" => {
+                let expr: Expr = value(input, &name, "scope = tenant_id")?;
+                once(&mut self.scope, (name.span(), expr), &name, errors);
+            }
+            "clock" => {
+                let expr: Expr = value(input, &name, "clock = self.clock")?;
+                once(&mut self.clock, expr, &name, errors);
+            }
+            "conn" => {
+                let expr: Expr = value(input, &name, "conn = db")?;
+                match ungroup(&expr) {
+                    Expr::Path(path) if path.qself.is_none() && path.path.get_ident().is_some() => {
+                        if let Some(ident) = path.path.get_ident() {
+                            once(&mut self.conn, ident.clone(), &name, errors);
+                        }
                     }
-                    Ok(_) => errors.push(duplicate(token.span, "on_conflict")),
+                    other => errors.push(syn::Error::new(
+                        other.span(),
+                        "`conn` names the connection parameter, e.g. `conn = db`",
+                    )),
+                }
+            }
+            "ttl" => {
+                let expr: Expr = value(input, &name, "ttl = \"24h\"")?;
+                match parse_ttl(&expr) {
+                    Ok(ttl) => once(&mut self.ttl, (name.span(), ttl), &name, errors),
                     Err(e) => errors.push(e),
                 }
-            } else if lookahead.peek(kw::max_response_bytes) {
-                let token: kw::max_response_bytes = input.parse()?;
-                input.parse::<Token![=]>()?;
-                let expr: Expr = input.parse()?;
-                let limit = match &expr {
-                    Expr::Lit(syn::ExprLit {
-                        lit: syn::Lit::Int(lit),
-                        ..
-                    }) => lit.base10_parse::<u64>().ok().filter(|n| *n > 0),
-                    _ => None,
-                };
-                match limit {
-                    Some(limit) if options.max_response_bytes.is_none() => {
-                        options.max_response_bytes = Some((token, limit));
-                    }
-                    Some(_) => errors.push(duplicate(token.span, "max_response_bytes")),
-                    None => errors.push(syn::Error::new(
-                        expr.span(),
-                        "`max_response_bytes` is a positive integer literal, e.g. \
-                         `max_response_bytes = 65_536`",
-                    )),
+            }
+            "name" => {
+                let expr: Expr = value(input, &name, "name = \"payments.create\"")?;
+                match parse_name(&expr) {
+                    Ok(lit) => once(&mut self.name, lit, &name, errors),
+                    Err(e) => errors.push(e),
                 }
-            } else if lookahead.peek(kw::hash) {
-                let token: kw::hash = input.parse()?;
+            }
+            "crate" => {
+                let expr: Expr = value(input, &name, "crate = \"::my_app::idempotency\"")?;
+                match parse_crate_path(&expr) {
+                    Ok(path) => once(&mut self.krate, path, &name, errors),
+                    Err(e) => errors.push(e),
+                }
+            }
+            "on_conflict" => {
+                let expr: Expr = value(input, &name, "on_conflict = \"reject\"")?;
+                match parse_on_conflict(&expr) {
+                    Ok(reject) => once(&mut self.reject, (name.span(), reject), &name, errors),
+                    Err(e) => errors.push(e),
+                }
+            }
+            "max_response_bytes" => {
+                let expr: Expr = value(input, &name, "max_response_bytes = 65_536")?;
+                match parse_limit(&expr) {
+                    Ok(limit) => {
+                        once(
+                            &mut self.max_response_bytes,
+                            (name.span(), limit),
+                            &name,
+                            errors,
+                        );
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            "hash" => {
                 let values = if input.peek(syn::token::Paren) {
                     let content;
                     syn::parenthesized!(content in input);
                     let values = Punctuated::<Expr, Token![,]>::parse_terminated(&content)?;
                     if values.is_empty() {
                         errors.push(syn::Error::new(
-                            token.span,
+                            name.span(),
                             "`hash()` names no value; write `hash` to hash every argument, \
                              or `hash(event.id, event.source)` to hash some",
                         ));
                     }
                     Some(values.into_iter().collect())
-                } else {
+                } else if input.is_empty() || input.peek(Token![,]) {
                     None
+                } else {
+                    return Err(syn::Error::new(
+                        name.span(),
+                        "write `hash` to hash every argument, or `hash(event.id, event.source)` \
+                         to hash some",
+                    ));
                 };
-                if options.hash.is_some() {
-                    errors.push(duplicate(token.span, "hash"));
-                } else {
-                    options.hash = Some((token, values));
+                once(&mut self.hash, (name.span(), values), &name, errors);
+            }
+            "skip" => {
+                if !input.peek(syn::token::Paren) {
+                    return Err(syn::Error::new(
+                        name.span(),
+                        "`skip` lists the arguments left out of the fingerprint: \
+                         write `skip(trace, verbose)`",
+                    ));
                 }
-            } else if lookahead.peek(kw::ttl) {
-                let token: kw::ttl = input.parse()?;
-                input.parse::<Token![=]>()?;
-                let expr: Expr = input.parse()?;
-                match parse_ttl(&expr) {
-                    Ok(ttl) if options.ttl.is_none() => options.ttl = Some((token, ttl)),
-                    Ok(_) => errors.push(duplicate(token.span, "ttl")),
-                    Err(e) => errors.push(e),
-                }
-            } else if lookahead.peek(kw::name) {
-                let token: kw::name = input.parse()?;
-                input.parse::<Token![=]>()?;
-                let expr: Expr = input.parse()?;
-                match parse_name(&expr) {
-                    Ok(name) if options.name.is_none() => options.name = Some(name),
-                    Ok(_) => errors.push(duplicate(token.span, "name")),
-                    Err(e) => errors.push(e),
-                }
-            } else if lookahead.peek(kw::scope) {
-                let token: kw::scope = input.parse()?;
-                input.parse::<Token![=]>()?;
-                let expr: Expr = input.parse()?;
-                if options.scope.is_some() {
-                    errors.push(duplicate(token.span, "scope"));
-                } else {
-                    options.scope = Some((token, expr));
-                }
-            } else if lookahead.peek(kw::conn) {
-                let token: kw::conn = input.parse()?;
-                input.parse::<Token![=]>()?;
-                let ident: Ident = input.parse()?;
-                if options.conn.is_some() {
-                    errors.push(duplicate(token.span, "conn"));
-                } else {
-                    options.conn = Some(ident);
-                }
-            } else if lookahead.peek(kw::clock) {
-                let token: kw::clock = input.parse()?;
-                input.parse::<Token![=]>()?;
-                let expr: Expr = input.parse()?;
-                if options.clock.is_some() {
-                    errors.push(duplicate(token.span, "clock"));
-                } else {
-                    options.clock = Some(expr);
-                }
-            } else if lookahead.peek(Token![crate]) {
-                let token: Token![crate] = input.parse()?;
-                input.parse::<Token![=]>()?;
-                let expr: Expr = input.parse()?;
-                match parse_crate_path(&expr) {
-                    Ok(path) if options.krate.is_none() => options.krate = Some(path),
-                    Ok(_) => errors.push(duplicate(token.span, "crate")),
-                    Err(e) => errors.push(e),
-                }
-            } else if lookahead.peek(kw::skip) {
-                let token: kw::skip = input.parse()?;
-                options.skip_span.get_or_insert(token.span);
+                self.skip_span.get_or_insert(name.span());
                 let content;
                 syn::parenthesized!(content in input);
                 let names = Punctuated::<Ident, Token![,]>::parse_terminated(&content)?;
-                for name in names {
-                    if options.skip.contains(&name) {
+                for skipped in names {
+                    if self.skip.contains(&skipped) {
                         errors.push(syn::Error::new(
-                            name.span(),
-                            format!("`{name}` is already skipped"),
+                            skipped.span(),
+                            format!("`{skipped}` is already skipped"),
                         ));
                     } else {
-                        options.skip.push(name);
+                        self.skip.push(skipped);
                     }
                 }
-            } else {
-                return Err(lookahead.error());
             }
-            if input.is_empty() {
-                break;
-            }
-            input.parse::<Token![,]>()?;
+            _ => unreachable_option(&name)?,
         }
-        options.errors = errors;
-        Ok(options)
+        Ok(())
     }
 }
 
-fn parse_ttl(expr: &Expr) -> syn::Result<Duration> {
-    let lit = match expr {
+/// Every name in `OPTIONS` has an arm above; this keeps the match total
+/// without a panic.
+fn unreachable_option(name: &Ident) -> syn::Result<()> {
+    Err(syn::Error::new(
+        name.span(),
+        format!("option `{name}` is not handled"),
+    ))
+}
+
+/// "`a`, `b`, `c`".
+fn list(names: &[&str]) -> String {
+    names
+        .iter()
+        .map(|name| format!("`{name}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The option an unknown name most likely meant: within two edits, or one
+/// of them a prefix of the other (`namespace` for `name`).
+fn closest(unknown: &str) -> Option<&'static str> {
+    let unknown = unknown.to_lowercase();
+    let by_edits = OPTIONS
+        .iter()
+        .map(|option| (edit_distance(&unknown, option), *option))
+        .filter(|(distance, option)| *distance <= 2 && *distance < option.len())
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, option)| option);
+    by_edits.or_else(|| {
+        OPTIONS.iter().copied().find(|option| {
+            option.len() >= 3
+                && unknown.len() >= 3
+                && (unknown.starts_with(option) || option.starts_with(unknown.as_str()))
+        })
+    })
+}
+
+/// Levenshtein distance: insertions, deletions and substitutions.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    let mut current = vec![0; b.len() + 1];
+    for (i, ca) in a.chars().enumerate() {
+        current[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substitution = previous[j] + usize::from(ca != *cb);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous[b.len()]
+}
+
+/// The string literal `expr` is, through invisible groups.
+fn string_literal(expr: &Expr) -> Option<&LitStr> {
+    match ungroup(expr) {
         Expr::Lit(syn::ExprLit {
             lit: syn::Lit::Str(lit),
             ..
-        }) => lit,
-        other => {
-            return Err(syn::Error::new(
-                other.span(),
-                "`ttl` must be a string literal such as `ttl = \"24h\"`, `\"15m\"` or `\"7d\"`",
-            ));
-        }
+        }) => Some(lit),
+        _ => None,
+    }
+}
+
+fn parse_on_conflict(expr: &Expr) -> syn::Result<bool> {
+    match string_literal(expr).map(LitStr::value).as_deref() {
+        Some("wait") => Ok(false),
+        Some("reject") => Ok(true),
+        _ => Err(syn::Error::new(
+            expr.span(),
+            "`on_conflict` is `\"wait\"` (block until the call holding the key \
+             finishes, then replay) or `\"reject\"` (return `Error::InFlight` at once)",
+        )),
+    }
+}
+
+fn parse_limit(expr: &Expr) -> syn::Result<u64> {
+    let limit = match ungroup(expr) {
+        Expr::Lit(syn::ExprLit {
+            lit: syn::Lit::Int(lit),
+            ..
+        }) => lit.base10_parse::<u64>().ok().filter(|n| *n > 0),
+        _ => None,
+    };
+    limit.ok_or_else(|| {
+        syn::Error::new(
+            expr.span(),
+            "`max_response_bytes` is a positive integer literal, e.g. \
+             `max_response_bytes = 65_536`",
+        )
+    })
+}
+
+fn parse_ttl(expr: &Expr) -> syn::Result<Duration> {
+    let Some(lit) = string_literal(expr) else {
+        return Err(syn::Error::new(
+            expr.span(),
+            "`ttl` must be a string literal such as `ttl = \"24h\"`, `\"15m\"` or `\"7d\"`",
+        ));
     };
     let text = lit.value();
     let ttl = humantime::parse_duration(&text).map_err(|e| {
@@ -283,50 +443,204 @@ fn parse_ttl(expr: &Expr) -> syn::Result<Duration> {
              grow the table; purge them with `diesel_idempotent::purge_expired`",
         ));
     }
+    if ttl.subsec_nanos() % 1_000_000 != 0 {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!("ttl {text:?} is finer than a millisecond; round it to whole milliseconds"),
+        ));
+    }
     Ok(ttl)
 }
 
 fn parse_crate_path(expr: &Expr) -> syn::Result<syn::Path> {
-    match expr {
-        Expr::Lit(syn::ExprLit {
-            lit: syn::Lit::Str(lit),
-            ..
-        }) => lit.parse::<syn::Path>().map_err(|_| {
-            syn::Error::new(
-                lit.span(),
-                format!(
-                    "`crate = {:?}` is not a path; write the path under which \
-                     `diesel_idempotent` is reachable, e.g. `crate = \"::my_app::idempotency\"`",
-                    lit.value()
-                ),
-            )
-        }),
-        other => Err(syn::Error::new(
-            other.span(),
+    let Some(lit) = string_literal(expr) else {
+        return Err(syn::Error::new(
+            expr.span(),
             "`crate` must be a string literal holding a path, e.g. `crate = \"::my_app::idempotency\"`",
-        )),
+        ));
+    };
+    lit.parse::<syn::Path>().map_err(|_| {
+        syn::Error::new(
+            lit.span(),
+            format!(
+                "`crate = {:?}` is not a path; write the path under which \
+                 `diesel_idempotent` is reachable, e.g. `crate = \"::my_app::idempotency\"`",
+                lit.value()
+            ),
+        )
+    })
+}
+
+/// A `name` the runtime accepts: the checks of its namespace validation,
+/// done once here instead of failing every call.
+fn parse_name(expr: &Expr) -> syn::Result<LitStr> {
+    let Some(lit) = string_literal(expr) else {
+        return Err(syn::Error::new(
+            expr.span(),
+            "`name` must be a string literal such as `name = \"payments.create\"`",
+        ));
+    };
+    let value = lit.value();
+    let problem = if value.is_empty() {
+        Some("`name` is empty; name the operation, e.g. `name = \"payments.create\"`".to_owned())
+    } else if value.len() > MAX_NAME_LEN {
+        Some(format!(
+            "`name` is {} bytes long; the namespace holds at most {MAX_NAME_LEN} bytes",
+            value.len()
+        ))
+    } else if value.chars().any(char::is_control) {
+        Some("`name` holds a control character; use printable text".to_owned())
+    } else if value.trim() != value {
+        Some(format!(
+            "`name` begins or ends with whitespace; write `name = {:?}`",
+            value.trim()
+        ))
+    } else {
+        None
+    };
+    match problem {
+        Some(message) => Err(syn::Error::new(lit.span(), message)),
+        None => Ok(lit.clone()),
     }
 }
 
-fn parse_name(expr: &Expr) -> syn::Result<LitStr> {
-    let lit = match expr {
-        Expr::Lit(syn::ExprLit {
-            lit: syn::Lit::Str(lit),
-            ..
-        }) => lit.clone(),
-        other => {
-            return Err(syn::Error::new(
-                other.span(),
-                "`name` must be a string literal such as `name = \"payments.create\"`",
-            ));
-        }
-    };
-    let value = lit.value();
-    if value.is_empty() || value.len() > MAX_NAME_LEN || value.chars().any(char::is_control) {
-        return Err(syn::Error::new(
-            lit.span(),
-            "`name` must be 1 to 255 bytes without control characters",
-        ));
+#[cfg(test)]
+mod tests {
+    use proc_macro2::{Delimiter, Group, TokenStream};
+    use quote::{ToTokens, quote};
+
+    use super::*;
+
+    /// `tokens` in an invisible group, as a `macro_rules!` fragment arrives.
+    fn fragment(tokens: TokenStream) -> TokenTree {
+        TokenTree::Group(Group::new(Delimiter::None, tokens))
     }
-    Ok(lit)
+
+    fn parse(tokens: TokenStream) -> Options {
+        syn::parse2(tokens).expect("options parse")
+    }
+
+    fn messages(options: Options) -> Vec<String> {
+        match options.errors.finish() {
+            Ok(()) => Vec::new(),
+            Err(error) => error.into_iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn values_in_invisible_groups() {
+        let name = fragment(quote!("svc.create"));
+        let ttl = fragment(quote!("1500ms"));
+        let conflict = fragment(quote!("reject"));
+        let limit = fragment(quote!(4096));
+        let krate = fragment(quote!("::app::idem"));
+        let key = fragment(quote!(key));
+        let conn = fragment(quote!(db));
+        let options = parse(quote!(
+            name = #name, ttl = #ttl, on_conflict = #conflict,
+            max_response_bytes = #limit, crate = #krate, key = #key, conn = #conn
+        ));
+        assert_eq!(
+            options.name.as_ref().map(LitStr::value).as_deref(),
+            Some("svc.create")
+        );
+        assert_eq!(options.ttl.map(|t| t.1), Some(Duration::from_millis(1500)));
+        assert_eq!(options.reject.map(|r| r.1), Some(true));
+        assert_eq!(options.max_response_bytes.map(|m| m.1), Some(4096));
+        assert_eq!(
+            options.krate.to_token_stream().to_string(),
+            ":: app :: idem"
+        );
+        assert_eq!(
+            options.conn.as_ref().map(ToString::to_string).as_deref(),
+            Some("db")
+        );
+        assert!(options.key.is_some());
+        assert!(messages(options).is_empty());
+    }
+
+    #[test]
+    fn unknown_options_name_themselves_and_parsing_goes_on() {
+        let options = parse(quote!(
+            on_confict = "reject",
+            retries = 3,
+            ttl = "0s",
+            key = k
+        ));
+        assert!(
+            options.key.is_some(),
+            "the options after the mistakes are read"
+        );
+        assert!(
+            options.wrote("on_conflict"),
+            "the typo counts as what it meant"
+        );
+        let messages = messages(options);
+        assert_eq!(messages.len(), 3, "{messages:#?}");
+        assert!(messages[0].starts_with("unknown option `on_confict`, expected one of `key`"));
+        assert!(messages[0].ends_with("did you mean `on_conflict`?"));
+        assert!(messages[1].starts_with("unknown option `retries`"));
+        assert!(!messages[1].contains("did you mean"));
+        assert!(messages[2].contains("at least one second"));
+    }
+
+    #[test]
+    fn missing_values_do_not_hide_other_errors() {
+        let options = parse(quote!(ttl =, key = , name = 5, hash));
+        let all = messages(options);
+        assert_eq!(all.len(), 3, "{all:#?}");
+        assert!(all[0].starts_with("`ttl =` is missing its value"));
+        assert!(all[1].starts_with("`key =` is missing its value"));
+        assert!(all[2].starts_with("`name` must be a string literal"));
+        let nested = messages(parse(quote!(hash(a b), key = f(x y), ttl = "0s")));
+        assert_eq!(nested.len(), 3, "{nested:#?}");
+        assert!(nested[2].contains("at least one second"));
+        let trailing = parse(quote!(key = k, ttl =));
+        assert!(trailing.key.is_some());
+        assert_eq!(
+            messages(trailing),
+            ["`ttl =` is missing its value: write `ttl = \"24h\"`"]
+        );
+    }
+
+    #[test]
+    fn names_the_runtime_would_reject() {
+        let long = "n".repeat(256);
+        for (name, expected) in [
+            (" payments.create", "begins or ends with whitespace"),
+            ("payments.create\t", "control character"),
+            (long.as_str(), "is 256 bytes long"),
+            ("", "is empty"),
+        ] {
+            let messages = messages(parse(quote!(name = #name)));
+            assert!(
+                messages.len() == 1 && messages[0].contains(expected),
+                "{name:?}: {messages:?}"
+            );
+        }
+        assert!(messages(parse(quote!(name = "payments.create"))).is_empty());
+    }
+
+    #[test]
+    fn suggestions() {
+        assert_eq!(closest("on_confict"), Some("on_conflict"));
+        assert_eq!(closest("TTL"), Some("ttl"));
+        assert_eq!(closest("namespace"), Some("name"));
+        assert_eq!(closest("connection"), Some("conn"));
+        assert_eq!(closest("max_response_size"), None);
+        assert_eq!(closest("retries"), None);
+        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        assert_eq!(edit_distance("", "key"), 3);
+    }
+
+    #[test]
+    fn sub_millisecond_ttls_are_rejected() {
+        assert_eq!(
+            parse_ttl(&syn::parse_quote!("1s 1500us")).map_err(|e| e.to_string()),
+            Err(
+                "ttl \"1s 1500us\" is finer than a millisecond; round it to whole milliseconds"
+                    .to_owned()
+            )
+        );
+    }
 }

@@ -1,15 +1,35 @@
 //! Code generation: the function keeps its signature; its body becomes a call
 //! into the runtime with the original body as a closure over the connection.
 
-use proc_macro2::{Span, TokenStream};
+use std::time::Duration;
+
+use proc_macro2::{Literal, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Expr, FnArg, Ident, ItemFn, Pat, ReturnType, Type};
+use syn::{Expr, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
 
-use crate::attr::{Errors, Options};
+use crate::attr::{Errors, MAX_NAME_LEN, Options, ungroup};
 
 const RESULT_REQUIRED: &str = "`#[idempotent]` functions must return `Result<T, E>` with \
      `T: Serialize + DeserializeOwned` and `E: From<diesel_idempotent::Error>`";
+
+const DIESEL_RESULT: &str = "`#[idempotent]` functions cannot return `QueryResult<T>` or \
+     `Result<T, diesel::result::Error>`: the error type must also carry the library's own errors \
+     (`diesel_idempotent::Error`: a call in flight, another request under the same key). \
+     Return `Result<T, AppError>` with an error type that converts from both:
+    enum AppError { Idempotency(diesel_idempotent::Error), Db(diesel::result::Error) }
+    impl From<diesel_idempotent::Error> for AppError { fn from(e: diesel_idempotent::Error) -> Self { Self::Idempotency(e) } }
+    impl From<diesel::result::Error> for AppError { fn from(e: diesel::result::Error) -> Self { Self::Db(e) } }";
+
+/// The error for a fingerprinted `impl Trait` argument; `leave_out` says how
+/// to leave it out of the fingerprint.
+fn impl_trait_argument(leave_out: &str) -> String {
+    format!(
+        "an `impl Trait` argument cannot be fingerprinted: two types that serialize alike would \
+         share a key, and this type has no name to tell them apart; name a type parameter bound \
+         by `StableName` (`fn f<E: Serialize + StableName>(.., value: &E)`), or {leave_out}"
+    )
+}
 
 /// Expands `#[idempotent(attr)] item`. On error, the original item is emitted
 /// beside the errors so the rest of the crate still type-checks.
@@ -68,10 +88,15 @@ struct Plan<'f> {
     identity: Identity<'f>,
     scope: Option<&'f Expr>,
     clock: Option<&'f Expr>,
-    ttl_secs: u64,
+    ttl: Duration,
     namespace: TokenStream,
+    /// For the default namespace: a compile-time check of its length.
+    namespace_check: TokenStream,
     conn: &'f Ident,
     fingerprinted: Vec<&'f Ident>,
+    /// Type parameters that fingerprinted values mention, in the order of
+    /// the generics: their `StableName`s join the fingerprint.
+    named_types: Vec<&'f Ident>,
     output: &'f Type,
     krate: Option<&'f syn::Path>,
     reject: bool,
@@ -114,6 +139,10 @@ impl<'f> Plan<'f> {
 
         let output = match &sig.output {
             ReturnType::Type(_, ty) => match &**ty {
+                _ if !options.wrote("get_or_create") && is_diesel_result(ty) => {
+                    errors.push(syn::Error::new_spanned(ty, DIESEL_RESULT));
+                    None
+                }
                 Type::Path(_) | Type::Group(_) | Type::Paren(_) => Some(&**ty),
                 Type::ImplTrait(_) => {
                     errors.push(syn::Error::new_spanned(
@@ -145,15 +174,15 @@ impl<'f> Plan<'f> {
                 )
             };
             let why_key = "the natural key in the lookup identifies the entity";
-            if let Some((token, _)) = &options.key {
-                errors.push(pointless(token.span, "key", why_key));
+            if let Some((span, _)) = &options.key {
+                errors.push(pointless(*span, "key", why_key));
             }
-            if let Some((token, _)) = &options.hash {
-                errors.push(pointless(token.span, "hash", why_key));
+            if let Some((span, _)) = &options.hash {
+                errors.push(pointless(*span, "hash", why_key));
             }
-            if let Some((token, _)) = &options.ttl {
+            if let Some((span, _)) = &options.ttl {
                 errors.push(pointless(
-                    token.span,
+                    *span,
                     "ttl",
                     "the entity lives as long as its row",
                 ));
@@ -165,12 +194,8 @@ impl<'f> Plan<'f> {
                     "there are no records to name",
                 ));
             }
-            if let Some((token, _)) = &options.scope {
-                errors.push(pointless(
-                    token.span,
-                    "scope",
-                    "put the tenant in the lookup",
-                ));
+            if let Some((span, _)) = &options.scope {
+                errors.push(pointless(*span, "scope", "put the tenant in the lookup"));
             }
             if let Some(span) = options.skip_span {
                 errors.push(pointless(span, "skip", "nothing is fingerprinted"));
@@ -178,26 +203,22 @@ impl<'f> Plan<'f> {
             if let Some(clock) = &options.clock {
                 errors.push(pointless(clock.span(), "clock", "nothing expires"));
             }
-            if let Some((token, _)) = &options.reject {
+            if let Some((span, _)) = &options.reject {
                 errors.push(pointless(
-                    token.span,
+                    *span,
                     "on_conflict",
                     "a concurrent creator always waits on the unique constraint",
                 ));
             }
-            if let Some((token, _)) = &options.max_response_bytes {
-                errors.push(pointless(
-                    token.span,
-                    "max_response_bytes",
-                    "nothing is stored",
-                ));
+            if let Some((span, _)) = &options.max_response_bytes {
+                errors.push(pointless(*span, "max_response_bytes", "nothing is stored"));
             }
         }
         let identity = match (&options.key, &options.hash) {
             _ if options.get_or_create.is_some() => None,
             (Some(_), Some((hash, _))) => {
                 errors.push(syn::Error::new(
-                    hash.span,
+                    *hash,
                     "`key` and `hash` exclude each other: `key = ..` takes the client's \
                      idempotency key, `hash` derives the key from the arguments; choose one",
                 ));
@@ -206,6 +227,7 @@ impl<'f> Plan<'f> {
             (Some((_, expr)), None) => Some(Identity::Key(expr)),
             (None, Some((_, None))) => Some(Identity::HashArguments),
             (None, Some((_, Some(values)))) => Some(Identity::HashValues(values)),
+            (None, None) if options.wrote("key") || options.wrote("hash") => None,
             (None, None) => {
                 errors.push(syn::Error::new(
                     Span::call_site(),
@@ -247,6 +269,8 @@ impl<'f> Plan<'f> {
                     None
                 }
             },
+            // Written, but not as a parameter name: reported with the options.
+            None if options.wrote("conn") => None,
             None => match params.iter().find(|(ident, _)| *ident == "conn") {
                 Some((ident, _)) => Some(*ident),
                 None => {
@@ -261,7 +285,7 @@ impl<'f> Plan<'f> {
         };
         if let Some(conn) = conn
             && let Some((_, ty)) = find(conn)
-            && !matches!(ty, Type::Reference(r) if r.mutability.is_some())
+            && !matches!(ungroup_type(ty), Type::Reference(r) if r.mutability.is_some())
         {
             errors.push(syn::Error::new_spanned(
                 ty,
@@ -305,12 +329,12 @@ impl<'f> Plan<'f> {
             }
         }
 
-        errors.finish()?;
         let identity = match (&options.get_or_create, identity) {
             (Some(lookup), _) => Some(Identity::GetOrCreate(lookup)),
             (None, identity) => identity,
         };
         let (Some(identity), Some(conn), Some(output)) = (identity, conn, output) else {
+            errors.finish()?;
             // Every missing piece pushed an error above; this is a fallback.
             return Err(syn::Error::new(
                 Span::call_site(),
@@ -326,32 +350,77 @@ impl<'f> Plan<'f> {
             scope.and_then(bare_ident),
             clock.and_then(bare_ident),
         ];
-        let fingerprinted = params
+        let fingerprinted: Vec<&Ident> = params
             .iter()
             .map(|(ident, _)| *ident)
             .filter(|ident| !excluded.contains(&Some(*ident)) && !options.skip.contains(ident))
             .collect();
 
-        let namespace = match &options.name {
-            Some(lit) => lit.to_token_stream(),
+        // The types whose values are fingerprinted: a type parameter among
+        // them must add its stable name, and an `impl Trait` has none.
+        let fingerprinted_types: Vec<(&Ident, &Type)> = match &identity {
+            Identity::Key(_) | Identity::HashArguments => fingerprinted
+                .iter()
+                .filter_map(|ident| find(ident).copied())
+                .collect(),
+            Identity::HashValues(values) => values
+                .iter()
+                .filter_map(|value| root_ident(value).and_then(find).copied())
+                .collect(),
+            Identity::GetOrCreate(_) => Vec::new(),
+        };
+        let mut mentioned = Vec::new();
+        for (ident, ty) in &fingerprinted_types {
+            let idents = type_idents(ty);
+            if idents.iter().any(|ident| ident == "impl") {
+                let leave_out = match &identity {
+                    Identity::HashValues(_) => format!("leave `{ident}` out of `hash(..)`"),
+                    _ => format!("leave the argument out with `skip({ident})`"),
+                };
+                errors.push(syn::Error::new_spanned(ty, impl_trait_argument(&leave_out)));
+            }
+            mentioned.extend(idents);
+        }
+        errors.finish()?;
+        let named_types = sig
+            .generics
+            .type_params()
+            .map(|param| &param.ident)
+            .filter(|param| mentioned.contains(param))
+            .collect();
+
+        let fn_name = sig.ident.to_string();
+        let (namespace, namespace_check) = match &options.name {
+            Some(lit) => (lit.to_token_stream(), TokenStream::new()),
             None => {
-                let fn_name = sig.ident.to_string();
-                quote! { ::core::concat!(::core::module_path!(), "::", #fn_name) }
+                let namespace = quote! { ::core::concat!(::core::module_path!(), "::", #fn_name) };
+                let max = Literal::usize_unsuffixed(MAX_NAME_LEN);
+                let message = format!(
+                    "the namespace of `{fn_name}` (its module path, `::` and its name) is longer \
+                     than {MAX_NAME_LEN} bytes; give it a shorter one with \
+                     `#[idempotent(name = \"...\")]`"
+                );
+                let check = quote_spanned! {sig.ident.span()=>
+                    const _: () = ::core::assert!(#namespace.len() <= #max, #message);
+                };
+                (namespace, check)
             }
         };
-        let ttl_secs = options
+        let ttl = options
             .ttl
             .as_ref()
-            .map_or(24 * 60 * 60, |(_, ttl)| ttl.as_secs());
+            .map_or(Duration::from_secs(24 * 60 * 60), |(_, ttl)| *ttl);
 
         Ok(Plan {
             identity,
             scope,
             clock,
-            ttl_secs,
+            ttl,
             namespace,
+            namespace_check,
             conn,
             fingerprinted,
+            named_types,
             output,
             krate: options.krate.as_ref(),
             reject: options.reject.is_some_and(|(_, reject)| reject),
@@ -379,7 +448,7 @@ impl<'f> Plan<'f> {
             values
                 .map(|value| {
                     quote_spanned! {value.span()=>
-                        let #fingerprint_var = #private::argument_must_be_serializable_or_skipped(
+                        let #fingerprint_var = #private::fingerprint_argument(
                             #fingerprint_var,
                             &(#value),
                         );
@@ -411,6 +480,18 @@ impl<'f> Plan<'f> {
                 .map(|ident| ident.to_token_stream())),
             Identity::HashValues(values) => add(&mut values.iter().map(ToTokens::to_token_stream)),
         };
+        // A generic argument's type joins the fingerprint by its stable
+        // name; the error for a parameter without one points at it.
+        let type_name_stmts: TokenStream = self
+            .named_types
+            .iter()
+            .map(|param| {
+                quote_spanned! {param.span()=>
+                    let #fingerprint_var =
+                        #private::type_name_for_generic_argument::<#param>(#fingerprint_var);
+                }
+            })
+            .collect();
         let key_stmt = match self.identity {
             Identity::Key(key) => quote_spanned! {key.span()=>
                 let #key_var = #private::key(&(#key));
@@ -439,7 +520,15 @@ impl<'f> Plan<'f> {
             quote! { .max_response_bytes(#limit) }
         });
         let namespace = &self.namespace;
-        let ttl_secs = self.ttl_secs;
+        let namespace_check = &self.namespace_check;
+        let ttl = if self.ttl.subsec_nanos() == 0 {
+            let secs = Literal::u64_unsuffixed(self.ttl.as_secs());
+            quote! { #private::Ttl::from_secs(#secs) }
+        } else {
+            // Whole milliseconds: the attribute rejects anything finer.
+            let millis = Literal::u128_unsuffixed(self.ttl.as_millis());
+            quote! { #private::Ttl::from_millis(#millis) }
+        };
         // Type errors about the result (not a `Result`, `T` not serializable,
         // `E` without `From<Error>`) point at the return type.
         let run = quote_spanned! {output.span()=> run_response };
@@ -447,14 +536,16 @@ impl<'f> Plan<'f> {
         quote! {
             #(#attrs)*
             #vis #sig {
+                #namespace_check
                 let #fingerprint_var = #private::Fingerprint::builder();
                 #fingerprint_stmts
+                #type_name_stmts
                 let #fingerprint_var = #fingerprint_var.finish();
                 #key_stmt
                 #scope_stmt
                 #private::Call::new(#namespace, &#key_var)
                     #scope_call
-                    .ttl(#private::Ttl::from_secs(#ttl_secs))
+                    .ttl(#ttl)
                     #clock_call
                     #reject_call
                     #limit_call
@@ -467,7 +558,7 @@ impl<'f> Plan<'f> {
 
 /// The parameter at the root of `a`, `a.b` or `a.0.c`.
 fn root_ident(expr: &Expr) -> Option<&Ident> {
-    match expr {
+    match ungroup(expr) {
         Expr::Field(field) => root_ident(&field.base),
         Expr::Paren(paren) => root_ident(&paren.expr),
         other => bare_ident(other),
@@ -476,8 +567,80 @@ fn root_ident(expr: &Expr) -> Option<&Ident> {
 
 /// The parameter an expression names when it is just that name.
 fn bare_ident(expr: &Expr) -> Option<&Ident> {
-    match expr {
+    match ungroup(expr) {
         Expr::Path(path) if path.qself.is_none() && path.attrs.is_empty() => path.path.get_ident(),
         _ => None,
     }
+}
+
+/// `ty` without invisible groups (`macro_rules!` `$t:ty` fragments) and
+/// parentheses.
+fn ungroup_type(mut ty: &Type) -> &Type {
+    loop {
+        match ty {
+            Type::Group(group) => ty = &group.elem,
+            Type::Paren(paren) => ty = &paren.elem,
+            other => return other,
+        }
+    }
+}
+
+/// Whether `ty` is Diesel's `QueryResult<T>` or `Result<T, diesel::result::Error>`
+/// (also written `result::Error`), recognised by name.
+fn is_diesel_result(ty: &Type) -> bool {
+    let Type::Path(path) = ungroup_type(ty) else {
+        return false;
+    };
+    let Some(last) = path.path.segments.last() else {
+        return false;
+    };
+    if last.ident == "QueryResult" {
+        return true;
+    }
+    if last.ident != "Result" {
+        return false;
+    }
+    let PathArguments::AngleBracketed(args) = &last.arguments else {
+        return false;
+    };
+    let types: Vec<&Type> = args
+        .args
+        .iter()
+        .filter_map(|arg| match arg {
+            GenericArgument::Type(ty) => Some(ty),
+            _ => None,
+        })
+        .collect();
+    let [_, error] = types.as_slice() else {
+        return false;
+    };
+    let Type::Path(error) = ungroup_type(error) else {
+        return false;
+    };
+    let names: Vec<String> = error
+        .path
+        .segments
+        .iter()
+        .map(|segment| segment.ident.to_string())
+        .collect();
+    names.ends_with(&["result".to_owned(), "Error".to_owned()])
+}
+
+/// The identifiers a type is written with (lifetimes left out): enough to
+/// tell which type parameters it mentions and whether it holds `impl Trait`.
+fn type_idents(ty: &Type) -> Vec<Ident> {
+    fn walk(tokens: TokenStream, out: &mut Vec<Ident>) {
+        let mut after_quote = false;
+        for token in tokens {
+            match &token {
+                TokenTree::Group(group) => walk(group.stream(), out),
+                TokenTree::Ident(ident) if !after_quote => out.push(ident.clone()),
+                _ => {}
+            }
+            after_quote = matches!(&token, TokenTree::Punct(punct) if punct.as_char() == '\'');
+        }
+    }
+    let mut out = Vec::new();
+    walk(ty.to_token_stream(), &mut out);
+    out
 }

@@ -169,3 +169,25 @@ fn get_or_create() {
         },
     );
 }
+
+#[test]
+fn generic_arguments_add_their_stable_names() {
+    check(
+        "generic_arguments_add_their_stable_names",
+        quote!(hash, name = "events.apply", ttl = "1500ms", skip(ctx)),
+        quote! {
+            fn apply<'a, C, E, F, const N: usize>(
+                conn: &mut C,
+                event: &'a E,
+                ctx: F,
+                tags: [&'a str; N],
+            ) -> Result<(), AppError>
+            where
+                C: IdempotentConnection,
+                E: Serialize + StableName,
+            {
+                Ok(())
+            }
+        },
+    );
+}

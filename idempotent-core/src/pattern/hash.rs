@@ -71,6 +71,63 @@ pub fn id_or_body_hash(id: Option<&str>, body: &serde_json::Value) -> String {
     }
 }
 
+/// A name for a type that never changes: what tells two types apart in a
+/// request's fingerprint when their values serialize alike.
+///
+/// `Created { id: 5 }` and `Deleted { id: 5 }` both serialize as
+/// `{"id":5}`. Passed to one generic function, such as
+/// `#[idempotent(hash)] fn apply<E: Serialize>(conn, event: &E)`, they
+/// would share one key: the second call would replay the first, and its
+/// effects would never happen. So whenever the type of a fingerprinted
+/// value mentions a type parameter of the function (under `key`, `hash` and
+/// `hash(..)` alike), `#[idempotent]` adds that parameter's `STABLE_NAME`
+/// to the fingerprint and requires the bound `E: StableName`. Type
+/// parameters that appear only in the connection, the key or skipped
+/// arguments need none; lifetime and const parameters never do.
+///
+/// The names are added after the arguments, one per type parameter in the
+/// order of the generics: the key `hash` derives for `apply(conn, &event)`
+/// is `Fingerprint::builder().arg(&event).arg(E::STABLE_NAME).finish()`.
+///
+/// The name is stored in every key and fingerprint it helps derive, so it
+/// must not change while records written with it live (their TTL): a new
+/// name makes a repeat unrecognisable. Choose it like a wire name
+/// (`"order.created"`) and give no two types the same one. The type's
+/// Rust path is not used: `std::any::type_name` may change between
+/// compiler versions and moves with every refactoring.
+///
+/// ```
+/// # extern crate idempotent_core as diesel_idempotent;
+/// use diesel_idempotent::StableName;
+///
+/// #[derive(serde::Serialize)]
+/// struct Created {
+///     id: u64,
+/// }
+///
+/// impl StableName for Created {
+///     const STABLE_NAME: &'static str = "order.created";
+/// }
+///
+/// // #[idempotent(hash, name = "orders.apply")]
+/// // fn apply<E: Serialize + StableName>(conn: &mut PgConnection, event: &E)
+/// //     -> Result<(), AppError>
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no `StableName`: a fingerprinted generic argument must name its type",
+    label = "values of this type are fingerprinted, so the type needs a stable name",
+    note = "two types that serialize alike, such as `Created {{ id: 5 }}` and \
+            `Deleted {{ id: 5 }}`, would otherwise share one key, and the second call would \
+            replay the first",
+    note = "implement it for each type passed, e.g. `impl diesel_idempotent::StableName for \
+            Created {{ const STABLE_NAME: &'static str = \"created\"; }}`, and bound the type \
+            parameter: `E: Serialize + StableName`; or leave the argument out with `skip(..)`"
+)]
+pub trait StableName {
+    /// The type's name in fingerprints; never change it while records live.
+    const STABLE_NAME: &'static str;
+}
+
 fn sha256_key(bytes: &[u8]) -> String {
     let digest = Sha256::digest(bytes);
     let mut out = String::with_capacity(7 + 64);
