@@ -281,9 +281,10 @@ pub fn consume_fields<C: TestConn>(
     Ok(conn.insert_payment(event.occurred_at)?)
 }
 
-/// A webhook receiver: the provider's id when present, else the body's hash.
+/// A webhook receiver: the provider's id when present, else the parsed
+/// body's fingerprint.
 #[idempotent(
-    key = diesel_idempotent::id_or_body_hash(webhook_id, raw_body),
+    key = diesel_idempotent::id_or_body_hash(webhook_id, body),
     name = "tests.webhook",
     clock = clock
 )]
@@ -291,9 +292,9 @@ pub fn receive_webhook<C: TestConn>(
     conn: &mut C,
     clock: &ManualClock,
     webhook_id: Option<&str>,
-    raw_body: &[u8],
+    body: &serde_json::Value,
 ) -> Result<i64, AppError> {
-    Ok(conn.insert_payment(i64::try_from(raw_body.len()).unwrap_or(i64::MAX))?)
+    Ok(conn.insert_payment(body["amount"].as_i64().unwrap_or(0))?)
 }
 
 /// One item of a batch, under its own sub-key.
