@@ -309,6 +309,7 @@ impl TestConn for SqliteConnection {
             ("emails", &["customer_id", "email"], false),
             ("emails", &["email"], false),
             ("handles", &["handle"], true),
+            ("payments", &["id"], true),
         ])
     }
 
@@ -461,6 +462,7 @@ impl TestConn for PgConnection {
             ("codes", &["code"], false),
             ("tickets", &["ticket"], false),
             ("handles", &["handle"], true),
+            ("payments", &["id"], true),
         ])
     }
 
@@ -562,6 +564,7 @@ impl TestConn for MysqlConnection {
             ("handles", &["handle"], true),
             ("emails", &["customer_id"], false),
             ("emails", &["customer_id", "email"], true),
+            ("payments", &["id"], true),
         ])
     }
 
@@ -575,8 +578,10 @@ impl TestConn for MysqlConnection {
             Isolation::RepeatableRead => "REPEATABLE READ",
             Isolation::Serializable => "SERIALIZABLE",
         };
-        // Applies to the next transaction of this session.
-        diesel::sql_query(format!("SET TRANSACTION ISOLATION LEVEL {level}")).execute(self)?;
+        // The session's level, which the library reads (a `SET TRANSACTION`
+        // for the next transaction only would not show).
+        diesel::sql_query(format!("SET SESSION TRANSACTION ISOLATION LEVEL {level}"))
+            .execute(self)?;
         self.transaction(f)
     }
 

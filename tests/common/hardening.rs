@@ -2,7 +2,7 @@
 //! stack as it was, results that cannot replay are refused, duplicates that
 //! cannot wait answer at once, and transient errors say they are transient.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Barrier, Mutex, mpsc};
 use std::time::Duration;
@@ -41,6 +41,9 @@ pub enum Nested {
     /// Catches its own panic from a nested transaction and returns `Ok`,
     /// leaving that savepoint open.
     CatchItsOwnPanic,
+    /// The same after a statement in the nested transaction failed (on
+    /// PostgreSQL that savepoint is aborted).
+    CatchItsOwnPanicAfterAFailure,
 }
 
 /// Two inserts per successful call: one in the body, one in a nested
@@ -73,6 +76,17 @@ pub fn nested_work<C: TestConn>(
             let caught = panic::catch_unwind(AssertUnwindSafe(|| {
                 conn.transaction::<(), AppError, _>(|c| {
                     c.insert_payment(amount)?;
+                    panic!("caught inside the body")
+                })
+            }));
+            assert!(caught.is_err(), "the nested closure panicked");
+            Ok(id)
+        }
+        Nested::CatchItsOwnPanicAfterAFailure => {
+            let caught = panic::catch_unwind(AssertUnwindSafe(|| {
+                conn.transaction::<(), AppError, _>(|c| {
+                    // Account (99, 99) exists: a unique violation.
+                    assert!(c.insert_account(99, 99).is_err());
                     panic!("caught inside the body")
                 })
             }));
@@ -172,13 +186,24 @@ pub fn body_leaving_a_transaction_open_is_rolled_back<B: Backend>() {
     let db = B::fresh();
     let mut conn = db.connect();
     let clock = clock();
-    let err = nested_work(&mut conn, &clock, "left-open", 10, Nested::CatchItsOwnPanic)
-        .expect_err("refused");
-    assert!(
-        matches!(&err, AppError::Idempotency(Error::Database(e)) if e.to_string().contains("still open")),
-        "{err:?}"
-    );
-    assert_eq!(depth(&mut conn), 0);
+    conn.insert_account(99, 99).unwrap();
+    for how in [
+        Nested::CatchItsOwnPanic,
+        Nested::CatchItsOwnPanicAfterAFailure,
+    ] {
+        let (log, result) = statements(&mut conn, |c| nested_work(c, &clock, "left-open", 10, how));
+        let err = result.expect_err("refused");
+        assert!(
+            matches!(&err, AppError::Idempotency(Error::Database(e)) if e.to_string().contains("still open")),
+            "{how:?}: {err:?}"
+        );
+        assert!(
+            !log.iter()
+                .any(|q| q.starts_with("UPDATE") && q.contains("idempotency_records")),
+            "{how:?}: nothing is stored inside the level the body left open: {log:#?}"
+        );
+        assert_eq!(depth(&mut conn), 0);
+    }
     let mut other = impatient(&db);
     assert_eq!(other.count_payments().unwrap(), 0);
     assert_eq!(other.count_records().unwrap(), 0);
@@ -344,11 +369,26 @@ pub fn open_account_then_panic<C: TestConn>(
     })
 }
 
+/// A lookup that panics inside a transaction of its own.
+pub fn panicking_lookup<C: TestConn>(conn: &mut C) -> QueryResult<Option<Account>> {
+    conn.transaction(|_| panic!("panic in the lookup"))
+}
+
+#[idempotent(get_or_create = panicking_lookup(conn))]
+pub fn open_account_with_panicking_lookup<C: TestConn>(
+    conn: &mut C,
+    customer_id: i64,
+) -> QueryResult<Account> {
+    conn.insert_account(customer_id, 1)
+}
+
 pub fn get_or_create_panic_in_nested_transaction_releases<B: Backend>() {
     let db = B::fresh();
     let mut conn = db.connect();
     expect_panic(|| open_account_then_panic(&mut conn, 5, 5));
     assert_eq!(depth(&mut conn), 0);
+    expect_panic(|| open_account_with_panicking_lookup(&mut conn, 5));
+    assert_eq!(depth(&mut conn), 0, "a panic in the lookup");
     conn.transaction::<_, AppError, _>(|c| {
         expect_panic(|| open_account_then_panic(c, 6, 6));
         assert_eq!(depth(c), 1, "the caller's transaction is intact");
@@ -455,6 +495,52 @@ pub fn results_that_cannot_replay_are_refused<B: Backend>() {
     assert_eq!(maybe_maybe(&mut conn, &clock, "opt").unwrap(), Some(None));
     assert_eq!(maybe_maybe(&mut conn, &clock, "opt").unwrap(), None);
     assert_eq!(conn.count_payments().unwrap(), 3, "one execution each");
+}
+
+#[idempotent(key = key, name = "tests.set", clock = clock)]
+pub fn tags<C: TestConn>(
+    conn: &mut C,
+    clock: &ManualClock,
+    key: &str,
+) -> Result<HashSet<String>, AppError> {
+    conn.insert_payment(1)?;
+    Ok((0..40).map(|i| format!("tag-{i}")).collect())
+}
+
+/// Ordinary values are stored, and every replay returns exactly what the
+/// first call did: floats as arithmetic makes them (bit for bit), sets in
+/// any iteration order.
+pub fn ordinary_results_replay_exactly<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let mut floats = vec![
+        11.0_f64 * 1.1,
+        5.0_f64.ln(),
+        123_456_789.123_456_79_f64,
+        3.026_199_944_157_320_3e-52,
+        0.1,
+        -0.0,
+        1e300,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        5e-324,
+    ];
+    floats.extend((1..40).map(|i| f64::from(i) / 3.0));
+    floats.extend((1..40).map(|i| f64::from(i).sqrt() * 1.1));
+    for (i, value) in floats.into_iter().enumerate() {
+        let key = format!("float-{i}");
+        let first = measure(&mut conn, &clock, &key, value)
+            .unwrap_or_else(|e| panic!("{value:e} is stored: {e:?}"));
+        let replay = measure(&mut conn, &clock, &key, value).unwrap();
+        assert_eq!(
+            (first.to_bits(), replay.to_bits()),
+            (value.to_bits(), value.to_bits()),
+            "{value:e}"
+        );
+    }
+    let first = tags(&mut conn, &clock, "set").expect("a HashSet round-trips");
+    assert_eq!(tags(&mut conn, &clock, "set").unwrap(), first);
 }
 
 /// Counts the statements a connection sends while `f` runs.
@@ -632,13 +718,43 @@ pub fn get_or_create_invisible_winner_is_retryable<B: Backend>() {
         })
         .expect_err("unique violation");
     if B::NAME == "mysql" {
-        // InnoDB's default is REPEATABLE READ: the library cannot tell this
-        // from an invisible winner, and says "retry" (documented).
+        // The session is at REPEATABLE READ (InnoDB's default): the library
+        // cannot tell this from an invisible winner, and says "retry"
+        // (documented).
         assert!(Retryable::is_retryable(&err), "{err:?}");
     } else {
         assert!(
             diesel_idempotent::UniqueViolation::is_unique_violation(&err),
             "{err:?}"
+        );
+    }
+}
+
+/// At READ COMMITTED a unique violation the second lookup cannot explain is
+/// another constraint's: returned unchanged, not as a retryable error.
+pub fn get_or_create_unrelated_violation_at_read_committed_is_unchanged<B: Backend>() {
+    if !B::ISOLATION_LEVELS.contains(&Isolation::ReadCommitted) {
+        println!("[{}] has no READ COMMITTED: nothing to check", B::NAME);
+        return;
+    }
+    let db = B::fresh();
+    let mut conn = db.connect();
+    open_account(&mut conn, 901, 1).unwrap();
+    for _ in 0..3 {
+        let err = conn
+            .transaction_at(Isolation::ReadCommitted, |c| {
+                c.count_accounts()?;
+                Ok(diesel_idempotent::get_or_create(
+                    c,
+                    |_| Ok(None::<Account>),
+                    |c| c.insert_account(901, 1),
+                )?)
+            })
+            .expect_err("unique violation");
+        assert!(
+            matches!(&err, AppError::Db(e) if diesel_idempotent::UniqueViolation::is_unique_violation(e)),
+            "[{}] {err:?}",
+            B::NAME
         );
     }
 }

@@ -475,6 +475,8 @@ macro_rules! conformance {
             panics_around_the_body_release_everything,
             get_or_create_panic_in_nested_transaction_releases,
             results_that_cannot_replay_are_refused,
+            ordinary_results_replay_exactly,
+            get_or_create_unrelated_violation_at_read_committed_is_unchanged,
             reject_answers_after_one_claim,
             lock_wait_timeout_is_retryable_and_waited_once,
             get_or_create_invisible_winner_is_retryable,

@@ -9,7 +9,7 @@ use std::panic;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-use crate::store::{IdempotentConnection, Unwound, guarded_transaction};
+use crate::store::{IdempotentConnection, Unwound, guarded_transaction, restoring_depth};
 
 /// An error that can tell whether it is a unique-constraint violation, so
 /// [`get_or_create`] knows that another transaction created the entity.
@@ -55,7 +55,8 @@ impl UniqueViolation for crate::Error {
 /// (another transaction created the entity meanwhile), its savepoint is
 /// rolled back and the lookup runs again and returns the winner's entity.
 /// Other errors, and panics, roll `create` back (with any transaction it
-/// left open) and propagate unchanged.
+/// left open) and propagate unchanged; a panic in `lookup` rolls back any
+/// transaction the lookup opened before it propagates.
 ///
 /// When the winner's entity is not visible to the second lookup because
 /// the caller's transaction reads from a snapshot that predates it
@@ -74,19 +75,21 @@ where
     L: FnMut(&mut C) -> Result<Option<T>, E>,
     B: FnOnce(&mut C) -> Result<T, E>,
 {
-    if let Some(found) = lookup(conn)? {
+    if let Some(found) = restoring_depth(conn, &mut lookup)? {
         return Ok(found);
     }
     match guarded_transaction(conn, create) {
         Ok(created) => Ok(created),
         Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
-        Err(Unwound::Failed(e)) if e.is_unique_violation() => match lookup(conn)? {
-            Some(winner) => Ok(winner),
-            // Outside a caller's transaction the second lookup saw every
-            // committed row: the violation is another constraint's.
-            None if snapshot_may_hide_rows(conn) => Err(E::from(invisible_winner())),
-            None => Err(e),
-        },
+        Err(Unwound::Failed(e)) if e.is_unique_violation() => {
+            match restoring_depth(conn, lookup)? {
+                Some(winner) => Ok(winner),
+                // Outside a caller's transaction the second lookup saw every
+                // committed row: the violation is another constraint's.
+                None if snapshot_may_hide_rows(conn) => Err(E::from(invisible_winner())),
+                None => Err(e),
+            }
+        }
         Err(Unwound::Failed(e)) => Err(e),
     }
 }

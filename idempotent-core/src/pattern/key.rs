@@ -17,7 +17,10 @@ use crate::Error;
 use crate::clock::{Clock, SystemClock};
 use crate::fingerprint::Fingerprint;
 use crate::record::{NewRecord, RecordId};
-use crate::store::{IdempotentConnection, StoredState, Unwound, guarded_transaction};
+use crate::store::{
+    IdempotentConnection, StoredState, Unwound, ensure_closed_above, guarded_transaction,
+    transaction_depth,
+};
 use crate::ttl::Ttl;
 
 /// The longest key, scope or namespace, in bytes.
@@ -344,7 +347,11 @@ impl<'a> Call<'a> {
                         let Some(body) = body.take() else {
                             return Err(Failure::Library(prepared.in_flight()));
                         };
+                        let depth = transaction_depth(conn)?;
                         let out = body(conn).map_err(Failure::Body)?;
+                        // Nothing more may be sent inside a level the body
+                        // left open (the guard rolls it back).
+                        ensure_closed_above(conn, depth)?;
                         let json = prepared.stored_json(&out)?;
                         match conn.complete(prepared.id(), &json)? {
                             1 => Ok(out),
@@ -477,15 +484,41 @@ impl Prepared<'_> {
     }
 }
 
-/// Whether two JSON texts hold the same value (object members in any order).
+/// Whether two JSON texts hold the same value, reading object members and
+/// array elements in any order: a `HashMap` or `HashSet` serializes in its
+/// own iteration order, which differs between two equal instances.
+/// (Floats parse exactly: serde_json's `float_roundtrip` is on.)
 fn same_json_value(a: &str, b: &str) -> bool {
     match (
         serde_json::from_str::<serde_json::Value>(a),
         serde_json::from_str::<serde_json::Value>(b),
     ) {
-        (Ok(a), Ok(b)) => a == b,
+        (Ok(a), Ok(b)) => same_ignoring_order(&a, &b),
         _ => false,
     }
+}
+
+fn same_ignoring_order(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Array(a), Value::Array(b)) => {
+            a == b || (a.len() == b.len() && sorted_canonical(a) == sorted_canonical(b))
+        }
+        (Value::Object(a), Value::Object(b)) => {
+            a.len() == b.len()
+                && a.iter()
+                    .all(|(k, v)| b.get(k).is_some_and(|w| same_ignoring_order(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
+/// The canonical texts of an array's elements, sorted: equal for two arrays
+/// holding the same elements in any order (nested collections included).
+fn sorted_canonical(values: &[serde_json::Value]) -> Vec<Vec<u8>> {
+    let mut texts: Vec<Vec<u8>> = values.iter().map(crate::canonical_json).collect();
+    texts.sort_unstable();
+    texts
 }
 
 /// The start of a JSON text, for an error message.

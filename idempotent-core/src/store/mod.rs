@@ -170,6 +170,37 @@ fn left_open(levels: u32) -> diesel::result::Error {
     )
 }
 
+/// Fails when a transaction level above `depth` is still open: code that
+/// returned normally left it open, and nothing more may be sent inside it.
+pub(crate) fn ensure_closed_above<C: IdempotentConnection>(
+    conn: &mut C,
+    depth: u32,
+) -> QueryResult<()> {
+    match transaction_depth(conn)? {
+        now if now > depth => Err(left_open(now - depth)),
+        _ => Ok(()),
+    }
+}
+
+/// Runs user code the library calls outside its own transaction (a
+/// getOrCreate lookup): if it panics, every transaction level it opened is
+/// rolled back before the panic goes on.
+pub(crate) fn restoring_depth<C, R>(conn: &mut C, f: impl FnOnce(&mut C) -> R) -> R
+where
+    C: IdempotentConnection,
+{
+    let Ok(depth) = transaction_depth(conn) else {
+        return f(conn);
+    };
+    match panic::catch_unwind(AssertUnwindSafe(|| f(conn))) {
+        Ok(result) => result,
+        Err(payload) => {
+            let _ = roll_back_to(conn, depth);
+            panic::resume_unwind(payload)
+        }
+    }
+}
+
 /// Runs `f` in the library's transaction ([`IdempotentConnection::idempotent_transaction`]:
 /// a transaction, or a savepoint inside the caller's) and leaves the
 /// connection at exactly the depth it had before, whatever `f` does:
@@ -197,18 +228,17 @@ where
     let inside = outside + 1;
     let result = conn.idempotent_transaction(|conn| {
         match panic::catch_unwind(AssertUnwindSafe(|| f(conn))) {
-            Ok(Ok(value)) => {
-                let depth = transaction_depth(conn)?;
-                if depth <= inside {
-                    Ok(value)
-                } else {
+            Ok(Ok(value)) => match ensure_closed_above(conn, inside) {
+                Ok(()) => Ok(value),
+                Err(left_open) => {
                     roll_back_to(conn, inside)?;
-                    Err(Unwound::Failed(E::from(left_open(depth - inside))))
+                    Err(Unwound::Failed(E::from(left_open)))
                 }
-            }
+            },
             // Best effort in both cases: the error or panic matters more
             // than a failed rollback, after which Diesel marks the
-            // connection broken and its next use reports it.
+            // connection broken and its next use reports it. (An error may
+            // also be the refusal of a level the body left open.)
             Ok(Err(e)) => {
                 let _ = roll_back_to(conn, inside);
                 Err(Unwound::Failed(e))

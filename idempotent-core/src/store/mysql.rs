@@ -106,22 +106,21 @@ impl IdempotentConnection for MysqlConnection {
             #[diesel(sql_type = Text)]
             level: String,
         }
-        // The open transaction's own level (a `SET TRANSACTION` before it
-        // does not show in the session variable). Without the PROCESS
-        // privilege, or before InnoDB started the transaction, assume
-        // InnoDB's default, REPEATABLE READ.
-        let level = diesel::sql_query(
-            "SELECT trx_isolation_level AS level FROM information_schema.INNODB_TRX \
-             WHERE trx_mysql_thread_id = CONNECTION_ID()",
-        )
-        .get_result::<Level>(self)
-        .optional();
-        Ok(match level {
-            Ok(Some(Level { level })) => {
-                matches!(level.as_str(), "REPEATABLE READ" | "SERIALIZABLE")
+        // InnoDB does not tell a transaction's own level reliably
+        // (`information_schema.INNODB_TRX` is a cache refreshed at most every
+        // 0.1 s), so the session's level decides: set it with `SET SESSION
+        // TRANSACTION ISOLATION LEVEL ..`; a level set with `SET TRANSACTION`
+        // for the next transaction only is not visible. MySQL 8 and MariaDB
+        // 11.1+ name the variable `transaction_isolation`, older MariaDB
+        // `tx_isolation`. Unknown: InnoDB's default, REPEATABLE READ.
+        for variable in ["transaction_isolation", "tx_isolation"] {
+            let level = diesel::sql_query(format!("SELECT @@session.{variable} AS level"))
+                .get_result::<Level>(self);
+            if let Ok(Level { level }) = level {
+                return Ok(matches!(level.as_str(), "REPEATABLE-READ" | "SERIALIZABLE"));
             }
-            Ok(None) | Err(_) => true,
-        })
+        }
+        Ok(true)
     }
 
     shared_statements!(MIGRATIONS);

@@ -45,7 +45,17 @@ impl IdempotentConnection for SqliteConnection {
         )
         .bind::<diesel::sql_types::Text, _>(table)
         .load(self)?;
-        Ok(super::group_index_columns(rows))
+        let mut indexes = super::group_index_columns(rows);
+        // An `INTEGER PRIMARY KEY` is the rowid itself, which no index
+        // lists; every primary key is unique, so take it from the table.
+        let primary_key: Vec<super::IndexColumn> = diesel::sql_query(
+            "SELECT 'primary key' AS index_name, name AS column_name \
+             FROM pragma_table_info(?1) WHERE pk > 0 ORDER BY pk",
+        )
+        .bind::<diesel::sql_types::Text, _>(table)
+        .load(self)?;
+        indexes.extend(super::group_index_columns(primary_key));
+        Ok(indexes)
     }
 
     on_conflict_claim!();
