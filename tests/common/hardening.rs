@@ -4,14 +4,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{self, AssertUnwindSafe};
-use std::sync::{Arc, Barrier, Mutex, mpsc};
+use std::sync::{Barrier, mpsc};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::QueryResult;
-use diesel::connection::{
-    AnsiTransactionManager, Connection, InstrumentationEvent, TransactionManager,
-};
+use diesel::connection::{AnsiTransactionManager, Connection, TransactionManager};
 use diesel_idempotent::{Clock, Error, ManualClock, Retryable, idempotent};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -541,21 +539,6 @@ pub fn ordinary_results_replay_exactly<B: Backend>() {
     }
     let first = tags(&mut conn, &clock, "set").expect("a HashSet round-trips");
     assert_eq!(tags(&mut conn, &clock, "set").unwrap(), first);
-}
-
-/// Counts the statements a connection sends while `f` runs.
-pub fn statements<C: TestConn, R>(conn: &mut C, f: impl FnOnce(&mut C) -> R) -> (Vec<String>, R) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&log);
-    conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
-        if let InstrumentationEvent::StartQuery { query, .. } = event {
-            sink.lock().unwrap().push(query.to_string());
-        }
-    });
-    let result = f(conn);
-    conn.set_instrumentation(diesel::connection::get_default_instrumentation());
-    let log = log.lock().unwrap().clone();
-    (log, result)
 }
 
 fn claims(log: &[String]) -> usize {

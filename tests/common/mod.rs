@@ -153,6 +153,23 @@ impl AppError {
     }
 }
 
+/// Counts the statements a connection sends while `f` runs.
+pub fn statements<C: TestConn, R>(conn: &mut C, f: impl FnOnce(&mut C) -> R) -> (Vec<String>, R) {
+    use diesel::connection::InstrumentationEvent;
+    use std::sync::{Arc, Mutex};
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let sink = Arc::clone(&log);
+    conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
+        if let InstrumentationEvent::StartQuery { query, .. } = event {
+            sink.lock().unwrap().push(query.to_string());
+        }
+    });
+    let result = f(conn);
+    conn.set_instrumentation(diesel::connection::get_default_instrumentation());
+    let log = log.lock().unwrap().clone();
+    (log, result)
+}
+
 /// How the body ends after its insert (not part of the request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Then {

@@ -1,12 +1,12 @@
 //! The behaviour tests, each generic over the backend.
 
 use std::panic::{self, AssertUnwindSafe};
+use std::sync::Barrier;
 use std::sync::mpsc;
-use std::sync::{Arc, Barrier, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use diesel::connection::{Connection, InstrumentationEvent};
+use diesel::connection::Connection;
 use diesel_idempotent::{Call, Clock, Error, IdempotencyRecord, ManualClock, Ttl};
 
 use super::*;
@@ -408,21 +408,6 @@ pub fn runtime_call_api<B: Backend>() {
         rec.expires_at - rec.created_at,
         chrono::Duration::minutes(10)
     );
-}
-
-/// Counts the statements a connection sends while `f` runs.
-fn statements<C: TestConn, R>(conn: &mut C, f: impl FnOnce(&mut C) -> R) -> (Vec<String>, R) {
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let sink = Arc::clone(&log);
-    conn.set_instrumentation(move |event: InstrumentationEvent<'_>| {
-        if let InstrumentationEvent::StartQuery { query, .. } = event {
-            sink.lock().unwrap().push(query.to_string());
-        }
-    });
-    let result = f(conn);
-    conn.set_instrumentation(diesel::connection::get_default_instrumentation());
-    let log = log.lock().unwrap().clone();
-    (log, result)
 }
 
 pub fn statements_added_per_call<B: Backend>() {

@@ -1,0 +1,175 @@
+//! What the attribute's options mean at run time, on an in-memory SQLite
+//! database: generic arguments keep their types apart in the fingerprint
+//! (`StableName`), and `ttl` keeps fractions of a second.
+#![cfg(feature = "sqlite")]
+
+use diesel::prelude::*;
+
+#[derive(Debug)]
+pub enum AppError {
+    Idempotency(diesel_idempotent::Error),
+    Db(diesel::result::Error),
+}
+
+impl From<diesel_idempotent::Error> for AppError {
+    fn from(e: diesel_idempotent::Error) -> Self {
+        AppError::Idempotency(e)
+    }
+}
+
+impl From<diesel::result::Error> for AppError {
+    fn from(e: diesel::result::Error) -> Self {
+        AppError::Db(e)
+    }
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// `#[idempotent(hash)]` on a generic function: two event types whose
+/// values serialize alike get two keys, because each type's `StableName`
+/// joins the fingerprint.
+mod hash_generics {
+    use diesel::prelude::*;
+    use diesel::sql_types::Text;
+    use diesel_idempotent::{Fingerprint, StableName, idempotent};
+    use serde::Serialize;
+
+    use super::{AppError, Count};
+
+    #[derive(Serialize)]
+    struct Created {
+        id: i64,
+    }
+
+    #[derive(Serialize)]
+    struct Deleted {
+        id: i64,
+    }
+
+    impl StableName for Created {
+        const STABLE_NAME: &'static str = "order.created";
+    }
+
+    impl StableName for Deleted {
+        const STABLE_NAME: &'static str = "order.deleted";
+    }
+
+    trait Effect {
+        const KIND: &'static str;
+    }
+
+    impl Effect for Created {
+        const KIND: &'static str = "created";
+    }
+
+    impl Effect for Deleted {
+        const KIND: &'static str = "deleted";
+    }
+
+    /// Applies an event once: one row in `effects` per distinct event.
+    #[idempotent(hash, name = "orders.apply")]
+    fn apply<E: Serialize + StableName + Effect>(
+        conn: &mut SqliteConnection,
+        event: &E,
+    ) -> Result<i64, AppError> {
+        let _ = event;
+        diesel::sql_query("INSERT INTO effects (kind) VALUES (?)")
+            .bind::<Text, _>(E::KIND)
+            .execute(conn)?;
+        Ok(effects(conn))
+    }
+
+    fn effects(conn: &mut SqliteConnection) -> i64 {
+        diesel::sql_query("SELECT COUNT(*) AS n FROM effects")
+            .get_result::<Count>(conn)
+            .expect("count")
+            .n
+    }
+
+    fn database() -> SqliteConnection {
+        let mut conn = SqliteConnection::establish(":memory:").expect("in-memory SQLite");
+        diesel_idempotent::migrate(&mut conn).expect("migrations");
+        diesel::sql_query("CREATE TABLE effects (kind TEXT NOT NULL)")
+            .execute(&mut conn)
+            .expect("side table");
+        conn
+    }
+
+    #[test]
+    fn types_that_serialize_alike_get_their_own_keys() {
+        let mut conn = database();
+        assert_eq!(
+            serde_json::to_value(Created { id: 5 }).unwrap(),
+            serde_json::to_value(Deleted { id: 5 }).unwrap(),
+            "the payloads alone cannot tell the events apart"
+        );
+        assert_eq!(apply(&mut conn, &Created { id: 5 }).unwrap(), 1);
+        assert_eq!(
+            apply(&mut conn, &Deleted { id: 5 }).unwrap(),
+            2,
+            "not a replay"
+        );
+        assert_eq!(apply(&mut conn, &Created { id: 5 }).unwrap(), 1, "replayed");
+        assert_eq!(apply(&mut conn, &Deleted { id: 5 }).unwrap(), 2, "replayed");
+        assert_eq!(effects(&mut conn), 2, "each event ran once");
+    }
+
+    #[test]
+    fn the_key_is_the_arguments_then_the_type_names() {
+        let mut conn = database();
+        apply(&mut conn, &Deleted { id: 9 }).unwrap();
+        let key = Fingerprint::builder()
+            .arg(&Deleted { id: 9 })
+            .arg(Deleted::STABLE_NAME)
+            .finish()
+            .unwrap();
+        let stored = diesel::sql_query(
+            "SELECT COUNT(*) AS n FROM idempotency_records WHERE namespace = 'orders.apply' AND key = ?",
+        )
+        .bind::<Text, _>(key.as_str())
+        .get_result::<Count>(&mut conn)
+        .unwrap();
+        assert_eq!(stored.n, 1, "a producer can derive the same key");
+    }
+}
+
+/// `ttl = "1500ms"` expires after 1.5 s of the injected clock, not after 1 s.
+mod ttl_precision {
+    use std::time::Duration;
+
+    use diesel::prelude::*;
+    use diesel_idempotent::{ManualClock, idempotent};
+
+    use super::{AppError, Count};
+
+    /// Returns how many times a body ran so far, this one included.
+    #[idempotent(key = key, ttl = "1500ms", name = "ttl.precise", clock = clock)]
+    fn run(conn: &mut SqliteConnection, clock: &ManualClock, key: &str) -> Result<i64, AppError> {
+        diesel::sql_query("INSERT INTO runs DEFAULT VALUES").execute(conn)?;
+        Ok(diesel::sql_query("SELECT COUNT(*) AS n FROM runs")
+            .get_result::<Count>(conn)?
+            .n)
+    }
+
+    #[test]
+    fn a_ttl_of_1500ms_expires_after_one_and_a_half_seconds() {
+        let mut conn = SqliteConnection::establish(":memory:").expect("in-memory SQLite");
+        diesel_idempotent::migrate(&mut conn).expect("migrations");
+        diesel::sql_query("CREATE TABLE runs (id INTEGER PRIMARY KEY)")
+            .execute(&mut conn)
+            .expect("side table");
+        let clock = ManualClock::at_unix_seconds(1_700_000_000);
+
+        assert_eq!(run(&mut conn, &clock, "k").unwrap(), 1);
+        clock.advance(Duration::from_millis(1000));
+        assert_eq!(run(&mut conn, &clock, "k").unwrap(), 1, "kept at +1.0 s");
+        clock.advance(Duration::from_millis(400));
+        assert_eq!(run(&mut conn, &clock, "k").unwrap(), 1, "kept at +1.4 s");
+        clock.advance(Duration::from_millis(100));
+        assert_eq!(run(&mut conn, &clock, "k").unwrap(), 2, "expired at +1.5 s");
+    }
+}
