@@ -36,16 +36,17 @@ mod hash_generics {
     use diesel::prelude::*;
     use diesel::sql_types::Text;
     use diesel_idempotent::{Fingerprint, StableName, idempotent};
-    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+    use serde::{Deserialize, Serialize};
 
     use super::{AppError, Count};
 
-    #[derive(Serialize)]
+    #[derive(Serialize, Deserialize)]
     struct Created {
         id: i64,
     }
 
-    #[derive(Serialize)]
+    #[derive(Serialize, Deserialize)]
     struct Deleted {
         id: i64,
     }
@@ -134,6 +135,89 @@ mod hash_generics {
         .get_result::<Count>(&mut conn)
         .unwrap();
         assert_eq!(stored.n, 1, "a producer can derive the same key");
+    }
+
+    /// A type parameter only in the stored type: two types fetched by the
+    /// same id keep their own records.
+    #[idempotent(hash, name = "orders.fetch", skip(make))]
+    fn fetch<T: Serialize + DeserializeOwned + StableName>(
+        conn: &mut SqliteConnection,
+        id: i64,
+        make: fn(i64) -> T,
+    ) -> Result<T, AppError> {
+        diesel::sql_query("INSERT INTO effects (kind) VALUES ('fetch')").execute(conn)?;
+        Ok(make(id))
+    }
+
+    #[test]
+    fn a_type_parameter_of_the_stored_type_keeps_its_own_records() {
+        let mut conn = database();
+        let created = fetch(&mut conn, 5, |id| Created { id }).unwrap();
+        assert_eq!(created.id, 5);
+        let deleted = fetch(&mut conn, 5, |id| Deleted { id }).unwrap();
+        assert_eq!(deleted.id, 5);
+        assert_eq!(
+            effects(&mut conn),
+            2,
+            "the second is not a replay of the first"
+        );
+    }
+
+    /// A type parameter that neither an argument nor the result mentions.
+    #[idempotent(hash, name = "orders.load")]
+    fn load<T: Serialize + DeserializeOwned + StableName + Effect>(
+        conn: &mut SqliteConnection,
+        id: i64,
+    ) -> Result<(String, i64), AppError> {
+        diesel::sql_query("INSERT INTO effects (kind) VALUES (?)")
+            .bind::<Text, _>(T::KIND)
+            .execute(conn)?;
+        Ok((T::KIND.to_owned(), id))
+    }
+
+    #[test]
+    fn a_type_parameter_of_the_result_keeps_its_own_records() {
+        let mut conn = database();
+        assert_eq!(load::<Created>(&mut conn, 5).unwrap().0, "created");
+        assert_eq!(
+            load::<Deleted>(&mut conn, 5).unwrap().0,
+            "deleted",
+            "not a replay"
+        );
+        assert_eq!(load::<Created>(&mut conn, 5).unwrap().0, "created");
+        assert_eq!(effects(&mut conn), 2);
+    }
+
+    /// The value of a const parameter is part of the type.
+    #[derive(Serialize)]
+    struct Tagged<const KIND: u8> {
+        id: i64,
+    }
+
+    #[idempotent(hash, name = "orders.tagged")]
+    fn tagged<const KIND: u8>(
+        conn: &mut SqliteConnection,
+        event: &Tagged<KIND>,
+    ) -> Result<i64, AppError> {
+        let _ = event;
+        diesel::sql_query("INSERT INTO effects (kind) VALUES ('tagged')").execute(conn)?;
+        Ok(effects(conn))
+    }
+
+    #[test]
+    fn const_parameters_keep_their_own_records() {
+        let mut conn = database();
+        assert_eq!(tagged(&mut conn, &Tagged::<1> { id: 5 }).unwrap(), 1);
+        assert_eq!(
+            tagged(&mut conn, &Tagged::<2> { id: 5 }).unwrap(),
+            2,
+            "not a replay"
+        );
+        assert_eq!(
+            tagged(&mut conn, &Tagged::<1> { id: 5 }).unwrap(),
+            1,
+            "replayed"
+        );
     }
 }
 

@@ -86,6 +86,13 @@ pub fn free(conn: &mut SqliteConnection, key: &str, amount: i64) -> Result<Recei
     Ok(Receipt { id, amount })
 }
 
+/// An underscore-prefixed parameter is fingerprinted without the expansion
+/// "using" it in the user's name (`clippy::used_underscore_binding`).
+#[idempotent(key = key, name = "shapes.underscore")]
+fn underscore(conn: &mut SqliteConnection, key: &str, _trace_id: u32) -> Result<i64, AppError> {
+    Ok(record_execution(conn, 1)?)
+}
+
 /// An item type with a name of its own in fingerprints.
 #[derive(Debug, Serialize)]
 pub struct Item(i64);
@@ -227,6 +234,12 @@ fn free_function_replays_and_keeps_early_return() {
         ))
     ));
     assert_eq!(executions(&mut conn), 1);
+    let first = underscore(&mut conn, "u-1", 7).expect("first");
+    assert_eq!(underscore(&mut conn, "u-1", 7).expect("replay"), first);
+    assert!(
+        underscore(&mut conn, "u-1", 8).is_err(),
+        "the argument is fingerprinted"
+    );
 }
 
 #[test]

@@ -288,7 +288,10 @@ mod tests {
         ];
         for message in transient {
             assert!(is_transient(&unknown(message)), "{message}");
-            assert!(Error::Database(unknown(message)).is_retryable(), "{message}");
+            assert!(
+                Error::Database(unknown(message)).is_retryable(),
+                "{message}"
+            );
         }
         for message in &transient[..3] {
             assert!(is_lock_timeout(&unknown(message)), "{message}");
@@ -344,7 +347,10 @@ mod tests {
             );
             let logged = format!("{error:?}");
             if !matches!(error, Error::InvalidKey { .. }) {
-                assert!(logged.contains(namespace) && logged.contains(key), "{logged}");
+                assert!(
+                    logged.contains(namespace) && logged.contains(key),
+                    "{logged}"
+                );
             }
         }
     }

@@ -96,9 +96,20 @@ pub mod __private {
         note = "derive it (`#[derive(serde::Serialize)]`) if the argument tells requests apart; \
                 `#[idempotent(.., skip(argument))]` if it does not (a pool, a logger, a handle)"
     )]
-    pub trait FingerprintedArgument: ::serde::Serialize {}
+    pub trait FingerprintedArgument {
+        /// Adds this value to the fingerprint.
+        fn add_to(&self, builder: crate::FingerprintBuilder) -> crate::FingerprintBuilder;
+    }
 
-    impl<T: ::serde::Serialize + ?Sized> FingerprintedArgument for T {}
+    // Reported against the message above for the argument's own type, also
+    // when what fails is a type inside it (`Vec<Handle>`, `Option<&Handle>`).
+    #[diagnostic::do_not_recommend]
+    impl<T: ::serde::Serialize + ?Sized> FingerprintedArgument for T {
+        #[inline]
+        fn add_to(&self, builder: crate::FingerprintBuilder) -> crate::FingerprintBuilder {
+            builder.arg(self)
+        }
+    }
 
     /// Adds one argument to the fingerprint.
     #[inline]
@@ -106,7 +117,7 @@ pub mod __private {
         builder: crate::FingerprintBuilder,
         value: &T,
     ) -> crate::FingerprintBuilder {
-        builder.arg(value)
+        value.add_to(builder)
     }
 
     /// Adds the stable name of a type parameter that a fingerprinted value

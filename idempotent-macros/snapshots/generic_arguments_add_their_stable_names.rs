@@ -20,6 +20,10 @@ where
     let __idempotent_fingerprint = ::diesel_idempotent::__private::type_name_for_generic_argument::<
         E,
     >(__idempotent_fingerprint);
+    let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
+        __idempotent_fingerprint,
+        &N,
+    );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();
     let __idempotent_key = ::diesel_idempotent::__private::hashed_key(
         &__idempotent_fingerprint,

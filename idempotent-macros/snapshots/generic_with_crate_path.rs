@@ -19,6 +19,10 @@ where
     let __idempotent_fingerprint = ::my_app::idempotency::__private::type_name_for_generic_argument::<
         T,
     >(__idempotent_fingerprint);
+    let __idempotent_fingerprint = ::my_app::idempotency::__private::fingerprint_argument(
+        __idempotent_fingerprint,
+        &N,
+    );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();
     let __idempotent_key = ::my_app::idempotency::__private::key(&(key));
     ::my_app::idempotency::__private::Call::new(

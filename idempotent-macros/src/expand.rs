@@ -6,29 +6,35 @@ use std::time::Duration;
 use proc_macro2::{Literal, Span, TokenStream, TokenTree};
 use quote::{ToTokens, format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
-use syn::{Expr, FnArg, GenericArgument, Ident, ItemFn, Pat, PathArguments, ReturnType, Type};
+use syn::{Expr, FnArg, Ident, ItemFn, Pat, ReturnType, Type};
 
 use crate::attr::{Errors, MAX_NAME_LEN, Options, ungroup};
 
 const RESULT_REQUIRED: &str = "`#[idempotent]` functions must return `Result<T, E>` with \
      `T: Serialize + DeserializeOwned` and `E: From<diesel_idempotent::Error>`";
 
-const DIESEL_RESULT: &str = "`#[idempotent]` functions cannot return `QueryResult<T>` or \
-     `Result<T, diesel::result::Error>`: the error type must also carry the library's own errors \
-     (`diesel_idempotent::Error`: a call in flight, another request under the same key). \
-     Return `Result<T, AppError>` with an error type that converts from both:
-    enum AppError { Idempotency(diesel_idempotent::Error), Db(diesel::result::Error) }
-    impl From<diesel_idempotent::Error> for AppError { fn from(e: diesel_idempotent::Error) -> Self { Self::Idempotency(e) } }
-    impl From<diesel::result::Error> for AppError { fn from(e: diesel::result::Error) -> Self { Self::Db(e) } }";
-
 /// The error for a fingerprinted `impl Trait` argument; `leave_out` says how
 /// to leave it out of the fingerprint.
-fn impl_trait_argument(leave_out: &str) -> String {
+fn impl_trait_argument(kind: &str, leave_out: &str) -> String {
     format!(
-        "an `impl Trait` argument cannot be fingerprinted: two types that serialize alike would \
+        "{} `{kind} Trait` argument cannot be fingerprinted: two types that serialize alike would \
          share a key, and this type has no name to tell them apart; name a type parameter bound \
-         by `StableName` (`fn f<E: Serialize + StableName>(.., value: &E)`), or {leave_out}"
+         by `StableName` (`fn f<E: Serialize + StableName>(.., value: &E)`), or {leave_out}",
+        if kind == "impl" { "an" } else { "a" }
     )
+}
+
+/// The type a call stores: `T` of `Result<T, E>` (or of an alias written
+/// `Alias<T>`); the whole type when it has no type argument.
+fn stored_type(output: &Type) -> &Type {
+    if let Type::Path(path) = ungroup_type(output)
+        && let Some(last) = path.path.segments.last()
+        && let syn::PathArguments::AngleBracketed(args) = &last.arguments
+        && let Some(syn::GenericArgument::Type(ok)) = args.args.first()
+    {
+        return ok;
+    }
+    output
 }
 
 /// Expands `#[idempotent(attr)] item`. On error, the original item is emitted
@@ -97,6 +103,8 @@ struct Plan<'f> {
     /// Type parameters that fingerprinted values mention, in the order of
     /// the generics: their `StableName`s join the fingerprint.
     named_types: Vec<&'f Ident>,
+    /// Const parameters whose values join the fingerprint.
+    named_consts: Vec<&'f Ident>,
     output: &'f Type,
     krate: Option<&'f syn::Path>,
     reject: bool,
@@ -139,10 +147,6 @@ impl<'f> Plan<'f> {
 
         let output = match &sig.output {
             ReturnType::Type(_, ty) => match &**ty {
-                _ if !options.wrote("get_or_create") && is_diesel_result(ty) => {
-                    errors.push(syn::Error::new_spanned(ty, DIESEL_RESULT));
-                    None
-                }
                 Type::Path(_) | Type::Group(_) | Type::Paren(_) => Some(&**ty),
                 Type::ImplTrait(_) => {
                     errors.push(syn::Error::new_spanned(
@@ -333,19 +337,11 @@ impl<'f> Plan<'f> {
             (Some(lookup), _) => Some(Identity::GetOrCreate(lookup)),
             (None, identity) => identity,
         };
-        let (Some(identity), Some(conn), Some(output)) = (identity, conn, output) else {
-            errors.finish()?;
-            // Every missing piece pushed an error above; this is a fallback.
-            return Err(syn::Error::new(
-                Span::call_site(),
-                "`#[idempotent]` could not read this function",
-            ));
-        };
-
         // Not fingerprinted: the connection, the key, scope and clock when
-        // they are plain parameters, and what `skip` names.
+        // they are plain parameters, and what `skip` names. Computed even
+        // when another piece is missing, so its errors come all at once.
         let excluded = [
-            Some(conn),
+            conn,
             key_param,
             scope.and_then(bare_ident),
             clock.and_then(bare_ident),
@@ -359,32 +355,74 @@ impl<'f> Plan<'f> {
         // The types whose values are fingerprinted: a type parameter among
         // them must add its stable name, and an `impl Trait` has none.
         let fingerprinted_types: Vec<(&Ident, &Type)> = match &identity {
-            Identity::Key(_) | Identity::HashArguments => fingerprinted
-                .iter()
-                .filter_map(|ident| find(ident).copied())
-                .collect(),
-            Identity::HashValues(values) => values
+            Some(Identity::HashValues(values)) => values
                 .iter()
                 .filter_map(|value| root_ident(value).and_then(find).copied())
                 .collect(),
-            Identity::GetOrCreate(_) => Vec::new(),
+            Some(Identity::GetOrCreate(_)) => Vec::new(),
+            Some(Identity::Key(_) | Identity::HashArguments) | None => fingerprinted
+                .iter()
+                .filter_map(|ident| find(ident).copied())
+                .collect(),
         };
         let mut mentioned = Vec::new();
         for (ident, ty) in &fingerprinted_types {
             let idents = type_idents(ty);
-            if idents.iter().any(|ident| ident == "impl") {
+            if let Some(kind) = idents
+                .iter()
+                .find(|ident| *ident == "impl" || *ident == "dyn")
+            {
                 let leave_out = match &identity {
-                    Identity::HashValues(_) => format!("leave `{ident}` out of `hash(..)`"),
+                    Some(Identity::HashValues(_)) => format!("leave `{ident}` out of `hash(..)`"),
                     _ => format!("leave the argument out with `skip({ident})`"),
                 };
-                errors.push(syn::Error::new_spanned(ty, impl_trait_argument(&leave_out)));
+                errors.push(syn::Error::new_spanned(
+                    ty,
+                    impl_trait_argument(&kind.to_string(), &leave_out),
+                ));
             }
             mentioned.extend(idents);
         }
+        let (Some(identity), Some(conn), Some(output)) = (identity, conn, output) else {
+            errors.finish()?;
+            // Every missing piece pushed an error above; this is a fallback.
+            return Err(syn::Error::new(
+                Span::call_site(),
+                "`#[idempotent]` could not read this function",
+            ));
+        };
         errors.finish()?;
+        // The stored type counts too: a replay deserializes the stored JSON
+        // into the type of this call, so `load::<Created>` and
+        // `load::<Deleted>` must not share a record.
+        // So does a type parameter that no argument and no result mentions
+        // (chosen with a turbofish, `load::<Created>(conn, id)`): it can
+        // only change what the body does.
+        if !matches!(identity, Identity::GetOrCreate(_)) {
+            mentioned.extend(type_idents(stored_type(output)));
+            let in_signature: Vec<Ident> = params
+                .iter()
+                .flat_map(|(_, ty)| type_idents(ty))
+                .chain(type_idents(output))
+                .collect();
+            mentioned.extend(
+                sig.generics
+                    .type_params()
+                    .map(|param| param.ident.clone())
+                    .filter(|param| !in_signature.contains(param)),
+            );
+        }
         let named_types = sig
             .generics
             .type_params()
+            .map(|param| &param.ident)
+            .filter(|param| mentioned.contains(param))
+            .collect();
+        // A const parameter's value is part of the type (`Tagged<1>` and
+        // `Tagged<2>` serialize alike): it joins the fingerprint too.
+        let named_consts = sig
+            .generics
+            .const_params()
             .map(|param| &param.ident)
             .filter(|param| mentioned.contains(param))
             .collect();
@@ -421,6 +459,7 @@ impl<'f> Plan<'f> {
             conn,
             fingerprinted,
             named_types,
+            named_consts,
             output,
             krate: options.krate.as_ref(),
             reject: options.reject.is_some_and(|(_, reject)| reject),
@@ -447,7 +486,13 @@ impl<'f> Plan<'f> {
         let add = |values: &mut dyn Iterator<Item = TokenStream>| -> TokenStream {
             values
                 .map(|value| {
+                    // The user never wrote this use of an `_`-prefixed
+                    // parameter: the lint against using one is not theirs.
+                    let underscore = value.to_string().starts_with('_');
+                    let allow =
+                        underscore.then(|| quote! { #[allow(clippy::used_underscore_binding)] });
                     quote_spanned! {value.span()=>
+                        #allow
                         let #fingerprint_var = #private::fingerprint_argument(
                             #fingerprint_var,
                             &(#value),
@@ -491,6 +536,12 @@ impl<'f> Plan<'f> {
                         #private::type_name_for_generic_argument::<#param>(#fingerprint_var);
                 }
             })
+            .chain(self.named_consts.iter().map(|param| {
+                quote! {
+                    let #fingerprint_var =
+                        #private::fingerprint_argument(#fingerprint_var, &#param);
+                }
+            }))
             .collect();
         let key_stmt = match self.identity {
             Identity::Key(key) => quote_spanned! {key.span()=>
@@ -583,47 +634,6 @@ fn ungroup_type(mut ty: &Type) -> &Type {
             other => return other,
         }
     }
-}
-
-/// Whether `ty` is Diesel's `QueryResult<T>` or `Result<T, diesel::result::Error>`
-/// (also written `result::Error`), recognised by name.
-fn is_diesel_result(ty: &Type) -> bool {
-    let Type::Path(path) = ungroup_type(ty) else {
-        return false;
-    };
-    let Some(last) = path.path.segments.last() else {
-        return false;
-    };
-    if last.ident == "QueryResult" {
-        return true;
-    }
-    if last.ident != "Result" {
-        return false;
-    }
-    let PathArguments::AngleBracketed(args) = &last.arguments else {
-        return false;
-    };
-    let types: Vec<&Type> = args
-        .args
-        .iter()
-        .filter_map(|arg| match arg {
-            GenericArgument::Type(ty) => Some(ty),
-            _ => None,
-        })
-        .collect();
-    let [_, error] = types.as_slice() else {
-        return false;
-    };
-    let Type::Path(error) = ungroup_type(error) else {
-        return false;
-    };
-    let names: Vec<String> = error
-        .path
-        .segments
-        .iter()
-        .map(|segment| segment.ident.to_string())
-        .collect();
-    names.ends_with(&["result".to_owned(), "Error".to_owned()])
 }
 
 /// The identifiers a type is written with (lifetimes left out): enough to

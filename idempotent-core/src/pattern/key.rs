@@ -63,9 +63,10 @@ impl<T: Serialize + DeserializeOwned> Response for T {
 /// The return type of a function under `#[idempotent]`: `Result<T, E>` with
 /// `T: `[`Response`] and `E: From<diesel_idempotent::Error>`.
 #[diagnostic::on_unimplemented(
-    message = "`#[idempotent]` functions must return `Result<T, E>` where `T: Serialize + DeserializeOwned` and `E: From<diesel_idempotent::Error>`, not `{Self}`",
-    label = "this return type is not such a `Result`",
-    note = "derive `serde::Serialize` and `serde::Deserialize` for `T`, and implement `From<diesel_idempotent::Error>` for `E`"
+    message = "`#[idempotent]` cannot store and replay `{Self}`: return `Result<T, E>` with `T: Serialize + DeserializeOwned` and `E: From<diesel_idempotent::Error>`",
+    label = "the function's return type",
+    note = "the `Ok` type is stored as JSON and read back on a replay: `#[derive(serde::Serialize, serde::Deserialize)]`",
+    note = "`QueryResult<T>` (`Result<T, diesel::result::Error>`) does not qualify: Diesel's error cannot carry the library's own (a call in flight, a key reused with another request). Return an error type that converts from both:\n    enum AppError {{ Idempotency(diesel_idempotent::Error), Db(diesel::result::Error) }}\n    impl From<diesel_idempotent::Error> for AppError {{ fn from(e: diesel_idempotent::Error) -> Self {{ Self::Idempotency(e) }} }}\n    impl From<diesel::result::Error> for AppError {{ fn from(e: diesel::result::Error) -> Self {{ Self::Db(e) }} }}"
 )]
 pub trait IdempotentResult: Sized {
     /// The `Ok` type, stored and replayed.
@@ -78,6 +79,9 @@ pub trait IdempotentResult: Sized {
     fn from_result(result: Result<Self::Value, Self::Error>) -> Self;
 }
 
+// The compiler reports the return type against the message above, not one
+// of this impl's bounds (which would name `From<Error>` and nothing else).
+#[diagnostic::do_not_recommend]
 impl<T: Response, E: From<Error>> IdempotentResult for Result<T, E> {
     type Value = T;
     type Error = E;

@@ -17,4 +17,16 @@ fn f(conn: &mut SqliteConnection, key: &str, handle: &Handle) -> Result<u32, App
     Ok(1)
 }
 
+// A type inside the argument's type: the same message, at the argument.
+#[idempotent(key = key)]
+fn nested(
+    conn: &mut SqliteConnection,
+    key: &str,
+    handles: Vec<Handle>,
+    maybe: Option<&Handle>,
+) -> Result<u32, AppError> {
+    let _ = (conn, key, handles, maybe);
+    Ok(1)
+}
+
 fn main() {}

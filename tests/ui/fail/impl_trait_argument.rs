@@ -21,6 +21,15 @@ fn h(conn: &mut SqliteConnection, payload: &impl serde::Serialize) -> Result<(),
     Ok(())
 }
 
+pub trait Event {}
+
+// A trait object has no name either.
+#[idempotent(key = key)]
+fn d(conn: &mut SqliteConnection, key: &str, event: &dyn Event) -> Result<(), AppError> {
+    let _ = (conn, key, event);
+    Ok(())
+}
+
 // Skipped, it is fine.
 #[idempotent(key = key, skip(payload))]
 fn g(conn: &mut SqliteConnection, key: &str, payload: &impl serde::Serialize) -> Result<(), AppError> {

@@ -22,4 +22,13 @@ fn result_error(conn: &mut SqliteConnection, key: &str) -> Result<u32, result::E
     Ok(1)
 }
 
+// Diesel's error under another name is recognised by its type.
+use diesel::result::Error as DieselError;
+
+#[idempotent(key = key)]
+fn imported_error(conn: &mut SqliteConnection, key: &str) -> Result<u32, DieselError> {
+    let _ = (conn, key);
+    Ok(1)
+}
+
 fn main() {}
