@@ -80,14 +80,18 @@ pub fn id_or_body_hash(id: Option<&str>, body: &serde_json::Value) -> String {
 /// would share one key: the second call would replay the first, and its
 /// effects would never happen. So whenever the type of a fingerprinted
 /// value mentions a type parameter of the function (under `key`, `hash` and
-/// `hash(..)` alike), `#[idempotent]` adds that parameter's `STABLE_NAME`
-/// to the fingerprint and requires the bound `E: StableName`. Type
-/// parameters that appear only in the connection, the key or skipped
-/// arguments need none; lifetime and const parameters never do.
+/// `hash(..)` alike), and whenever the stored type (`T` of `Result<T, E>`)
+/// does or no argument and no result mentions it (a turbofish-only
+/// parameter), `#[idempotent]` adds that parameter's `STABLE_NAME` to the
+/// fingerprint and requires the bound `E: StableName`. Type parameters that
+/// appear only in the connection, the key, skipped arguments or the error
+/// type need none; lifetime parameters never do; a const parameter joins by
+/// its value.
 ///
 /// The names are added after the arguments, one per type parameter in the
-/// order of the generics: the key `hash` derives for `apply(conn, &event)`
-/// is `Fingerprint::builder().arg(&event).arg(E::STABLE_NAME).finish()`.
+/// order of the generics, then the const values: the key `hash` derives for
+/// `apply(conn, &event)` is
+/// `Fingerprint::builder().arg(&event).arg(E::STABLE_NAME).finish()`.
 ///
 /// The name is stored in every key and fingerprint it helps derive, so it
 /// must not change while records written with it live (their TTL): a new
