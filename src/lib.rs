@@ -34,11 +34,10 @@
 //!
 //! 1. the key is validated: 1 to 255 bytes of visible ASCII, else
 //!    [`Error::InvalidKey`] and the body does not run;
-//! 2. the request [`Fingerprint`] is computed: SHA-256 over the crate's
-//!    canonical JSON (scheme `v1`: members sorted by key bytes, integers
-//!    exact within 64 bits, floats in serde_json's shortest form) of every
-//!    argument except the connection, the key, `self` and those named in
-//!    `skip(..)`;
+//! 2. the request [`Fingerprint`] is computed: `"v2:"` and the hex SHA-256
+//!    of the RFC 8785 (JCS) form of the JSON array of every argument except
+//!    the connection, the key, `self` and those named in `skip(..)`
+//!    (integers outside ±2^53 written exactly; see [`Fingerprint`]);
 //! 3. the key is claimed by inserting its record (insert-first, on the
 //!    primary key `(namespace, scope, key)`);
 //! 4. on the first call the body runs and its `Ok` value is stored as JSON;

@@ -6,18 +6,17 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-/// The v1 fingerprint of `canonical` (the canonical JSON of the argument
+/// The v2 fingerprint of `canonical` (the RFC 8785 form of the argument
 /// array), computed independently of the library.
-fn v1(canonical: &str) -> String {
+fn v2(canonical: &str) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(b"diesel-idempotent/fingerprint/v1\0");
     hasher.update(canonical.as_bytes());
     let hex: String = hasher
         .finalize()
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    format!("v1:{hex}")
+    format!("v2:{hex}")
 }
 
 #[test]
@@ -26,7 +25,7 @@ fn preserve_order_does_not_change_fingerprints() {
         serde_json::from_str(r#"{"b":1,"a":{"d":[2,"x"],"c":3.5}}"#).unwrap();
     let keys: Vec<&String> = value.as_object().unwrap().keys().collect();
     assert_eq!(keys, ["b", "a"], "preserve_order is enabled in this build");
-    let expected = v1(r#"[{"a":{"c":3.5,"d":[2,"x"]},"b":1}]"#);
+    let expected = v2(r#"[{"a":{"c":3.5,"d":[2,"x"]},"b":1}]"#);
     assert_eq!(
         diesel_idempotent::fingerprint(&value).unwrap().as_str(),
         expected
@@ -71,7 +70,7 @@ fn map_types_and_insertion_order_do_not_matter() {
     for (k, v) in pairs {
         json.insert(k.to_owned(), v.into());
     }
-    let expected = v1(r#"[{"a":5,"alpha":2,"mu":3,"zeta":1,"Ω":4}]"#);
+    let expected = v2(r#"[{"a":5,"alpha":2,"mu":3,"zeta":1,"Ω":4}]"#);
     for fp in [
         diesel_idempotent::fingerprint(&forward),
         diesel_idempotent::fingerprint(&backward),
@@ -92,6 +91,47 @@ fn several_arguments_form_an_array() {
         .unwrap();
     assert_eq!(
         fp.as_str(),
-        v1(r#"[42,"https://sho.rt/x",18446744073709551615]"#)
+        v2(r#"[42,"https://sho.rt/x",18446744073709551615]"#)
     );
+}
+
+#[test]
+fn float_text_is_ecmascript_whatever_serde_json_writes() {
+    // serde_json writes 1e16 as `1e16` or `1e+16` depending on its version;
+    // the fingerprint hashes ECMAScript's form either way.
+    assert_eq!(
+        diesel_idempotent::fingerprint(&serde_json::json!(1e16))
+            .unwrap()
+            .as_str(),
+        v2("[10000000000000000]")
+    );
+    assert_eq!(
+        diesel_idempotent::fingerprint(&serde_json::json!([1e21, 1e-7, -0.0, 1.0]))
+            .unwrap()
+            .as_str(),
+        v2("[[1e+21,1e-7,0,1]]")
+    );
+}
+
+#[test]
+fn keys_sort_by_utf16_with_preserve_order() {
+    let value: serde_json::Value =
+        serde_json::from_str("{\"\u{FFFD}\":1,\"\u{1F600}\":2,\"\u{E000}\":3,\"z\":4}").unwrap();
+    assert_eq!(
+        diesel_idempotent::fingerprint(&value).unwrap().as_str(),
+        v2("[{\"z\":4,\"\u{1F600}\":2,\"\u{E000}\":3,\"\u{FFFD}\":1}]")
+    );
+}
+
+#[test]
+fn non_finite_floats_are_errors_not_null() {
+    let err = diesel_idempotent::Fingerprint::builder()
+        .named_arg("price", &Some(f64::INFINITY))
+        .finish()
+        .unwrap_err();
+    assert!(
+        matches!(err, diesel_idempotent::Error::Serialization { .. }),
+        "{err}"
+    );
+    assert!(err.to_string().contains("`price`"), "{err}");
 }

@@ -130,8 +130,8 @@ pub enum Error {
     },
 
     /// An argument or the result could not be serialized to JSON (a map with
-    /// non-string keys, an `i128`/`u128` beyond the 64-bit range in an
-    /// argument, a failing `Serialize` impl).
+    /// non-string keys, a NaN or infinite float or a key twice in one object
+    /// in a fingerprinted argument, a failing `Serialize` impl).
     #[error(
         "could not serialize {what} to JSON: {source}; make it serializable \
          (or exclude an argument with `skip(..)`)"

@@ -97,8 +97,12 @@ pub mod __private {
                 `#[idempotent(.., skip(argument))]` if it does not (a pool, a logger, a handle)"
     )]
     pub trait FingerprintedArgument {
-        /// Adds this value to the fingerprint.
-        fn add_to(&self, builder: crate::FingerprintBuilder) -> crate::FingerprintBuilder;
+        /// Adds this value to the fingerprint; `name` names it in an error.
+        fn add_to(
+            &self,
+            builder: crate::FingerprintBuilder,
+            name: &str,
+        ) -> crate::FingerprintBuilder;
     }
 
     // Reported against the message above for the argument's own type, also
@@ -106,18 +110,23 @@ pub mod __private {
     #[diagnostic::do_not_recommend]
     impl<T: ::serde::Serialize + ?Sized> FingerprintedArgument for T {
         #[inline]
-        fn add_to(&self, builder: crate::FingerprintBuilder) -> crate::FingerprintBuilder {
-            builder.arg(self)
+        fn add_to(
+            &self,
+            builder: crate::FingerprintBuilder,
+            name: &str,
+        ) -> crate::FingerprintBuilder {
+            builder.named_arg(name, self)
         }
     }
 
-    /// Adds one argument to the fingerprint.
+    /// Adds one argument, called `name` in the source, to the fingerprint.
     #[inline]
     pub fn fingerprint_argument<T: FingerprintedArgument + ?Sized>(
         builder: crate::FingerprintBuilder,
+        name: &str,
         value: &T,
     ) -> crate::FingerprintBuilder {
-        value.add_to(builder)
+        value.add_to(builder, name)
     }
 
     /// Adds the stable name of a type parameter that a fingerprinted value

@@ -6,6 +6,7 @@ fn create(conn: &mut SqliteConnection, key: String, amount: i64) -> Result<i64, 
     let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
     let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
         __idempotent_fingerprint,
+        "amount",
         &(amount),
     );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();

@@ -11,10 +11,12 @@ where
     let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
     let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
         __idempotent_fingerprint,
+        "event",
         &(event),
     );
     let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
         __idempotent_fingerprint,
+        "tags",
         &(tags),
     );
     let __idempotent_fingerprint = ::diesel_idempotent::__private::type_name_for_generic_argument::<
@@ -22,6 +24,7 @@ where
     >(__idempotent_fingerprint);
     let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
         __idempotent_fingerprint,
+        "N",
         &N,
     );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();

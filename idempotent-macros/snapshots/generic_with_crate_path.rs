@@ -14,6 +14,7 @@ where
     let __idempotent_fingerprint = ::my_app::idempotency::__private::Fingerprint::builder();
     let __idempotent_fingerprint = ::my_app::idempotency::__private::fingerprint_argument(
         __idempotent_fingerprint,
+        "items",
         &(items),
     );
     let __idempotent_fingerprint = ::my_app::idempotency::__private::type_name_for_generic_argument::<
@@ -21,6 +22,7 @@ where
     >(__idempotent_fingerprint);
     let __idempotent_fingerprint = ::my_app::idempotency::__private::fingerprint_argument(
         __idempotent_fingerprint,
+        "N",
         &N,
     );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();

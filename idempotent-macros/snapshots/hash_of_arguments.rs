@@ -6,6 +6,7 @@ fn record_click(
     let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
     let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
         __idempotent_fingerprint,
+        "event",
         &(event),
     );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();

@@ -6,10 +6,12 @@ fn record_click(
     let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
     let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
         __idempotent_fingerprint,
+        "event.user_id",
         &(event.user_id),
     );
     let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
         __idempotent_fingerprint,
+        "event.url",
         &(event.url),
     );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();

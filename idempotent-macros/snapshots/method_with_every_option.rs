@@ -8,6 +8,7 @@ pub(crate) fn charge(
     let __idempotent_fingerprint = ::diesel_idempotent::__private::Fingerprint::builder();
     let __idempotent_fingerprint = ::diesel_idempotent::__private::fingerprint_argument(
         __idempotent_fingerprint,
+        "req",
         &(req),
     );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();

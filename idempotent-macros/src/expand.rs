@@ -491,10 +491,13 @@ impl<'f> Plan<'f> {
                     let underscore = value.to_string().starts_with('_');
                     let allow =
                         underscore.then(|| quote! { #[allow(clippy::used_underscore_binding)] });
+                    // Named in the error should the value fail to serialize.
+                    let name: String = value.to_string().split_whitespace().collect();
                     quote_spanned! {value.span()=>
                         #allow
                         let #fingerprint_var = #private::fingerprint_argument(
                             #fingerprint_var,
+                            #name,
                             &(#value),
                         );
                     }
@@ -537,9 +540,10 @@ impl<'f> Plan<'f> {
                 }
             })
             .chain(self.named_consts.iter().map(|param| {
+                let name = param.to_string();
                 quote! {
                     let #fingerprint_var =
-                        #private::fingerprint_argument(#fingerprint_var, &#param);
+                        #private::fingerprint_argument(#fingerprint_var, #name, &#param);
                 }
             }))
             .collect();

@@ -8,7 +8,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 
 use crate::Error;
-use crate::fingerprint::{Fingerprint, canonical_json};
+use crate::fingerprint::Fingerprint;
 use crate::pattern::key::{MAX_KEY_LEN, validate_key};
 
 /// The deterministic id of `value`: the key `#[idempotent(hash)]` derives
@@ -39,7 +39,7 @@ pub fn sub_key(key: &str, index: usize) -> String {
 }
 
 /// A webhook's key: the provider's delivery id when it sent a valid one,
-/// else the [`fingerprint`] of the parsed body (`v1:` and 64 hex digits).
+/// else the [`fingerprint`] of the parsed body (`v2:` and 64 hex digits).
 ///
 /// The body is fingerprinted in its canonical form, so a redelivery is
 /// recognised even when the provider serialized it again with other
@@ -64,9 +64,9 @@ pub fn id_or_body_hash(id: Option<&str>, body: &serde_json::Value) -> String {
         Some(id) if validate_key(id).is_ok() => id.to_owned(),
         _ => match Fingerprint::of(body) {
             Ok(fingerprint) => fingerprint.as_str().to_owned(),
-            // A JSON value always serializes; should that ever change, the
-            // key is still derived from the canonical form.
-            Err(_) => sha256_key(&canonical_json(body)),
+            // A JSON value always has a canonical form (it holds no NaN);
+            // should that ever fail, the key is derived from its text.
+            Err(_) => sha256_key(body.to_string().as_bytes()),
         },
     }
 }

@@ -520,7 +520,14 @@ fn same_ignoring_order(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 /// The canonical texts of an array's elements, sorted: equal for two arrays
 /// holding the same elements in any order (nested collections included).
 fn sorted_canonical(values: &[serde_json::Value]) -> Vec<Vec<u8>> {
-    let mut texts: Vec<Vec<u8>> = values.iter().map(crate::canonical_json).collect();
+    // A `Value` always has a canonical form (it holds no NaN); should that
+    // ever fail, the element compares as its plain JSON text.
+    let mut texts: Vec<Vec<u8>> = values
+        .iter()
+        .map(|value| {
+            crate::canonical_json(value).unwrap_or_else(|_| value.to_string().into_bytes())
+        })
+        .collect();
     texts.sort_unstable();
     texts
 }
@@ -577,10 +584,16 @@ pub enum Verdict<'s> {
 
 /// Decides what an existing record means for a call with `fingerprint` at
 /// `now`. Pure: every driver (blocking or not) asks this.
+///
+/// A record whose fingerprint has the earlier scheme's `v1:` prefix
+/// (written before fingerprints were RFC 8785) cannot be compared with a
+/// `v2:` fingerprint; until it expires it answers every call with its key
+/// as if the request matched: replayed when finished, in flight otherwise.
+/// Its key still binds it to one call, so its body never runs twice.
 pub fn judge<'s>(existing: &'s StoredState, fingerprint: &str, now: NaiveDateTime) -> Verdict<'s> {
     if existing.expires_at <= now {
         Verdict::Expired
-    } else if existing.fingerprint != fingerprint {
+    } else if existing.fingerprint != fingerprint && !existing.fingerprint.starts_with("v1:") {
         Verdict::Mismatch
     } else {
         match &existing.response {
@@ -700,14 +713,26 @@ mod tests {
 
     #[test]
     fn judge_covers_every_case() {
-        let done = state("v1:a", Some("42"), 100);
-        assert_eq!(judge(&done, "v1:a", at(50)), Verdict::Replay("42"));
-        assert_eq!(judge(&done, "v1:b", at(50)), Verdict::Mismatch);
-        assert_eq!(judge(&done, "v1:a", at(100)), Verdict::Expired);
-        assert_eq!(judge(&done, "v1:b", at(101)), Verdict::Expired);
-        let pending = state("v1:a", None, 100);
-        assert_eq!(judge(&pending, "v1:a", at(50)), Verdict::InFlight);
-        assert_eq!(judge(&pending, "v1:b", at(50)), Verdict::Mismatch);
+        let done = state("v2:a", Some("42"), 100);
+        assert_eq!(judge(&done, "v2:a", at(50)), Verdict::Replay("42"));
+        assert_eq!(judge(&done, "v2:b", at(50)), Verdict::Mismatch);
+        assert_eq!(judge(&done, "v2:a", at(100)), Verdict::Expired);
+        assert_eq!(judge(&done, "v2:b", at(101)), Verdict::Expired);
+        let pending = state("v2:a", None, 100);
+        assert_eq!(judge(&pending, "v2:a", at(50)), Verdict::InFlight);
+        assert_eq!(judge(&pending, "v2:b", at(50)), Verdict::Mismatch);
+    }
+
+    #[test]
+    fn records_of_the_v1_scheme_answer_by_key_until_they_expire() {
+        let done = state("v1:old", Some("42"), 100);
+        assert_eq!(judge(&done, "v2:any", at(50)), Verdict::Replay("42"));
+        assert_eq!(judge(&done, "v2:any", at(100)), Verdict::Expired);
+        let pending = state("v1:old", None, 100);
+        assert_eq!(judge(&pending, "v2:any", at(50)), Verdict::InFlight);
+        // Only the `v1:` prefix is exempt.
+        let other = state("v3:new", Some("42"), 100);
+        assert_eq!(judge(&other, "v2:any", at(50)), Verdict::Mismatch);
     }
 
     #[test]

@@ -1,0 +1,1189 @@
+//! A `serde::Serializer` that writes RFC 8785 (JCS) bytes as it goes.
+//!
+//! Values are written straight into a buffer that is handed to a [`Sink`]
+//! (SHA-256, or a `Vec` for [`super::canonical_json`]) whenever no object is
+//! open. An object's members are written in the order they come and, when
+//! that order is not JCS's (keys by UTF-16 code units), moved into place
+//! when the object closes; so what is held back is at most the outermost
+//! open object. No `serde_json::Value` tree is built.
+
+use std::cmp::Ordering;
+use std::fmt::Display;
+
+use serde::ser::{self, Error as _, Impossible, Serialize};
+
+/// What the serializer reports: serde_json's error type, so callers keep
+/// [`crate::Error::Serialization`]'s source.
+pub(crate) type JcsError = serde_json::Error;
+
+/// Where finished bytes go.
+pub(crate) trait Sink {
+    fn write(&mut self, bytes: &[u8]);
+}
+
+impl Sink for sha2::Sha256 {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        sha2::Digest::update(self, bytes);
+    }
+}
+
+impl Sink for Vec<u8> {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        self.extend_from_slice(bytes);
+    }
+}
+
+/// Bytes held before they are passed on while no object is open.
+const FLUSH_AT: usize = 16 * 1024;
+
+/// serde_json's private names for `Number` under `arbitrary_precision` and
+/// for `RawValue`: values that must be read as JSON, not as structs.
+const SERDE_JSON_NUMBER: &str = "$serde_json::private::Number";
+const SERDE_JSON_RAW_VALUE: &str = "$serde_json::private::RawValue";
+
+/// One written member of an open object: its key (in `keys`) and its bytes
+/// (in `buf`, without the comma before it).
+#[derive(Clone, Copy)]
+struct Member {
+    key_start: usize,
+    key_end: usize,
+    /// The key has a character at or above U+E000, where UTF-8 and UTF-16
+    /// order can differ.
+    high: bool,
+    start: usize,
+    end: usize,
+}
+
+/// An open object: where its members start in `buf`, `members` and `keys`.
+struct Frame {
+    body_start: usize,
+    first_member: usize,
+    keys_start: usize,
+    /// The member being written (its `end` is not known yet).
+    pending: Option<Member>,
+}
+
+/// The writer's working memory, kept per thread between fingerprints so a
+/// call allocates nothing once warm.
+#[derive(Default)]
+struct Buffers {
+    buf: Vec<u8>,
+    keys: String,
+    members: Vec<Member>,
+    frames: Vec<Frame>,
+    scratch: Vec<u8>,
+    order: Vec<usize>,
+}
+
+thread_local! {
+    static SPARE: std::cell::Cell<Option<Box<Buffers>>> = const { std::cell::Cell::new(None) };
+}
+
+/// Buffers larger than this go back to the allocator, not to the thread.
+const KEEP_AT_MOST: usize = 1 << 20;
+
+/// [`Buffers`] borrowed from the thread, returned (emptied) when dropped.
+struct Pooled(Box<Buffers>);
+
+impl Pooled {
+    fn take() -> Self {
+        Pooled(
+            SPARE
+                .try_with(std::cell::Cell::take)
+                .ok()
+                .flatten()
+                .unwrap_or_default(),
+        )
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let b = &mut *self.0;
+        if b.buf.capacity().max(b.scratch.capacity()) > KEEP_AT_MOST {
+            return;
+        }
+        b.buf.clear();
+        b.keys.clear();
+        b.members.clear();
+        b.frames.clear();
+        b.scratch.clear();
+        b.order.clear();
+        let spare = std::mem::take(&mut self.0);
+        // During thread teardown the slot may be gone: then just free.
+        let _ = SPARE.try_with(|slot| slot.set(Some(spare)));
+    }
+}
+
+impl std::ops::Deref for Pooled {
+    type Target = Buffers;
+    fn deref(&self) -> &Buffers {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Pooled {
+    fn deref_mut(&mut self) -> &mut Buffers {
+        &mut self.0
+    }
+}
+
+/// The JCS writer.
+pub(crate) struct Jcs<S: Sink> {
+    b: Pooled,
+    sink: S,
+}
+
+impl<S: Sink> Jcs<S> {
+    pub(crate) fn new(sink: S) -> Self {
+        Jcs {
+            b: Pooled::take(),
+            sink,
+        }
+    }
+
+    /// Writes raw bytes (punctuation between values).
+    #[inline]
+    pub(crate) fn raw(&mut self, bytes: &[u8]) {
+        self.b.buf.extend_from_slice(bytes);
+    }
+
+    /// Passes the buffer on when no object needs its members held back.
+    #[inline]
+    pub(crate) fn maybe_flush(&mut self) {
+        if self.b.frames.is_empty() && self.b.buf.len() >= FLUSH_AT {
+            self.sink.write(&self.b.buf);
+            self.b.buf.clear();
+        }
+    }
+
+    /// Passes everything on and returns the sink.
+    pub(crate) fn into_sink(self) -> S {
+        let Jcs { b, mut sink } = self;
+        sink.write(&b.buf);
+        sink
+    }
+
+    /// Forgets a value that failed half-way (the caller reports the error
+    /// and writes nothing more).
+    pub(crate) fn abandon(&mut self) {
+        self.b.frames.clear();
+        self.b.members.clear();
+        self.b.keys.clear();
+    }
+
+    fn open_object(&mut self) {
+        let b = &mut *self.b;
+        b.buf.push(b'{');
+        b.frames.push(Frame {
+            body_start: b.buf.len(),
+            first_member: b.members.len(),
+            keys_start: b.keys.len(),
+            pending: None,
+        });
+    }
+
+    /// Writes a member's key (already in `keys` from `key_start`) and colon.
+    fn begin_member(&mut self, key_start: usize) -> Result<(), JcsError> {
+        let b = &mut *self.b;
+        let Some(frame) = b.frames.last_mut() else {
+            return Err(JcsError::custom("a map value came without an open map"));
+        };
+        if b.members.len() > frame.first_member {
+            b.buf.push(b',');
+        }
+        let key = &b.keys[key_start..];
+        frame.pending = Some(Member {
+            key_start,
+            key_end: b.keys.len(),
+            high: key.bytes().any(|byte| byte >= 0xEE),
+            start: b.buf.len(),
+            end: 0,
+        });
+        write_string(&mut b.buf, key);
+        b.buf.push(b':');
+        Ok(())
+    }
+
+    fn end_member(&mut self) -> Result<(), JcsError> {
+        let b = &mut *self.b;
+        let Some(mut member) = b.frames.last_mut().and_then(|f| f.pending.take()) else {
+            return Err(JcsError::custom("a map value came without its key"));
+        };
+        member.end = b.buf.len();
+        b.members.push(member);
+        Ok(())
+    }
+
+    /// Closes the innermost object: its members into JCS order, then `}`.
+    fn close_object(&mut self) -> Result<(), JcsError> {
+        let b = &mut *self.b;
+        let Some(frame) = b.frames.pop() else {
+            return Err(JcsError::custom("a map ended that was not open"));
+        };
+        if frame.pending.is_some() {
+            return Err(JcsError::custom("a map key came without its value"));
+        }
+        let members = &b.members[frame.first_member..];
+        let keys = b.keys.as_str();
+        let key = |m: &Member| &keys[m.key_start..m.key_end];
+        let cmp = |x: &Member, y: &Member| {
+            if x.high || y.high {
+                utf16_cmp(key(x), key(y))
+            } else {
+                key(x).as_bytes().cmp(key(y).as_bytes())
+            }
+        };
+        let mut in_order = true;
+        for pair in members.windows(2) {
+            match cmp(&pair[0], &pair[1]) {
+                Ordering::Less => {}
+                Ordering::Equal => return Err(duplicate_key(key(&pair[0]))),
+                Ordering::Greater => in_order = false,
+            }
+        }
+        if !in_order {
+            b.order.clear();
+            b.order.extend(0..members.len());
+            b.order
+                .sort_unstable_by(|&x, &y| cmp(&members[x], &members[y]));
+            for pair in b.order.windows(2) {
+                let (x, y) = (key(&members[pair[0]]), key(&members[pair[1]]));
+                if x == y {
+                    return Err(duplicate_key(x));
+                }
+            }
+            b.scratch.clear();
+            b.scratch.extend_from_slice(&b.buf[frame.body_start..]);
+            b.buf.truncate(frame.body_start);
+            for (i, &index) in b.order.iter().enumerate() {
+                if i > 0 {
+                    b.buf.push(b',');
+                }
+                let m = &members[index];
+                b.buf.extend_from_slice(
+                    &b.scratch[m.start - frame.body_start..m.end - frame.body_start],
+                );
+            }
+        }
+        b.buf.push(b'}');
+        b.members.truncate(frame.first_member);
+        b.keys.truncate(frame.keys_start);
+        Ok(())
+    }
+
+    fn write_f64(&mut self, value: f64) -> Result<(), JcsError> {
+        write_f64(&mut self.b.buf, value)
+    }
+
+    /// A number in JSON text (serde_json's `arbitrary_precision` form):
+    /// integers exactly, anything else as the double it denotes.
+    fn write_number_text(&mut self, text: &str) -> Result<(), JcsError> {
+        let (negative, digits) = match text.strip_prefix('-') {
+            Some(rest) => (true, rest),
+            None => (false, text),
+        };
+        if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) {
+            let digits = digits.trim_start_matches('0');
+            if digits.is_empty() {
+                self.b.buf.push(b'0');
+            } else {
+                if negative {
+                    self.b.buf.push(b'-');
+                }
+                self.b.buf.extend_from_slice(digits.as_bytes());
+            }
+            return Ok(());
+        }
+        match text.parse::<f64>() {
+            Ok(value) if value.is_finite() => self.write_f64(value),
+            _ => Err(JcsError::custom(format_args!(
+                "the number {text} has no finite double value, so RFC 8785 cannot write it"
+            ))),
+        }
+    }
+}
+
+/// Compares two strings by their UTF-16 code units, as RFC 8785 sorts keys.
+///
+/// UTF-8 bytes order strings by code point; UTF-16 differs only where a
+/// character above U+FFFF (a surrogate pair, D800..DFFF) meets one in
+/// U+E000..U+FFFF, so only the first differing characters are looked at.
+pub(crate) fn utf16_cmp(a: &str, b: &str) -> Ordering {
+    let (ab, bb) = (a.as_bytes(), b.as_bytes());
+    let Some(at) = ab.iter().zip(bb).position(|(x, y)| x != y) else {
+        return ab.len().cmp(&bb.len());
+    };
+    // Back up to the start of the character that differs (same in both).
+    let mut start = at;
+    while start > 0 && !a.is_char_boundary(start) {
+        start -= 1;
+    }
+    match (a[start..].chars().next(), b[start..].chars().next()) {
+        (Some(x), Some(y)) => utf16_unit(x).cmp(&utf16_unit(y)).then(x.cmp(&y)),
+        _ => ab.len().cmp(&bb.len()),
+    }
+}
+
+/// The first UTF-16 code unit of a character.
+fn utf16_unit(c: char) -> u32 {
+    let c = u32::from(c);
+    if c >= 0x1_0000 {
+        0xD800 + ((c - 0x1_0000) >> 10)
+    } else {
+        c
+    }
+}
+
+fn duplicate_key(key: &str) -> JcsError {
+    JcsError::custom(format_args!(
+        "the object has the key {key:?} twice; RFC 8785 (I-JSON) needs unique keys"
+    ))
+}
+
+fn non_finite(value: impl Display) -> JcsError {
+    JcsError::custom(format_args!(
+        "the float {value} has no JSON form (RFC 8785 has no NaN or infinity); \
+         turn it into a number, a string or null before fingerprinting"
+    ))
+}
+
+/// A finite double as ECMAScript's `Number.prototype.toString` writes it.
+pub(crate) fn write_f64(buf: &mut Vec<u8>, value: f64) -> Result<(), JcsError> {
+    if !value.is_finite() {
+        return Err(non_finite(value));
+    }
+    if value == 0.0 {
+        // -0 too.
+        buf.push(b'0');
+    } else {
+        buf.extend_from_slice(ryu_js::Buffer::new().format_finite(value).as_bytes());
+    }
+    Ok(())
+}
+
+/// An `f32` is the double nearest its shortest decimal form, the number
+/// serde_json writes for it (`0.1f32` is `0.1`, not `0.10000000149011612`).
+pub(crate) fn f32_as_f64(value: f32) -> Result<f64, JcsError> {
+    if !value.is_finite() {
+        return Err(non_finite(value));
+    }
+    if value == 0.0 {
+        return Ok(0.0);
+    }
+    ryu_js::Buffer::new()
+        .format_finite(value)
+        .parse::<f64>()
+        .map_err(JcsError::custom)
+}
+
+/// Decimal digits of an integer.
+#[inline]
+fn write_u128(buf: &mut Vec<u8>, mut n: u128) {
+    let mut digits = [0u8; 39];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        // The remainder is below 10.
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
+}
+
+#[inline]
+fn write_u64(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
+}
+
+#[inline]
+fn write_i64(buf: &mut Vec<u8>, n: i64) {
+    if n < 0 {
+        buf.push(b'-');
+    }
+    write_u64(buf, n.unsigned_abs());
+}
+
+/// What each byte becomes inside a JSON string: 0 stays, `u` is `\u00XX`,
+/// anything else is the letter after a backslash.
+static ESCAPE: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut b = 0;
+    while b < 0x20 {
+        table[b] = b'u';
+        b += 1;
+    }
+    table[0x08] = b'b';
+    table[0x09] = b't';
+    table[0x0a] = b'n';
+    table[0x0c] = b'f';
+    table[0x0d] = b'r';
+    table[b'"' as usize] = b'"';
+    table[b'\\' as usize] = b'\\';
+    table
+};
+
+const LOW: u64 = 0x0101_0101_0101_0101;
+const HIGH: u64 = 0x8080_8080_8080_8080;
+
+/// Whether any of eight bytes is a control character, `"` or `\`.
+#[inline]
+fn needs_escape(word: u64) -> bool {
+    let zero = |v: u64| v.wrapping_sub(LOW) & !v & HIGH;
+    let control = word.wrapping_sub(LOW * 0x20) & !word & HIGH;
+    (control | zero(word ^ (LOW * u64::from(b'"'))) | zero(word ^ (LOW * u64::from(b'\\')))) != 0
+}
+
+/// A JSON string with RFC 8785's escaping: `\b \t \n \f \r \" \\`, other
+/// control characters as `\u00xx` (lowercase), everything else as is.
+pub(crate) fn write_string(buf: &mut Vec<u8>, s: &str) {
+    let bytes = s.as_bytes();
+    buf.reserve(bytes.len() + 2);
+    buf.push(b'"');
+    let mut start = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        // 32 bytes at a time without an early exit, which compiles to
+        // vector compares; then eight at a time; then byte by byte.
+        if let Some(chunk) = bytes[i..].first_chunk::<32>() {
+            let mut special = false;
+            for &byte in chunk {
+                special |= (byte < 0x20) | (byte == b'"') | (byte == b'\\');
+            }
+            if !special {
+                i += 32;
+                continue;
+            }
+        }
+        if let Some(chunk) = bytes[i..].first_chunk::<8>()
+            && !needs_escape(u64::from_le_bytes(*chunk))
+        {
+            i += 8;
+            continue;
+        }
+        let end = (i + 8).min(bytes.len());
+        while i < end {
+            let b = bytes[i];
+            let escape = ESCAPE[usize::from(b)];
+            if escape != 0 {
+                buf.extend_from_slice(&bytes[start..i]);
+                buf.push(b'\\');
+                buf.push(escape);
+                if escape == b'u' {
+                    const HEX: &[u8; 16] = b"0123456789abcdef";
+                    buf.extend_from_slice(b"00");
+                    buf.push(HEX[usize::from(b >> 4)]);
+                    buf.push(HEX[usize::from(b & 0x0f)]);
+                }
+                start = i + 1;
+            }
+            i += 1;
+        }
+    }
+    buf.extend_from_slice(&bytes[start..]);
+    buf.push(b'"');
+}
+
+impl<'a, S: Sink> ser::Serializer for &'a mut Jcs<S> {
+    type Ok = ();
+    type Error = JcsError;
+    type SerializeSeq = Seq<'a, S>;
+    type SerializeTuple = Seq<'a, S>;
+    type SerializeTupleStruct = Seq<'a, S>;
+    type SerializeTupleVariant = Seq<'a, S>;
+    type SerializeMap = Object<'a, S>;
+    type SerializeStruct = Struct<'a, S>;
+    type SerializeStructVariant = Object<'a, S>;
+
+    fn serialize_bool(self, v: bool) -> Result<(), JcsError> {
+        self.raw(if v { b"true" } else { b"false" });
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), JcsError> {
+        write_i64(&mut self.b.buf, i64::from(v));
+        Ok(())
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), JcsError> {
+        write_i64(&mut self.b.buf, i64::from(v));
+        Ok(())
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), JcsError> {
+        write_i64(&mut self.b.buf, i64::from(v));
+        Ok(())
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), JcsError> {
+        write_i64(&mut self.b.buf, v);
+        Ok(())
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), JcsError> {
+        if v < 0 {
+            self.b.buf.push(b'-');
+        }
+        write_u128(&mut self.b.buf, v.unsigned_abs());
+        Ok(())
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), JcsError> {
+        write_u64(&mut self.b.buf, u64::from(v));
+        Ok(())
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), JcsError> {
+        write_u64(&mut self.b.buf, u64::from(v));
+        Ok(())
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), JcsError> {
+        write_u64(&mut self.b.buf, u64::from(v));
+        Ok(())
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), JcsError> {
+        write_u64(&mut self.b.buf, v);
+        Ok(())
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), JcsError> {
+        write_u128(&mut self.b.buf, v);
+        Ok(())
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), JcsError> {
+        let v = f32_as_f64(v)?;
+        self.write_f64(v)
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), JcsError> {
+        self.write_f64(v)
+    }
+    fn serialize_char(self, v: char) -> Result<(), JcsError> {
+        write_string(&mut self.b.buf, v.encode_utf8(&mut [0u8; 4]));
+        Ok(())
+    }
+    fn serialize_str(self, v: &str) -> Result<(), JcsError> {
+        write_string(&mut self.b.buf, v);
+        Ok(())
+    }
+    fn serialize_bytes(self, v: &[u8]) -> Result<(), JcsError> {
+        // As serde_json writes bytes: an array of numbers.
+        self.b.buf.push(b'[');
+        for (i, &b) in v.iter().enumerate() {
+            if i > 0 {
+                self.b.buf.push(b',');
+            }
+            write_u64(&mut self.b.buf, u64::from(b));
+        }
+        self.b.buf.push(b']');
+        Ok(())
+    }
+    fn serialize_none(self) -> Result<(), JcsError> {
+        self.raw(b"null");
+        Ok(())
+    }
+    fn serialize_some<T: ?Sized + Serialize>(self, value: &T) -> Result<(), JcsError> {
+        value.serialize(self)
+    }
+    fn serialize_unit(self) -> Result<(), JcsError> {
+        self.raw(b"null");
+        Ok(())
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), JcsError> {
+        self.raw(b"null");
+        Ok(())
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), JcsError> {
+        write_string(&mut self.b.buf, variant);
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), JcsError> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        value: &T,
+    ) -> Result<(), JcsError> {
+        // `{"Variant":value}`: one member, nothing to order.
+        self.b.buf.push(b'{');
+        write_string(&mut self.b.buf, variant);
+        self.b.buf.push(b':');
+        value.serialize(&mut *self)?;
+        self.b.buf.push(b'}');
+        Ok(())
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Seq<'a, S>, JcsError> {
+        self.b.buf.push(b'[');
+        Ok(Seq {
+            w: self,
+            first: true,
+            close: b"]",
+        })
+    }
+    fn serialize_tuple(self, len: usize) -> Result<Seq<'a, S>, JcsError> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        len: usize,
+    ) -> Result<Seq<'a, S>, JcsError> {
+        self.serialize_seq(Some(len))
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Seq<'a, S>, JcsError> {
+        self.b.buf.push(b'{');
+        write_string(&mut self.b.buf, variant);
+        self.b.buf.extend_from_slice(b":[");
+        Ok(Seq {
+            w: self,
+            first: true,
+            close: b"]}",
+        })
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Object<'a, S>, JcsError> {
+        self.open_object();
+        Ok(Object {
+            w: self,
+            close: b"",
+        })
+    }
+    fn serialize_struct(self, name: &'static str, _len: usize) -> Result<Struct<'a, S>, JcsError> {
+        Ok(match name {
+            SERDE_JSON_NUMBER => Struct::Number(self),
+            SERDE_JSON_RAW_VALUE => Struct::RawValue(self),
+            _ => {
+                self.open_object();
+                Struct::Object(Object {
+                    w: self,
+                    close: b"",
+                })
+            }
+        })
+    }
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+        _len: usize,
+    ) -> Result<Object<'a, S>, JcsError> {
+        self.b.buf.push(b'{');
+        write_string(&mut self.b.buf, variant);
+        self.b.buf.push(b':');
+        self.open_object();
+        Ok(Object {
+            w: self,
+            close: b"}",
+        })
+    }
+}
+
+/// An array being written (also a tuple variant's array).
+pub(crate) struct Seq<'a, S: Sink> {
+    w: &'a mut Jcs<S>,
+    first: bool,
+    close: &'static [u8],
+}
+
+impl<S: Sink> Seq<'_, S> {
+    fn element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), JcsError> {
+        if !self.first {
+            self.w.b.buf.push(b',');
+        }
+        self.first = false;
+        value.serialize(&mut *self.w)?;
+        self.w.maybe_flush();
+        Ok(())
+    }
+    fn finish(self) -> Result<(), JcsError> {
+        self.w.raw(self.close);
+        Ok(())
+    }
+}
+
+impl<S: Sink> ser::SerializeSeq for Seq<'_, S> {
+    type Ok = ();
+    type Error = JcsError;
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), JcsError> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), JcsError> {
+        self.finish()
+    }
+}
+
+impl<S: Sink> ser::SerializeTuple for Seq<'_, S> {
+    type Ok = ();
+    type Error = JcsError;
+    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), JcsError> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), JcsError> {
+        self.finish()
+    }
+}
+
+impl<S: Sink> ser::SerializeTupleStruct for Seq<'_, S> {
+    type Ok = ();
+    type Error = JcsError;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), JcsError> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), JcsError> {
+        self.finish()
+    }
+}
+
+impl<S: Sink> ser::SerializeTupleVariant for Seq<'_, S> {
+    type Ok = ();
+    type Error = JcsError;
+    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), JcsError> {
+        self.element(value)
+    }
+    fn end(self) -> Result<(), JcsError> {
+        self.finish()
+    }
+}
+
+/// An object being written (a map, a struct, a struct variant's fields).
+pub(crate) struct Object<'a, S: Sink> {
+    w: &'a mut Jcs<S>,
+    /// What follows the object's `}` (a struct variant's own `}`).
+    close: &'static [u8],
+}
+
+impl<S: Sink> Object<'_, S> {
+    fn key<T: ?Sized + Serialize>(&mut self, key: &T) -> Result<(), JcsError> {
+        let start = self.w.b.keys.len();
+        key.serialize(KeyWriter {
+            keys: &mut self.w.b.keys,
+        })?;
+        self.w.begin_member(start)
+    }
+    fn value<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), JcsError> {
+        value.serialize(&mut *self.w)?;
+        self.w.end_member()
+    }
+    fn field<T: ?Sized + Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), JcsError> {
+        let start = self.w.b.keys.len();
+        self.w.b.keys.push_str(key);
+        self.w.begin_member(start)?;
+        self.value(value)
+    }
+    fn finish(self) -> Result<(), JcsError> {
+        self.w.close_object()?;
+        self.w.raw(self.close);
+        Ok(())
+    }
+}
+
+impl<S: Sink> ser::SerializeMap for Object<'_, S> {
+    type Ok = ();
+    type Error = JcsError;
+    fn serialize_key<T: ?Sized + Serialize>(&mut self, key: &T) -> Result<(), JcsError> {
+        self.key(key)
+    }
+    fn serialize_value<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), JcsError> {
+        self.value(value)
+    }
+    fn end(self) -> Result<(), JcsError> {
+        self.finish()
+    }
+}
+
+impl<S: Sink> ser::SerializeStructVariant for Object<'_, S> {
+    type Ok = ();
+    type Error = JcsError;
+    fn serialize_field<T: ?Sized + Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), JcsError> {
+        self.field(key, value)
+    }
+    fn end(self) -> Result<(), JcsError> {
+        self.finish()
+    }
+}
+
+/// A struct: an object, or one of serde_json's private number forms.
+pub(crate) enum Struct<'a, S: Sink> {
+    Object(Object<'a, S>),
+    /// `serde_json::Number` under `arbitrary_precision`: its text.
+    Number(&'a mut Jcs<S>),
+    /// `serde_json::value::RawValue`: JSON text to canonicalize.
+    RawValue(&'a mut Jcs<S>),
+}
+
+impl<S: Sink> ser::SerializeStruct for Struct<'_, S> {
+    type Ok = ();
+    type Error = JcsError;
+    fn serialize_field<T: ?Sized + Serialize>(
+        &mut self,
+        key: &'static str,
+        value: &T,
+    ) -> Result<(), JcsError> {
+        match self {
+            Struct::Object(object) => object.field(key, value),
+            Struct::Number(w) => {
+                let text = value.serialize(TextCapture)?;
+                w.write_number_text(&text)
+            }
+            Struct::RawValue(w) => {
+                let text = value.serialize(TextCapture)?;
+                let parsed: serde_json::Value = serde_json::from_str(&text)?;
+                parsed.serialize(&mut **w)
+            }
+        }
+    }
+    fn end(self) -> Result<(), JcsError> {
+        match self {
+            Struct::Object(object) => object.finish(),
+            Struct::Number(_) | Struct::RawValue(_) => Ok(()),
+        }
+    }
+}
+
+fn key_must_be_a_string() -> JcsError {
+    JcsError::custom(
+        "an object key must be a string (or a number, a bool, a char or a unit variant, \
+         written as a string); this one is not",
+    )
+}
+
+/// Writes a map key's text, as serde_json turns keys into strings.
+struct KeyWriter<'k> {
+    keys: &'k mut String,
+}
+
+impl KeyWriter<'_> {
+    fn digits(self, negative: bool, n: u128) -> Result<(), JcsError> {
+        let mut buf = Vec::with_capacity(40);
+        if negative {
+            buf.push(b'-');
+        }
+        write_u128(&mut buf, n);
+        // Only ASCII digits and a minus sign were written.
+        self.keys
+            .push_str(std::str::from_utf8(&buf).map_err(JcsError::custom)?);
+        Ok(())
+    }
+    fn float(self, value: f64) -> Result<(), JcsError> {
+        let mut buf = Vec::with_capacity(32);
+        write_f64(&mut buf, value)?;
+        self.keys
+            .push_str(std::str::from_utf8(&buf).map_err(JcsError::custom)?);
+        Ok(())
+    }
+}
+
+impl ser::Serializer for KeyWriter<'_> {
+    type Ok = ();
+    type Error = JcsError;
+    type SerializeSeq = Impossible<(), JcsError>;
+    type SerializeTuple = Impossible<(), JcsError>;
+    type SerializeTupleStruct = Impossible<(), JcsError>;
+    type SerializeTupleVariant = Impossible<(), JcsError>;
+    type SerializeMap = Impossible<(), JcsError>;
+    type SerializeStruct = Impossible<(), JcsError>;
+    type SerializeStructVariant = Impossible<(), JcsError>;
+
+    fn serialize_str(self, v: &str) -> Result<(), JcsError> {
+        self.keys.push_str(v);
+        Ok(())
+    }
+    fn serialize_char(self, v: char) -> Result<(), JcsError> {
+        self.keys.push(v);
+        Ok(())
+    }
+    fn serialize_bool(self, v: bool) -> Result<(), JcsError> {
+        self.keys.push_str(if v { "true" } else { "false" });
+        Ok(())
+    }
+    fn serialize_i8(self, v: i8) -> Result<(), JcsError> {
+        self.serialize_i128(i128::from(v))
+    }
+    fn serialize_i16(self, v: i16) -> Result<(), JcsError> {
+        self.serialize_i128(i128::from(v))
+    }
+    fn serialize_i32(self, v: i32) -> Result<(), JcsError> {
+        self.serialize_i128(i128::from(v))
+    }
+    fn serialize_i64(self, v: i64) -> Result<(), JcsError> {
+        self.serialize_i128(i128::from(v))
+    }
+    fn serialize_i128(self, v: i128) -> Result<(), JcsError> {
+        self.digits(v < 0, v.unsigned_abs())
+    }
+    fn serialize_u8(self, v: u8) -> Result<(), JcsError> {
+        self.digits(false, u128::from(v))
+    }
+    fn serialize_u16(self, v: u16) -> Result<(), JcsError> {
+        self.digits(false, u128::from(v))
+    }
+    fn serialize_u32(self, v: u32) -> Result<(), JcsError> {
+        self.digits(false, u128::from(v))
+    }
+    fn serialize_u64(self, v: u64) -> Result<(), JcsError> {
+        self.digits(false, u128::from(v))
+    }
+    fn serialize_u128(self, v: u128) -> Result<(), JcsError> {
+        self.digits(false, v)
+    }
+    fn serialize_f32(self, v: f32) -> Result<(), JcsError> {
+        let v = f32_as_f64(v)?;
+        self.float(v)
+    }
+    fn serialize_f64(self, v: f64) -> Result<(), JcsError> {
+        self.float(v)
+    }
+    fn serialize_bytes(self, _v: &[u8]) -> Result<(), JcsError> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_none(self) -> Result<(), JcsError> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_some<T: ?Sized + Serialize>(self, _value: &T) -> Result<(), JcsError> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_unit(self) -> Result<(), JcsError> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<(), JcsError> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        variant: &'static str,
+    ) -> Result<(), JcsError> {
+        self.keys.push_str(variant);
+        Ok(())
+    }
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _name: &'static str,
+        value: &T,
+    ) -> Result<(), JcsError> {
+        value.serialize(self)
+    }
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _value: &T,
+    ) -> Result<(), JcsError> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, JcsError> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_tuple(self, _len: usize) -> Result<Self::SerializeTuple, JcsError> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleStruct, JcsError> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleVariant, JcsError> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, JcsError> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStruct, JcsError> {
+        Err(key_must_be_a_string())
+    }
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStructVariant, JcsError> {
+        Err(key_must_be_a_string())
+    }
+}
+
+/// Reads the string inside serde_json's private number and raw-value
+/// structs.
+struct TextCapture;
+
+fn not_text() -> JcsError {
+    JcsError::custom("serde_json's private number or raw value did not hold text")
+}
+
+impl ser::Serializer for TextCapture {
+    type Ok = String;
+    type Error = JcsError;
+    type SerializeSeq = Impossible<String, JcsError>;
+    type SerializeTuple = Impossible<String, JcsError>;
+    type SerializeTupleStruct = Impossible<String, JcsError>;
+    type SerializeTupleVariant = Impossible<String, JcsError>;
+    type SerializeMap = Impossible<String, JcsError>;
+    type SerializeStruct = Impossible<String, JcsError>;
+    type SerializeStructVariant = Impossible<String, JcsError>;
+
+    fn serialize_str(self, v: &str) -> Result<String, JcsError> {
+        Ok(v.to_owned())
+    }
+    fn serialize_bool(self, _v: bool) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_i64(self, _v: i64) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_u64(self, _v: u64) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_f64(self, _v: f64) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_char(self, _v: char) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_i8(self, _v: i8) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_i16(self, _v: i16) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_i32(self, _v: i32) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_u8(self, _v: u8) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_u16(self, _v: u16) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_u32(self, _v: u32) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_f32(self, _v: f32) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_bytes(self, _v: &[u8]) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_none(self) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_some<T: ?Sized + Serialize>(self, _value: &T) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_unit(self) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_unit_struct(self, _name: &'static str) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_unit_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+    ) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_newtype_struct<T: ?Sized + Serialize>(
+        self,
+        _name: &'static str,
+        _value: &T,
+    ) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_newtype_variant<T: ?Sized + Serialize>(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _value: &T,
+    ) -> Result<String, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_tuple(self, _len: usize) -> Result<Self::SerializeTuple, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_tuple_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleStruct, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_tuple_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeTupleVariant, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_struct(
+        self,
+        _name: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStruct, JcsError> {
+        Err(not_text())
+    }
+    fn serialize_struct_variant(
+        self,
+        _name: &'static str,
+        _index: u32,
+        _variant: &'static str,
+        _len: usize,
+    ) -> Result<Self::SerializeStructVariant, JcsError> {
+        Err(not_text())
+    }
+}
