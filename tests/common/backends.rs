@@ -50,6 +50,21 @@ macro_rules! shared_helpers {
                 .first(self)
         }
 
+        fn set_record_fingerprint(
+            &mut self,
+            namespace: &str,
+            key: &str,
+            fingerprint: &str,
+        ) -> QueryResult<usize> {
+            diesel::update(
+                idempotency_records::table
+                    .filter(idempotency_records::namespace.eq(namespace))
+                    .filter(idempotency_records::key.eq(key)),
+            )
+            .set(idempotency_records::fingerprint.eq(fingerprint))
+            .execute(self)
+        }
+
         fn count_accounts(&mut self) -> QueryResult<i64> {
             diesel::sql_query("SELECT COUNT(*) AS n FROM accounts")
                 .get_result::<Count>(self)

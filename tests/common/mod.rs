@@ -73,6 +73,14 @@ pub trait TestConn: IdempotentConnection + Send {
         namespace: &str,
         key: &str,
     ) -> QueryResult<diesel_idempotent::IdempotencyRecord>;
+    /// Overwrites one record's stored fingerprint (to stage a record an
+    /// earlier scheme wrote).
+    fn set_record_fingerprint(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        fingerprint: &str,
+    ) -> QueryResult<usize>;
     /// Every record's key, sorted.
     fn record_keys(&mut self) -> QueryResult<Vec<String>>;
     /// `accounts (id, customer_id, bank_id)`, unique on (customer_id, bank_id),
@@ -446,6 +454,7 @@ macro_rules! conformance {
             replay_returns_stored_result_without_running_body,
             outcome_tells_replays_apart,
             different_payload_is_a_mismatch,
+            records_of_the_v1_scheme_answer_by_key_until_they_expire,
             invalid_keys_are_rejected_before_the_body,
             body_error_leaves_no_record,
             body_panic_leaves_no_record,

@@ -110,6 +110,64 @@ pub fn different_payload_is_a_mismatch<B: Backend>() {
     assert_eq!(record(&mut conn, "tests.create_payment", "k-3"), before);
 }
 
+/// A record written before fingerprints were RFC 8785 carries a `v1:`
+/// fingerprint: until it expires it replays for its key, whatever the
+/// request, and its body never runs again; after that the key is free and
+/// the new record is `v2:`.
+pub fn records_of_the_v1_scheme_answer_by_key_until_they_expire<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let first = create_payment(
+        &mut conn,
+        &clock,
+        "k-v1",
+        &NewPayment::eur(7),
+        Then::Succeed,
+    )
+    .unwrap();
+    let v1 = format!("v1:{}", "0123456789abcdef".repeat(4));
+    assert_eq!(
+        conn.set_record_fingerprint("tests.create_payment", "k-v1", &v1)
+            .unwrap(),
+        1
+    );
+    let before = record(&mut conn, "tests.create_payment", "k-v1");
+    for request in [NewPayment::eur(7), NewPayment::eur(8)] {
+        let again = create_payment(&mut conn, &clock, "k-v1", &request, Then::Succeed).unwrap();
+        assert_eq!(again, first, "replayed from the v1 record");
+    }
+    assert_eq!(conn.count_payments().unwrap(), 1, "the body ran once");
+    assert_eq!(record(&mut conn, "tests.create_payment", "k-v1"), before);
+
+    clock.advance(Duration::from_secs(3600));
+    let renewed = create_payment(
+        &mut conn,
+        &clock,
+        "k-v1",
+        &NewPayment::eur(9),
+        Then::Succeed,
+    )
+    .unwrap();
+    assert_eq!(renewed.amount, 9);
+    assert_eq!(conn.count_payments().unwrap(), 2);
+    let rec = record(&mut conn, "tests.create_payment", "k-v1");
+    assert!(rec.fingerprint.starts_with("v2:"), "{}", rec.fingerprint);
+    // The renewed record is compared again.
+    let err = create_payment(
+        &mut conn,
+        &clock,
+        "k-v1",
+        &NewPayment::eur(7),
+        Then::Succeed,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(err.idempotency(), Some(Error::PayloadMismatch { .. })),
+        "{err:?}"
+    );
+}
+
 pub fn invalid_keys_are_rejected_before_the_body<B: Backend>() {
     let db = B::fresh();
     let mut conn = db.connect();
