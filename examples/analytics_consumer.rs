@@ -1,5 +1,6 @@
 //! Redelivered click events, counted once: an at-least-once queue, a
-//! consumer that crashes between commit and ack, and `#[idempotent(hash)]`.
+//! consumer that crashes between commit and ack, and an idempotent consumer
+//! keyed by the producer's event id.
 //!
 //! ```text
 //! cargo run --example analytics_consumer
@@ -12,12 +13,32 @@
 //! URL's counter and appends to a click log in one transaction, then, on
 //! some deliveries, crashes before it acks: the queue delivers the event
 //! again. The naive consumer counts it again; the idempotent consumer,
-//! whose key is the event's fingerprint, replays its stored result instead.
+//! `#[idempotent(key = event.event_id, ttl = "7d", name =
+//! "analytics.record_click")]`, replays its stored result instead.
+//!
+//! The shortener stands for another service, in any language: it does not
+//! use this crate. It stamps each event `{"user_id": 42, "url": "...",
+//! "occurred_at": "2026-11-25T10:00:00.250Z"}` with
+//!
+//! ```text
+//! event_id = "v2:" + hex(sha256(jcs([data])))
+//! ```
+//!
+//! the fingerprint scheme `v2`: SHA-256 of the RFC 8785 (JSON
+//! Canonicalization Scheme) bytes of the one-element array holding the
+//! data, in lowercase hex. RFC 8785 fixes every byte (sorted keys, no
+//! whitespace, ECMAScript numbers, minimal string escaping), so every
+//! language with an RFC 8785 library and a SHA-256 gets the same id; here
+//! the producer writes those bytes by hand (`shared/analytics.rs`). Before
+//! consuming, the run checks every id against
+//! `diesel_idempotent::fingerprint(&data)`, the library's own code path,
+//! and fails on any difference.
 //!
 //! SQLite (two files in the temporary directory) is the default. With
 //! `ANALYTICS_DATABASE_URL` set, the run uses that PostgreSQL database, in
 //! the schemas `analytics_naive` and `analytics_idempotent`, which it drops
-//! and recreates. Exits non-zero when the idempotent consumer's counts are
+//! and recreates. Exits non-zero when an event id is not the library's
+//! fingerprint of its data, or when the idempotent consumer's counts are
 //! not exact.
 
 #[path = "shared/analytics.rs"]

@@ -7,18 +7,38 @@
 //! it acks, it sometimes crashes: the effects are committed but the queue
 //! never heard about it, so it delivers the message again.
 //!
+//! The shortener is another service, possibly in another language, that
+//! does not link this crate. It stamps each event with an `event_id`
+//! derived from the event's data by the fingerprint scheme `v2`:
+//!
+//! ```text
+//! event_id = "v2:" + hex(sha256(jcs([data])))
+//! ```
+//!
+//! where `jcs` is RFC 8785, the JSON Canonicalization Scheme (members sorted
+//! by the UTF-16 code units of their keys, no whitespace, ECMAScript number
+//! form, minimal string escaping),
+//! applied to the one-element JSON array holding the event's data. Nothing
+//! else goes into the hash, so any language with a SHA-256 and an RFC 8785
+//! implementation (or, for data this simple, a few lines of its own, as
+//! [`event_id`] is here) computes the same id; it equals
+//! `diesel_idempotent::fingerprint(&data)`. [`run_scenario`] checks that
+//! for every event before it consumes any.
+//!
 //! The same events, with the same crashes at the same deliveries, go to two
 //! consumers, each on a database of its own: a naive one (plain Diesel)
-//! counts every delivery; the `#[idempotent(hash)]` one counts every event
-//! once, because a redelivered event has the same fingerprint and its
-//! stored result is replayed instead of running the body again.
+//! counts every delivery; the `#[idempotent(key = event.event_id)]` one
+//! counts every event once, because a redelivered event carries the same id
+//! and its stored result is replayed instead of running the body again.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, SecondsFormat};
 use diesel::prelude::*;
-use diesel_idempotent::{Fingerprint, IdempotentConnection, Outcome, idempotent};
+use diesel_idempotent::{IdempotentConnection, Outcome, idempotent};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 diesel::table! {
     /// One counter per short URL.
@@ -32,25 +52,45 @@ diesel::table! {
     /// One row per click applied.
     click_log (id) {
         id -> BigInt,
+        event_id -> Text,
         url -> Text,
         user_id -> BigInt,
-        occurred_at_ms -> BigInt,
+        occurred_at -> Text,
     }
 }
 
 /// The namespace of the idempotent consumer's records.
 pub const NAMESPACE: &str = "analytics.record_click";
 
-/// A click on a short URL, as the shortener publishes it.
+/// What happened: a click on a short URL, as the shortener publishes it.
 ///
-/// It carries no event id: the consumer derives the event's identity from
-/// all of its fields. `occurred_at_ms` is unique per event, so a user who
-/// clicks the same link twice produces two distinct events.
+/// As JSON: `{"user_id": 42, "url": "https://sho.rt/a1x9", "occurred_at":
+/// "2026-11-25T10:00:00.250Z"}`. `occurred_at` is RFC 3339 in UTC with
+/// millisecond precision, unique per event, so a user who clicks the same
+/// link twice produces two distinct events (and two distinct ids).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ClickEvent {
+pub struct ClickData {
     pub user_id: i64,
     pub url: String,
-    pub occurred_at_ms: i64,
+    pub occurred_at: String,
+}
+
+/// The message on the queue: the data and the id the shortener derived
+/// from it (see [`event_id`]).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ClickEvent {
+    pub event_id: String,
+    pub data: ClickData,
+}
+
+impl ClickEvent {
+    /// The event the shortener publishes for `data`.
+    pub fn new(data: ClickData) -> Self {
+        ClickEvent {
+            event_id: event_id(&data),
+            data,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +101,97 @@ pub enum AnalyticsError {
     Database(#[from] diesel::result::Error),
     #[error("the producer made two events with one identity: {0:?}")]
     DuplicateEvent(ClickEvent),
+    #[error(
+        "the producer's event id {} is not diesel_idempotent::fingerprint(&data) = {library} \
+         for {:?}",
+        event.event_id,
+        event.data
+    )]
+    EventIdMismatch { event: ClickEvent, library: String },
+}
+
+// The producer's side. This is what the shortener runs; it is written
+// without this crate on purpose, the way another service would write it:
+// the RFC 8785 bytes of `[data]` by hand, SHA-256 from `sha2`, hex.
+
+/// The shortener's id for `data`: `"v2:" + hex(sha256(jcs([data])))`.
+///
+/// Computed here by hand, not by `diesel_idempotent`: the scenario checks
+/// that both agree (and `tests/analytics.rs` checks both against a value
+/// computed by Python's standard library).
+pub fn event_id(data: &ClickData) -> String {
+    let digest = Sha256::digest(canonical_click_array(data));
+    let mut id = String::with_capacity(3 + 64);
+    id.push_str("v2:");
+    for byte in digest {
+        id.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
+        id.push(char::from(b"0123456789abcdef"[usize::from(byte & 0x0f)]));
+    }
+    id
+}
+
+/// One member's value in the hand-made writer: all this shape needs.
+enum Scalar<'a> {
+    Integer(i64),
+    String(&'a str),
+}
+
+/// The RFC 8785 bytes of the one-element array `[data]`, written by hand
+/// for this fixed shape: an array holding one object whose members are
+/// sorted by the UTF-16 code units of their keys (`occurred_at`, `url`,
+/// `user_id`), with no whitespace.
+///
+/// The integer is written as its decimal digits, which is what RFC 8785
+/// writes for every integer inside ±2^53 (user ids are far inside it).
+pub fn canonical_click_array(data: &ClickData) -> Vec<u8> {
+    let mut members = [
+        ("user_id", Scalar::Integer(data.user_id)),
+        ("url", Scalar::String(&data.url)),
+        ("occurred_at", Scalar::String(&data.occurred_at)),
+    ];
+    members.sort_by(|(a, _), (b, _)| a.encode_utf16().cmp(b.encode_utf16()));
+
+    let mut out = Vec::with_capacity(64 + data.url.len() + data.occurred_at.len());
+    out.extend_from_slice(b"[{");
+    for (i, (key, value)) in members.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_string(&mut out, key);
+        out.push(b':');
+        match value {
+            Scalar::Integer(n) => out.extend_from_slice(n.to_string().as_bytes()),
+            Scalar::String(s) => write_json_string(&mut out, s),
+        }
+    }
+    out.extend_from_slice(b"}]");
+    out
+}
+
+/// A JSON string as RFC 8785 writes it: `"` and `\` escaped, the control
+/// characters U+0000 to U+001F as `\b \t \n \f \r` or else `\u00xx` (lower
+/// case hex), every other character as its UTF-8 bytes, unescaped.
+fn write_json_string(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for c in s.chars() {
+        match c {
+            '"' => out.extend_from_slice(b"\\\""),
+            '\\' => out.extend_from_slice(b"\\\\"),
+            '\u{8}' => out.extend_from_slice(b"\\b"),
+            '\t' => out.extend_from_slice(b"\\t"),
+            '\n' => out.extend_from_slice(b"\\n"),
+            '\u{c}' => out.extend_from_slice(b"\\f"),
+            '\r' => out.extend_from_slice(b"\\r"),
+            '\0'..='\u{1f}' => {
+                out.extend_from_slice(format!("\\u{:04x}", u32::from(c)).as_bytes());
+            }
+            _ => {
+                let mut utf8 = [0; 4];
+                out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+            }
+        }
+    }
+    out.push(b'"');
 }
 
 /// What the consumers need from a connection, beyond the record table.
@@ -91,17 +222,19 @@ macro_rules! analytics_store {
             }
 
             fn apply_click(&mut self, event: &ClickEvent) -> QueryResult<()> {
+                let data = &event.data;
                 diesel::insert_into(url_stats::table)
-                    .values((url_stats::url.eq(&event.url), url_stats::clicks.eq(1_i64)))
+                    .values((url_stats::url.eq(&data.url), url_stats::clicks.eq(1_i64)))
                     .on_conflict(url_stats::url)
                     .do_update()
                     .set(url_stats::clicks.eq(url_stats::clicks + 1_i64))
                     .execute(self)?;
                 diesel::insert_into(click_log::table)
                     .values((
-                        click_log::url.eq(&event.url),
-                        click_log::user_id.eq(event.user_id),
-                        click_log::occurred_at_ms.eq(event.occurred_at_ms),
+                        click_log::event_id.eq(&event.event_id),
+                        click_log::url.eq(&data.url),
+                        click_log::user_id.eq(data.user_id),
+                        click_log::occurred_at.eq(&data.occurred_at),
                     ))
                     .execute(self)
                     .map(drop)
@@ -131,15 +264,15 @@ macro_rules! analytics_store {
 #[cfg(feature = "sqlite")]
 analytics_store!(
     SqliteConnection,
-    "CREATE TABLE click_log (id INTEGER PRIMARY KEY AUTOINCREMENT, url TEXT NOT NULL, \
-     user_id BIGINT NOT NULL, occurred_at_ms BIGINT NOT NULL)"
+    "CREATE TABLE click_log (id INTEGER PRIMARY KEY AUTOINCREMENT, event_id TEXT NOT NULL, \
+     url TEXT NOT NULL, user_id BIGINT NOT NULL, occurred_at TEXT NOT NULL)"
 );
 
 #[cfg(feature = "postgres")]
 analytics_store!(
     PgConnection,
-    "CREATE TABLE click_log (id BIGSERIAL PRIMARY KEY, url TEXT NOT NULL, \
-     user_id BIGINT NOT NULL, occurred_at_ms BIGINT NOT NULL)"
+    "CREATE TABLE click_log (id BIGSERIAL PRIMARY KEY, event_id TEXT NOT NULL, \
+     url TEXT NOT NULL, user_id BIGINT NOT NULL, occurred_at TEXT NOT NULL)"
 );
 
 /// Creates the record table and the analytics tables in an empty database.
@@ -159,9 +292,11 @@ pub fn record_click_naive<C: AnalyticsStore>(
     Ok(())
 }
 
-/// The idempotent consumer: the same body; the event's fingerprint is the
-/// key, so a redelivered event replays the stored result.
-#[idempotent(hash, ttl = "7d", name = "analytics.record_click")]
+/// The idempotent consumer: the same body; the producer's `event_id` is the
+/// key, so a redelivered event replays the stored result. The event itself
+/// is the call's fingerprint: an id that came back with other data would be
+/// refused (`PayloadMismatch`), not replayed.
+#[idempotent(key = event.event_id, ttl = "7d", name = "analytics.record_click")]
 pub fn record_click<C: AnalyticsStore>(
     conn: &mut C,
     event: &ClickEvent,
@@ -285,22 +420,29 @@ const SHORT_CODES: [&str; 24] = [
     "m3Ug", "n0Ek", "o5Tw", "p8Qa", "q2Zl", "r6Bx", "s4Nf", "t9Mi", "u1Go", "v7Sh", "w3Cy", "x0Vj",
 ];
 
+/// 2026-11-25T10:00:00Z, in milliseconds since the Unix epoch.
+const FIRST_CLICK_MS: i64 = 1_795_600_800_000;
+
 /// The shortener's clicks: popular links get more of them, a few hundred
-/// users click, and every event has its own `occurred_at_ms`.
+/// users click, and every event has its own `occurred_at` (the clock moves
+/// on by at least a millisecond per click), and its own [`event_id`].
 pub fn produce(scenario: &Scenario) -> Vec<ClickEvent> {
     let mut rng = SplitMix64::new(scenario.seed);
     let codes = SHORT_CODES.len() as u64;
-    let mut at_ms: i64 = 1_780_000_000_000;
+    let mut at_ms = FIRST_CLICK_MS;
     (0..scenario.events)
         .map(|_| {
             // The smaller of two draws: low indexes are the popular links.
             let code = rng.below(codes).min(rng.below(codes)) as usize;
             at_ms += 1 + rng.below(250) as i64;
-            ClickEvent {
+            let occurred_at = DateTime::from_timestamp_millis(at_ms)
+                .expect("a timestamp in range")
+                .to_rfc3339_opts(SecondsFormat::Millis, true);
+            ClickEvent::new(ClickData {
                 user_id: 1 + rng.below(300) as i64,
                 url: format!("https://sho.rt/{}", SHORT_CODES[code]),
-                occurred_at_ms: at_ms,
-            }
+                occurred_at,
+            })
         })
         .collect()
 }
@@ -336,6 +478,9 @@ pub struct UrlMismatch {
 #[derive(Debug, Clone)]
 pub struct Report {
     pub events_produced: u64,
+    /// Events whose producer-made `event_id` was checked to equal
+    /// `diesel_idempotent::fingerprint(&data)` (and to be unique).
+    pub ids_verified: u64,
     pub distinct_urls: usize,
     /// Events whose (user, url) pair an earlier event already had: distinct
     /// clicks that a key of `(user_id, url)` alone would wrongly merge.
@@ -373,6 +518,12 @@ impl Report {
         let events = self.events_produced as i64;
         let run = &self.idempotent;
         let mut problems = Vec::new();
+        if self.ids_verified != self.events_produced {
+            problems.push(format!(
+                "{} of {} event ids checked against the library",
+                self.ids_verified, self.events_produced
+            ));
+        }
         if run.total_clicks != events {
             problems.push(format!(
                 "idempotent total {} != {events} events",
@@ -471,6 +622,28 @@ where
     })
 }
 
+/// Checks the producer's ids before anything is consumed: each must be
+/// `diesel_idempotent::fingerprint(&data)`, the library's code path for the
+/// same scheme ([`AnalyticsError::EventIdMismatch`] otherwise), and distinct
+/// events must never share one, since it is the consumer's key
+/// ([`AnalyticsError::DuplicateEvent`]). Returns how many ids it checked.
+pub fn check_event_ids(events: &[ClickEvent]) -> Result<u64, AnalyticsError> {
+    let mut ids = HashSet::with_capacity(events.len());
+    for event in events {
+        let library = diesel_idempotent::fingerprint(&event.data)?;
+        if library.as_str() != event.event_id {
+            return Err(AnalyticsError::EventIdMismatch {
+                event: event.clone(),
+                library: library.to_string(),
+            });
+        }
+        if !ids.insert(event.event_id.as_str()) {
+            return Err(AnalyticsError::DuplicateEvent(event.clone()));
+        }
+    }
+    Ok(ids.len() as u64)
+}
+
 /// Produces the events and runs both consumers over them: the naive one on
 /// `naive_db`, the idempotent one on `idempotent_db`. Both databases must
 /// be empty; [`setup`] is run on each.
@@ -481,21 +654,15 @@ pub fn run_scenario<C: AnalyticsStore>(
 ) -> Result<Report, AnalyticsError> {
     let events = produce(scenario);
 
-    // Distinct clicks must never share a key: check the producer's events
-    // against the key `#[idempotent(hash)]` derives from them.
-    let mut keys = HashSet::with_capacity(events.len());
+    let ids_verified = check_event_ids(&events)?;
     let mut pairs = HashSet::with_capacity(events.len());
     let mut repeat_clicks = 0;
     let mut expected: BTreeMap<String, i64> = BTreeMap::new();
-    for event in &events {
-        let key = Fingerprint::builder().arg(event).finish()?;
-        if !keys.insert(key.as_str().to_owned()) {
-            return Err(AnalyticsError::DuplicateEvent(event.clone()));
-        }
-        if !pairs.insert((event.user_id, event.url.as_str())) {
+    for ClickEvent { data, .. } in &events {
+        if !pairs.insert((data.user_id, data.url.as_str())) {
             repeat_clicks += 1;
         }
-        *expected.entry(event.url.clone()).or_default() += 1;
+        *expected.entry(data.url.clone()).or_default() += 1;
     }
 
     setup(naive_db)?;
@@ -509,6 +676,7 @@ pub fn run_scenario<C: AnalyticsStore>(
 
     Ok(Report {
         events_produced: scenario.events,
+        ids_verified,
         distinct_urls: expected.len(),
         repeat_clicks,
         expected,
@@ -523,6 +691,11 @@ pub fn print_report(report: &Report) {
     println!(
         "events produced:    {} clicks on {} short URLs ({} repeat an earlier user+URL pair)",
         report.events_produced, report.distinct_urls, report.repeat_clicks
+    );
+    println!(
+        "event ids:          {} made by the producer by hand, each equal to \
+         diesel_idempotent::fingerprint(&data), none shared",
+        report.ids_verified
     );
     println!(
         "deliveries:         {} ({} redeliveries after {} crashes between commit and ack; \
