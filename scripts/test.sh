@@ -6,7 +6,8 @@
 # from source by the `libsqlite3-sys` dev-dependency), starts an
 # ephemeral PostgreSQL and an ephemeral MariaDB on free loopback ports in
 # temporary directories (as the `postgres` and `mysql` users when run as
-# root), runs `cargo test` for the workspace with all features, and stops
+# root), runs `cargo test` for the workspace with all features and the
+# fingerprint compatibility job (scripts/fingerprint-compat.sh), and stops
 # the servers. Set DIESEL_IDEMPOTENT_PG_URL / DIESEL_IDEMPOTENT_MYSQL_URL to
 # use servers of your own instead; the tests create and drop one database
 # each on them.
@@ -127,6 +128,9 @@ fi
 
 log "cargo test --workspace --all-features $*"
 cargo test --workspace --all-features "$@"
+
+log "fingerprints: serde_json feature matrix and the lowest dependency versions"
+./scripts/fingerprint-compat.sh
 
 log "cargo bench --no-run (the benches build, so they never rot)"
 cargo bench --no-run --all-features
