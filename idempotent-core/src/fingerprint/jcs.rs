@@ -49,9 +49,8 @@ const SERDE_JSON_RAW_VALUE: &str = "$serde_json::private::RawValue";
 struct Member {
     key_start: usize,
     key_end: usize,
-    /// The key has a character at or above U+E000, where UTF-8 and UTF-16
-    /// order can differ.
-    high: bool,
+    /// The key is a struct field's name (then it is not copied to `keys`).
+    field: Option<&'static str>,
     start: usize,
     end: usize,
 }
@@ -75,6 +74,8 @@ struct Buffers {
     frames: Vec<Frame>,
     scratch: Vec<u8>,
     order: Vec<usize>,
+    /// Kept between fingerprints: the orders of struct fields seen.
+    known: Vec<KnownOrder>,
 }
 
 thread_local! {
@@ -185,8 +186,13 @@ impl<S: Sink> Jcs<S> {
         });
     }
 
-    /// Writes a member's key (already in `keys` from `key_start`) and colon.
-    fn begin_member(&mut self, key_start: usize) -> Result<(), JcsError> {
+    /// Writes a member's key and colon: a struct field's name, or the key
+    /// written to `keys` from `key_start`.
+    fn begin_member(
+        &mut self,
+        key_start: usize,
+        field: Option<&'static str>,
+    ) -> Result<(), JcsError> {
         let b = &mut *self.b;
         let Some(frame) = b.frames.last_mut() else {
             return Err(JcsError::custom("a map value came without an open map"));
@@ -194,15 +200,14 @@ impl<S: Sink> Jcs<S> {
         if b.members.len() > frame.first_member {
             b.buf.push(b',');
         }
-        let key = &b.keys[key_start..];
         frame.pending = Some(Member {
             key_start,
             key_end: b.keys.len(),
-            high: key.bytes().any(|byte| byte >= 0xEE),
+            field,
             start: b.buf.len(),
             end: 0,
         });
-        write_string(&mut b.buf, key);
+        write_string(&mut b.buf, field.unwrap_or(&b.keys[key_start..]));
         b.buf.push(b':');
         Ok(())
     }
@@ -227,34 +232,37 @@ impl<S: Sink> Jcs<S> {
             return Err(JcsError::custom("a map key came without its value"));
         }
         let members = &b.members[frame.first_member..];
-        let keys = b.keys.as_str();
-        let key = |m: &Member| &keys[m.key_start..m.key_end];
-        let cmp = |x: &Member, y: &Member| {
-            if x.high || y.high {
-                utf16_cmp(key(x), key(y))
-            } else {
-                key(x).as_bytes().cmp(key(y).as_bytes())
+        // A struct's fields come in the same order every time: their order
+        // is worked out once per thread and field list.
+        let known = if members.len() > 1 && members.iter().all(|m| m.field.is_some()) {
+            b.known.iter().find(|k| k.matches(members))
+        } else {
+            None
+        };
+        let in_order = match known {
+            Some(known) => match &known.order {
+                None => true,
+                Some(order) => {
+                    b.order.clear();
+                    b.order.extend_from_slice(order);
+                    false
+                }
+            },
+            None => {
+                let in_order = sort_members(members, &b.keys, &mut b.order)?;
+                if members.len() > 1 && members.iter().all(|m| m.field.is_some()) {
+                    if b.known.len() >= KNOWN_ORDERS {
+                        b.known.clear();
+                    }
+                    b.known.push(KnownOrder {
+                        fields: members.iter().filter_map(|m| m.field).collect(),
+                        order: (!in_order).then(|| b.order.clone()),
+                    });
+                }
+                in_order
             }
         };
-        let mut in_order = true;
-        for pair in members.windows(2) {
-            match cmp(&pair[0], &pair[1]) {
-                Ordering::Less => {}
-                Ordering::Equal => return Err(duplicate_key(key(&pair[0]))),
-                Ordering::Greater => in_order = false,
-            }
-        }
         if !in_order {
-            b.order.clear();
-            b.order.extend(0..members.len());
-            b.order
-                .sort_unstable_by(|&x, &y| cmp(&members[x], &members[y]));
-            for pair in b.order.windows(2) {
-                let (x, y) = (key(&members[pair[0]]), key(&members[pair[1]]));
-                if x == y {
-                    return Err(duplicate_key(x));
-                }
-            }
             b.scratch.clear();
             b.scratch.extend_from_slice(&b.buf[frame.body_start..]);
             b.buf.truncate(frame.body_start);
@@ -304,6 +312,90 @@ impl<S: Sink> Jcs<S> {
             ))),
         }
     }
+}
+
+/// How many struct field orders each thread remembers.
+const KNOWN_ORDERS: usize = 64;
+
+/// The JCS order of one struct's field list, by the fields' addresses: the
+/// same `&'static str`s in the same sequence are the same keys.
+struct KnownOrder {
+    fields: Vec<&'static str>,
+    /// `None` when the fields already come in JCS order.
+    order: Option<Vec<usize>>,
+}
+
+impl KnownOrder {
+    fn matches(&self, members: &[Member]) -> bool {
+        self.fields.len() == members.len()
+            && self.fields.iter().zip(members).all(|(field, m)| {
+                m.field.is_some_and(|f| {
+                    std::ptr::eq(f.as_ptr(), field.as_ptr()) && f.len() == field.len()
+                })
+            })
+    }
+}
+
+/// Checks that the keys of `members` are distinct and puts their JCS order
+/// into `order`; says whether they already were in it.
+fn sort_members(members: &[Member], keys: &str, order: &mut Vec<usize>) -> Result<bool, JcsError> {
+    let key = |m: &Member| m.field.unwrap_or(&keys[m.key_start..m.key_end]);
+    // Keys with a character at or above U+E000, where UTF-8 and UTF-16
+    // order can differ, are compared the slow way.
+    let any_high = members
+        .iter()
+        .any(|m| key(m).bytes().any(|byte| byte >= 0xEE));
+    let cmp = |x: &Member, y: &Member| {
+        if any_high {
+            utf16_cmp(key(x), key(y))
+        } else {
+            bytes_cmp(key(x).as_bytes(), key(y).as_bytes())
+        }
+    };
+    let mut in_order = true;
+    for pair in members.windows(2) {
+        match cmp(&pair[0], &pair[1]) {
+            Ordering::Less => {}
+            Ordering::Equal => return Err(duplicate_key(key(&pair[0]))),
+            Ordering::Greater => in_order = false,
+        }
+    }
+    if in_order {
+        return Ok(true);
+    }
+    order.clear();
+    order.extend(0..members.len());
+    if members.len() <= 16 {
+        // A struct's handful of fields: insertion sort, no calls.
+        for i in 1..order.len() {
+            let mut j = i;
+            while j > 0 && cmp(&members[order[j - 1]], &members[order[j]]).is_gt() {
+                order.swap(j - 1, j);
+                j -= 1;
+            }
+        }
+    } else {
+        order.sort_unstable_by(|&x, &y| cmp(&members[x], &members[y]));
+    }
+    for pair in order.windows(2) {
+        let (x, y) = (key(&members[pair[0]]), key(&members[pair[1]]));
+        if x == y {
+            return Err(duplicate_key(x));
+        }
+    }
+    Ok(false)
+}
+
+/// Byte order of two short keys, inline (keys usually differ early, where
+/// a call to `memcmp` costs more than the comparison).
+#[inline]
+fn bytes_cmp(a: &[u8], b: &[u8]) -> Ordering {
+    for (x, y) in a.iter().zip(b) {
+        if x != y {
+            return x.cmp(y);
+        }
+    }
+    a.len().cmp(&b.len())
 }
 
 /// Compares two strings by their UTF-16 code units, as RFC 8785 sorts keys.
@@ -782,7 +874,7 @@ impl<S: Sink> Object<'_, S> {
         key.serialize(KeyWriter {
             keys: &mut self.w.b.keys,
         })?;
-        self.w.begin_member(start)
+        self.w.begin_member(start, None)
     }
     fn value<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), JcsError> {
         value.serialize(&mut *self.w)?;
@@ -794,8 +886,7 @@ impl<S: Sink> Object<'_, S> {
         value: &T,
     ) -> Result<(), JcsError> {
         let start = self.w.b.keys.len();
-        self.w.b.keys.push_str(key);
-        self.w.begin_member(start)?;
+        self.w.begin_member(start, Some(key))?;
         self.value(value)
     }
     fn finish(self) -> Result<(), JcsError> {

@@ -383,6 +383,65 @@ mod tests {
     }
 
     #[test]
+    fn struct_field_orders_are_remembered_per_field_list() {
+        #[derive(Serialize)]
+        struct Line {
+            sku: &'static str,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            note: Option<&'static str>,
+            amount: i64,
+        }
+        #[derive(Serialize)]
+        struct Sorted {
+            amount: i64,
+            note: Option<&'static str>,
+            sku: &'static str,
+        }
+        // Same names, another order: the same object.
+        #[derive(Serialize)]
+        struct Other {
+            note: Option<&'static str>,
+            amount: i64,
+            sku: &'static str,
+        }
+        let with_note = Line {
+            sku: "a",
+            note: Some("n"),
+            amount: 1,
+        };
+        let without = Line {
+            sku: "a",
+            note: None,
+            amount: 1,
+        };
+        for _ in 0..3 {
+            assert_eq!(text(&with_note), r#"{"amount":1,"note":"n","sku":"a"}"#);
+            assert_eq!(text(&without), r#"{"amount":1,"sku":"a"}"#);
+            assert_eq!(
+                text(&Sorted {
+                    amount: 1,
+                    note: Some("n"),
+                    sku: "a"
+                }),
+                r#"{"amount":1,"note":"n","sku":"a"}"#
+            );
+            assert_eq!(
+                text(&Other {
+                    note: None,
+                    amount: 2,
+                    sku: "b"
+                }),
+                r#"{"amount":2,"note":null,"sku":"b"}"#
+            );
+            assert_eq!(
+                Fingerprint::of(&with_note).unwrap(),
+                Fingerprint::of(&serde_json::json!({"sku": "a", "note": "n", "amount": 1}))
+                    .unwrap()
+            );
+        }
+    }
+
+    #[test]
     fn long_arrays_stream_in_pieces_with_the_same_digest() {
         let long: Vec<String> = (0..5000).map(|i| format!("item {i}")).collect();
         let mut expected = b"[".to_vec();
