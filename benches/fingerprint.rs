@@ -69,7 +69,9 @@ fn lines(bytes: usize) -> Vec<Line> {
             tags: ["gift", "express", "fragile"][..(i % 4) as usize].to_vec(),
             customer_id: 1_000_000 + u64::from(i % 331),
             amount_cents: -i64::from(i % 5) * 100 + 25_000,
-            note: i.is_multiple_of(3).then(|| format!("deliver after {} pm", i % 12)),
+            note: i
+                .is_multiple_of(3)
+                .then(|| format!("deliver after {} pm", i % 12)),
         };
         size += serde_json::to_vec(&line).expect("a line serializes").len() + 1;
         lines.push(line);

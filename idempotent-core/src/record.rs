@@ -13,7 +13,8 @@ diesel::table! {
         scope -> Text,
         /// The idempotency key.
         key -> Text,
-        /// `v1:` and the SHA-256 of the canonical arguments.
+        /// `v2:` and the SHA-256 of the arguments' RFC 8785 form (records
+        /// written before scheme `v2` hold `v1:`).
         fingerprint -> Text,
         /// The body's `Ok` value as JSON; NULL while the first call runs.
         response -> Nullable<Text>,
@@ -34,7 +35,8 @@ pub struct IdempotencyRecord {
     pub scope: String,
     /// The idempotency key.
     pub key: String,
-    /// `v1:` and the SHA-256 of the canonical arguments.
+    /// `v2:` and the SHA-256 of the arguments' RFC 8785 form (`v1:` in
+    /// records written before scheme `v2`).
     pub fingerprint: String,
     /// The stored JSON result; `None` while the first call has not committed.
     pub response: Option<String>,

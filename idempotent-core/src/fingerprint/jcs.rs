@@ -103,7 +103,12 @@ impl Pooled {
 impl Drop for Pooled {
     fn drop(&mut self) {
         let b = &mut *self.0;
-        if b.buf.capacity().max(b.scratch.capacity()) > KEEP_AT_MOST {
+        let held = b.buf.capacity()
+            + b.scratch.capacity()
+            + b.keys.capacity()
+            + b.members.capacity() * std::mem::size_of::<Member>()
+            + b.order.capacity() * std::mem::size_of::<usize>();
+        if held > KEEP_AT_MOST {
             return;
         }
         b.buf.clear();
@@ -165,6 +170,18 @@ impl<S: Sink> Jcs<S> {
         let Jcs { b, mut sink } = self;
         sink.write(&b.buf);
         sink
+    }
+
+    /// Fails when a value returned `Ok` with an object still open (a
+    /// `Serialize` impl that swallowed an error half-way).
+    pub(crate) fn check_closed(&self) -> Result<(), JcsError> {
+        if self.b.frames.is_empty() {
+            Ok(())
+        } else {
+            Err(JcsError::custom(
+                "the value's Serialize impl returned Ok with a map still open",
+            ))
+        }
     }
 
     /// Forgets a value that failed half-way (the caller reports the error
@@ -950,8 +967,8 @@ impl<S: Sink> ser::SerializeStruct for Struct<'_, S> {
             }
             Struct::RawValue(w) => {
                 let text = value.serialize(TextCapture)?;
-                let parsed: serde_json::Value = serde_json::from_str(&text)?;
-                parsed.serialize(&mut **w)
+                let parsed: RawJson = serde_json::from_str(&text)?;
+                parsed.write(w)
             }
         }
     }
@@ -959,6 +976,114 @@ impl<S: Sink> ser::SerializeStruct for Struct<'_, S> {
         match self {
             Struct::Object(object) => object.finish(),
             Struct::Number(_) | Struct::RawValue(_) => Ok(()),
+        }
+    }
+}
+
+/// JSON text parsed for canonicalization with every member kept, so that a
+/// key given twice is reported instead of the last one silently winning (as
+/// in a `serde_json::Value`).
+enum RawJson {
+    Null,
+    Bool(bool),
+    Number(serde_json::Number),
+    /// A number under serde_json's `arbitrary_precision`: its text.
+    NumberText(String),
+    String(String),
+    Array(Vec<RawJson>),
+    Object(Vec<(String, RawJson)>),
+}
+
+impl<'de> serde::Deserialize<'de> for RawJson {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(RawJsonVisitor)
+    }
+}
+
+struct RawJsonVisitor;
+
+impl<'de> serde::de::Visitor<'de> for RawJsonVisitor {
+    type Value = RawJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_unit<E>(self) -> Result<RawJson, E> {
+        Ok(RawJson::Null)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<RawJson, E> {
+        Ok(RawJson::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<RawJson, E> {
+        Ok(RawJson::Number(v.into()))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<RawJson, E> {
+        Ok(RawJson::Number(v.into()))
+    }
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<RawJson, E> {
+        serde_json::Number::from_f64(v)
+            .map(RawJson::Number)
+            .ok_or_else(|| E::custom("a JSON number out of range"))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<RawJson, E> {
+        Ok(RawJson::String(v.to_owned()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<RawJson, E> {
+        Ok(RawJson::String(v))
+    }
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<RawJson, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element()? {
+            items.push(item);
+        }
+        Ok(RawJson::Array(items))
+    }
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<RawJson, A::Error> {
+        // serde_json hands an `arbitrary_precision` number over as a map
+        // with one private key; `Number` reads it back from its text.
+        let mut members = Vec::new();
+        while let Some(key) = map.next_key::<String>()? {
+            if key == SERDE_JSON_NUMBER {
+                return Ok(RawJson::NumberText(map.next_value()?));
+            }
+            members.push((key, map.next_value()?));
+        }
+        Ok(RawJson::Object(members))
+    }
+}
+
+impl RawJson {
+    /// Writes this value as JCS (a key given twice is an error there).
+    fn write<S: Sink>(&self, w: &mut Jcs<S>) -> Result<(), JcsError> {
+        use ser::Serializer as _;
+        match self {
+            RawJson::Null => w.serialize_unit(),
+            RawJson::Bool(v) => w.serialize_bool(*v),
+            RawJson::Number(n) => n.serialize(w),
+            RawJson::NumberText(text) => w.write_number_text(text),
+            RawJson::String(v) => w.serialize_str(v),
+            RawJson::Array(items) => {
+                w.raw(b"[");
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        w.raw(b",");
+                    }
+                    item.write(w)?;
+                }
+                w.raw(b"]");
+                Ok(())
+            }
+            RawJson::Object(members) => {
+                w.open_object();
+                for (key, value) in members {
+                    let start = w.b.keys.len();
+                    w.b.keys.push_str(key);
+                    w.begin_member(start, None)?;
+                    value.write(w)?;
+                    w.end_member()?;
+                }
+                w.close_object()
+            }
         }
     }
 }
@@ -987,13 +1112,15 @@ impl KeyWriter<'_> {
             .push_str(std::str::from_utf8(&buf).map_err(JcsError::custom)?);
         Ok(())
     }
-    fn float(self, value: f64) -> Result<(), JcsError> {
-        let mut buf = Vec::with_capacity(32);
-        write_f64(&mut buf, value)?;
-        self.keys
-            .push_str(std::str::from_utf8(&buf).map_err(JcsError::custom)?);
-        Ok(())
-    }
+}
+
+/// Float map keys are refused: the string serde_json makes of one (`"1.0"`)
+/// is its own formatter's choice, which has changed between versions, so it
+/// cannot be part of a fingerprint that must not change.
+fn float_key() -> JcsError {
+    JcsError::custom(
+        "a float map key has no canonical string form; key the map by strings or integers",
+    )
 }
 
 impl ser::Serializer for KeyWriter<'_> {
@@ -1049,12 +1176,11 @@ impl ser::Serializer for KeyWriter<'_> {
     fn serialize_u128(self, v: u128) -> Result<(), JcsError> {
         self.digits(false, v)
     }
-    fn serialize_f32(self, v: f32) -> Result<(), JcsError> {
-        let v = f32_as_f64(v)?;
-        self.float(v)
+    fn serialize_f32(self, _v: f32) -> Result<(), JcsError> {
+        Err(float_key())
     }
-    fn serialize_f64(self, v: f64) -> Result<(), JcsError> {
-        self.float(v)
+    fn serialize_f64(self, _v: f64) -> Result<(), JcsError> {
+        Err(float_key())
     }
     fn serialize_bytes(self, _v: &[u8]) -> Result<(), JcsError> {
         Err(key_must_be_a_string())

@@ -11,7 +11,6 @@ use crate::Error;
 mod jcs;
 
 use jcs::Jcs;
-#[cfg(test)]
 use jcs::utf16_cmp;
 
 /// The prefix of every fingerprint this version writes.
@@ -55,8 +54,17 @@ pub(crate) const SCHEME: &str = "v2";
 /// (`2^53 + 1` stays `9007199254740993`).
 ///
 /// NaN and the infinities have no JSON form: fingerprinting one fails with
-/// [`Error::Serialization`]. So do maps whose keys are not strings, numbers,
-/// bools, chars or unit variants.
+/// [`Error::Serialization`]. So do maps whose keys are not strings,
+/// integers, bools, chars or unit variants (a float key's string would be
+/// serde_json's formatting choice, so it is refused too).
+///
+/// The integer extension is about Rust integer types. A float is always a
+/// double in ECMAScript form, so a float beyond 2^53 may print as the
+/// digits of a nearby integer (`2^60 as f64` is `1152921504606847000`). A
+/// `serde_json::Value` or `RawValue` parsed from text holds what serde_json
+/// parsed: an integer beyond the 64-bit range is a double there, unless
+/// serde_json's `arbitrary_precision` is on, when it stays exact; so for
+/// such values, and only those, that feature changes the fingerprint.
 ///
 /// The bytes come from this crate alone: the float digits from an
 /// implementation of the ECMAScript algorithm (`ryu-js`), never from
@@ -157,7 +165,10 @@ impl FingerprintBuilder {
             self.jcs.raw(b",");
         }
         self.count += 1;
-        match value.serialize(&mut self.jcs) {
+        match value
+            .serialize(&mut self.jcs)
+            .and_then(|()| self.jcs.check_closed())
+        {
             Ok(()) => self.jcs.maybe_flush(),
             Err(e) => {
                 self.jcs.abandon();
@@ -197,13 +208,61 @@ impl FingerprintBuilder {
 /// (the fingerprint of `v` hashes `[` + `canonical_json(&v)` + `]`).
 pub fn canonical_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error> {
     let mut jcs = Jcs::new(Vec::new());
-    match value.serialize(&mut jcs) {
+    match value.serialize(&mut jcs).and_then(|()| jcs.check_closed()) {
         Ok(()) => Ok(jcs.into_sink()),
-        Err(source) => Err(Error::Serialization {
-            what: "a value for its canonical JSON",
-            source,
-        }),
+        Err(source) => {
+            jcs.abandon();
+            Err(Error::Serialization {
+                what: "a value",
+                source,
+            })
+        }
     }
+}
+
+/// A `serde_json::Value` in canonical form even where RFC 8785 has none (a
+/// number out of the double range under serde_json's `arbitrary_precision`,
+/// written as its text): members sorted as in JCS, so the bytes still do
+/// not depend on member order. Only for keys derived from a body that
+/// [`canonical_json`] refuses.
+pub(crate) fn canonical_json_lenient(value: &serde_json::Value) -> Vec<u8> {
+    fn write(out: &mut Vec<u8>, value: &serde_json::Value) {
+        use serde_json::Value;
+        match value {
+            Value::Array(items) => {
+                out.push(b'[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    write(out, item);
+                }
+                out.push(b']');
+            }
+            Value::Object(members) => {
+                let mut members: Vec<_> = members.iter().collect();
+                members.sort_unstable_by(|a, b| utf16_cmp(a.0, b.0));
+                out.push(b'{');
+                for (i, (key, item)) in members.into_iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    jcs::write_string(out, key);
+                    out.push(b':');
+                    write(out, item);
+                }
+                out.push(b'}');
+            }
+            Value::String(text) => jcs::write_string(out, text),
+            other => match canonical_json(other) {
+                Ok(bytes) => out.extend_from_slice(&bytes),
+                Err(_) => out.extend_from_slice(other.to_string().as_bytes()),
+            },
+        }
+    }
+    let mut out = Vec::new();
+    write(&mut out, value);
+    out
 }
 
 fn hex_digit(nibble: u8) -> char {
@@ -439,6 +498,200 @@ mod tests {
                     .unwrap()
             );
         }
+    }
+
+    /// Emits the given entries as one map, keys as they come.
+    struct Entries(Vec<(&'static str, i64)>);
+
+    impl Serialize for Entries {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeMap;
+            let mut map = serializer.serialize_map(Some(self.0.len()))?;
+            for (k, v) in &self.0 {
+                map.serialize_entry(k, v)?;
+            }
+            map.end()
+        }
+    }
+
+    #[test]
+    fn keys_given_twice_are_errors_wherever_they_are() {
+        for entries in [
+            vec![("b", 1), ("a", 2), ("b", 3)],
+            vec![("a", 1), ("c", 2), ("b", 3), ("a", 4)],
+            vec![("x", 1), ("x", 1)],
+        ] {
+            let err = canonical_json(&Entries(entries.clone())).unwrap_err();
+            assert!(err.to_string().contains("twice"), "{entries:?}: {err}");
+            assert!(Fingerprint::of(&Entries(entries)).is_err());
+        }
+        assert_eq!(
+            text(&Entries(vec![("b", 1), ("a", 2), ("c", 3)])),
+            r#"{"a":2,"b":1,"c":3}"#
+        );
+    }
+
+    #[test]
+    fn float_map_keys_are_refused() {
+        struct FloatKey(f64);
+        impl Serialize for FloatKey {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let mut map = serializer.serialize_map(Some(1))?;
+                map.serialize_entry(&self.0, &1)?;
+                map.end()
+            }
+        }
+        for key in [1.0, -0.0, 1.5, f64::NAN] {
+            let err = canonical_json(&FloatKey(key)).unwrap_err();
+            assert!(err.to_string().contains("float map key"), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_map_left_open_is_an_error_not_a_fingerprint() {
+        /// Opens a map, writes a member, then fails without closing it.
+        struct HalfMap;
+        impl Serialize for HalfMap {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::{Error as _, SerializeMap};
+                let mut map = serializer.serialize_map(None)?;
+                map.serialize_entry("a", &1)?;
+                Err(S::Error::custom("gave up half-way"))
+            }
+        }
+        /// Swallows its element's error and returns `Ok`.
+        struct Swallows;
+        impl Serialize for Swallows {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeSeq;
+                let mut seq = serializer.serialize_seq(None)?;
+                let _ = seq.serialize_element(&HalfMap);
+                seq.end()
+            }
+        }
+        assert!(
+            serde_json::to_vec(&Swallows).is_ok(),
+            "serde_json writes it"
+        );
+        let err = canonical_json(&Swallows).unwrap_err();
+        assert!(err.to_string().contains("still open"), "{err}");
+        assert!(Fingerprint::builder().arg(&Swallows).finish().is_err());
+        // The thread's buffers are clean for the next fingerprint.
+        assert_eq!(
+            text(&serde_json::json!({"b": 1, "a": 2})),
+            r#"{"a":2,"b":1}"#
+        );
+    }
+
+    #[test]
+    fn every_escape_at_every_offset_matches_serde_json() {
+        // serde_json and RFC 8785 escape strings alike; the writer scans
+        // 32 and 8 bytes at a time, so try every position in and across
+        // those blocks.
+        let specials: Vec<char> = (0u8..0x20)
+            .map(char::from)
+            .chain(['"', '\\', '/', '\u{7f}', 'é', '\u{1F600}'])
+            .collect();
+        for special in specials {
+            for offset in 0..70 {
+                let mut s = "a".repeat(offset);
+                s.push(special);
+                s.push_str(&"b".repeat(70 - offset));
+                assert_eq!(
+                    canonical_json(&s).unwrap(),
+                    serde_json::to_vec(&s).unwrap(),
+                    "{special:?} at {offset}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_large_object_out_of_order_is_held_until_it_closes() {
+        // Far more than one flush's worth of members, in reverse order,
+        // after an array long enough to have been flushed already.
+        // Array values: an array is where the writer may flush.
+        let members: Vec<(String, Vec<String>)> = (0..3000)
+            .rev()
+            .map(|i| (format!("key {i:05}"), vec![format!("value {i}")]))
+            .collect();
+        struct Reverse<'m>(&'m [(String, Vec<String>)]);
+        impl Serialize for Reverse<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                use serde::ser::SerializeMap;
+                let mut map = serializer.serialize_map(Some(self.0.len()))?;
+                for (k, v) in self.0 {
+                    map.serialize_entry(k, v)?;
+                }
+                map.end()
+            }
+        }
+        let sorted: BTreeMap<&str, &Vec<String>> =
+            members.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let long: Vec<String> = (0..3000).map(|i| format!("item {i}")).collect();
+        let value = (&long, Reverse(&members));
+        let expected = format!(
+            "[{},{}]",
+            String::from_utf8(canonical_json(&long).unwrap()).unwrap(),
+            serde_json::to_string(&sorted).unwrap()
+        );
+        assert_eq!(text(&value), expected);
+        let digest: String = Sha256::digest(format!("[{expected}]"))
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(
+            Fingerprint::of(&value).unwrap().as_str(),
+            format!("v2:{digest}")
+        );
+    }
+
+    /// What serde_json's `RawValue` serializes as: its private struct.
+    struct Raw(&'static str);
+
+    impl Serialize for Raw {
+        fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            use serde::ser::SerializeStruct;
+            let mut s = serializer.serialize_struct("$serde_json::private::RawValue", 1)?;
+            s.serialize_field("$serde_json::private::RawValue", self.0)?;
+            s.end()
+        }
+    }
+
+    #[test]
+    fn raw_json_is_canonicalized_and_keeps_duplicates_to_refuse_them() {
+        assert_eq!(
+            text(&Raw(r#"{ "b": [1.0, 1e16], "a": "x" }"#)),
+            r#"{"a":"x","b":[1,10000000000000000]}"#
+        );
+        let err = canonical_json(&Raw(r#"{"a":1,"a":2}"#)).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+        let err = canonical_json(&Raw(r#"[{"z":{"a":1,"b":2,"a":3}}]"#)).unwrap_err();
+        assert!(err.to_string().contains("twice"), "{err}");
+    }
+
+    #[test]
+    fn fingerprint_body_keys_ignore_member_order_even_beyond_doubles() {
+        // Only under serde_json's `arbitrary_precision` does a `Value` hold
+        // 1e400; the key then comes from the lenient canonical form.
+        let (Ok(a), Ok(b)) = (
+            serde_json::from_str::<serde_json::Value>(r#"{"x":1e400,"y":1}"#),
+            serde_json::from_str::<serde_json::Value>(r#"{"y":1,"x":1e400}"#),
+        ) else {
+            return;
+        };
+        assert!(canonical_json(&a).is_err());
+        assert_eq!(
+            crate::id_or_body_hash(None, &a),
+            crate::id_or_body_hash(None, &b)
+        );
+        // The number keeps serde_json's text for it.
+        let lenient = String::from_utf8(canonical_json_lenient(&a)).unwrap();
+        assert!(
+            lenient.starts_with(r#"{"x":1e"#) && lenient.ends_with(r#"400,"y":1}"#),
+            "{lenient}"
+        );
     }
 
     #[test]

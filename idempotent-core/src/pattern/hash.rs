@@ -64,9 +64,11 @@ pub fn id_or_body_hash(id: Option<&str>, body: &serde_json::Value) -> String {
         Some(id) if validate_key(id).is_ok() => id.to_owned(),
         _ => match Fingerprint::of(body) {
             Ok(fingerprint) => fingerprint.as_str().to_owned(),
-            // A JSON value always has a canonical form (it holds no NaN);
-            // should that ever fail, the key is derived from its text.
-            Err(_) => sha256_key(body.to_string().as_bytes()),
+            // Under serde_json's `arbitrary_precision` a body may hold a
+            // number beyond the double range (`1e400`), which RFC 8785
+            // cannot write: the key comes from a canonical form that keeps
+            // its text, still independent of member order.
+            Err(_) => sha256_key(&crate::fingerprint::canonical_json_lenient(body)),
         },
     }
 }

@@ -520,13 +520,9 @@ fn same_ignoring_order(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 /// The canonical texts of an array's elements, sorted: equal for two arrays
 /// holding the same elements in any order (nested collections included).
 fn sorted_canonical(values: &[serde_json::Value]) -> Vec<Vec<u8>> {
-    // A `Value` always has a canonical form (it holds no NaN); should that
-    // ever fail, the element compares as its plain JSON text.
     let mut texts: Vec<Vec<u8>> = values
         .iter()
-        .map(|value| {
-            crate::canonical_json(value).unwrap_or_else(|_| value.to_string().into_bytes())
-        })
+        .map(crate::fingerprint::canonical_json_lenient)
         .collect();
     texts.sort_unstable();
     texts
