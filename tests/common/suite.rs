@@ -40,7 +40,7 @@ pub fn first_call_runs_body_and_stores_result<B: Backend>() {
     assert_eq!(conn.count_payments().unwrap(), 1);
     let rec = record(&mut conn, "tests.create_payment", "k-1");
     assert_eq!(rec.scope, "");
-    assert!(rec.fingerprint.starts_with("v1:"), "{}", rec.fingerprint);
+    assert!(rec.fingerprint.starts_with("v2:"), "{}", rec.fingerprint);
     let stored: Payment =
         serde_json::from_str(rec.response.as_deref().expect("a response")).unwrap();
     assert_eq!(stored, payment);
