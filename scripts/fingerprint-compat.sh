@@ -45,7 +45,8 @@ copy="$min_target/workspace"
 outfile="$min_target/last-test-output.txt"
 
 cleanup() { rm -rf "$copy" "$outfile"; }
-trap cleanup EXIT INT TERM
+trap cleanup EXIT
+trap 'exit 130' INT TERM
 
 for t in fingerprint_props jcs_vectors; do
   [ -f "idempotent-core/tests/$t.rs" ] || [ -f "idempotent-core/tests/$t/main.rs" ] \

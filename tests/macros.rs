@@ -1,6 +1,7 @@
 //! What the attribute's options mean at run time, on an in-memory SQLite
 //! database: generic arguments keep their types apart in the fingerprint
-//! (`StableName`), and `ttl` keeps fractions of a second.
+//! (`StableName`), `ttl` keeps fractions of a second, and an argument that
+//! cannot be fingerprinted is named in the error.
 #![cfg(feature = "sqlite")]
 
 use diesel::prelude::*;
@@ -255,5 +256,91 @@ mod ttl_precision {
         assert_eq!(run(&mut conn, &clock, "k").unwrap(), 1, "kept at +1.4 s");
         clock.advance(Duration::from_millis(100));
         assert_eq!(run(&mut conn, &clock, "k").unwrap(), 2, "expired at +1.5 s");
+    }
+}
+
+/// A fingerprinted argument that cannot be fingerprinted is named in the
+/// error as it is written in the source (a raw identifier without `r#`),
+/// and the body does not run.
+mod argument_names {
+    use diesel::prelude::*;
+    use diesel_idempotent::idempotent;
+    use serde::Serialize;
+
+    #[derive(Serialize)]
+    pub struct Reading {
+        pub value: f64,
+    }
+
+    #[idempotent(key = key, name = "tests.reading")]
+    fn record(
+        conn: &mut SqliteConnection,
+        key: &str,
+        r#type: &str,
+        reading: &Reading,
+    ) -> Result<String, super::AppError> {
+        let _ = conn;
+        Ok(format!("{}={}", r#type, reading.value))
+    }
+
+    #[idempotent(hash(reading.value), name = "tests.reading_value")]
+    fn record_value(
+        conn: &mut SqliteConnection,
+        reading: &Reading,
+    ) -> Result<f64, super::AppError> {
+        let _ = conn;
+        Ok(reading.value)
+    }
+
+    fn database() -> SqliteConnection {
+        let mut conn = SqliteConnection::establish(":memory:").unwrap();
+        diesel_idempotent::migrate(&mut conn).unwrap();
+        conn
+    }
+
+    fn message(err: super::AppError) -> String {
+        match err {
+            super::AppError::Idempotency(e) => e.to_string(),
+            super::AppError::Db(e) => panic!("not a fingerprint error: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_nan_argument_is_an_error_naming_it() {
+        let mut conn = database();
+        let nan = Reading { value: f64::NAN };
+        let err = record(&mut conn, "k", "t", &nan).unwrap_err();
+        assert!(message(err).contains("argument `reading`"));
+        let err = record_value(&mut conn, &nan).unwrap_err();
+        assert!(message(err).contains("argument `reading.value`"));
+        let fine = Reading { value: 1.5 };
+        assert_eq!(record(&mut conn, "k", "t", &fine).unwrap(), "t=1.5");
+        assert_eq!(record_value(&mut conn, &fine).unwrap(), 1.5);
+    }
+
+    /// Fails to serialize, like a type with a NaN inside: names `type`.
+    pub struct Unserializable;
+
+    impl Serialize for Unserializable {
+        fn serialize<S: serde::Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+            Err(serde::ser::Error::custom("refused"))
+        }
+    }
+
+    #[idempotent(key = key, name = "tests.raw_name")]
+    fn raw_name(
+        conn: &mut SqliteConnection,
+        key: &str,
+        r#type: &Unserializable,
+    ) -> Result<u8, super::AppError> {
+        let _ = (conn, r#type);
+        Ok(1)
+    }
+
+    #[test]
+    fn a_raw_identifier_is_named_without_its_prefix() {
+        let mut conn = database();
+        let text = message(raw_name(&mut conn, "k", &Unserializable).unwrap_err());
+        assert!(text.contains("argument `type`"), "{text}");
     }
 }

@@ -129,9 +129,11 @@ pub enum Error {
         reason: String,
     },
 
-    /// An argument or the result could not be serialized to JSON (a map with
-    /// non-string keys, a NaN or infinite float or a key twice in one object
-    /// in a fingerprinted argument, a failing `Serialize` impl).
+    /// An argument or the result could not be serialized to JSON (a map
+    /// whose keys are neither strings, integers, bools, chars nor unit
+    /// variants; in a fingerprinted argument also a NaN or infinite float, a
+    /// float map key or a key twice in one object; a failing `Serialize`
+    /// impl).
     #[error(
         "could not serialize {what} to JSON: {source}; make it serializable \
          (or exclude an argument with `skip(..)`)"

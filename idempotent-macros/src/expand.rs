@@ -492,7 +492,11 @@ impl<'f> Plan<'f> {
                     let allow =
                         underscore.then(|| quote! { #[allow(clippy::used_underscore_binding)] });
                     // Named in the error should the value fail to serialize.
-                    let name: String = value.to_string().split_whitespace().collect();
+                    let name: String = value
+                        .to_string()
+                        .split_whitespace()
+                        .map(|part| part.strip_prefix("r#").unwrap_or(part))
+                        .collect();
                     quote_spanned! {value.span()=>
                         #allow
                         let #fingerprint_var = #private::fingerprint_argument(

@@ -75,7 +75,7 @@ pub(crate) const SCHEME: &str = "v2";
 ///
 /// Records stored by scheme `v1` (this crate's earlier, non-RFC 8785 form)
 /// carry a `v1:` fingerprint; until they expire they replay for their key
-/// without the request being compared (see [`crate::pattern::key::judge`]).
+/// without the request being compared.
 ///
 /// ```
 /// # extern crate idempotent_core as diesel_idempotent;
