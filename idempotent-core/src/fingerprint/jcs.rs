@@ -834,49 +834,28 @@ impl<S: Sink> Seq<'_, S> {
     }
 }
 
-impl<S: Sink> ser::SerializeSeq for Seq<'_, S> {
-    type Ok = ();
-    type Error = JcsError;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), JcsError> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), JcsError> {
-        self.finish()
-    }
+/// serde's four array-like traits, all writing elements of one array.
+macro_rules! seq_impls {
+    ($($trait:ident :: $method:ident),+) => {$(
+        impl<S: Sink> ser::$trait for Seq<'_, S> {
+            type Ok = ();
+            type Error = JcsError;
+            fn $method<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), JcsError> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), JcsError> {
+                self.finish()
+            }
+        }
+    )+};
 }
 
-impl<S: Sink> ser::SerializeTuple for Seq<'_, S> {
-    type Ok = ();
-    type Error = JcsError;
-    fn serialize_element<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), JcsError> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), JcsError> {
-        self.finish()
-    }
-}
-
-impl<S: Sink> ser::SerializeTupleStruct for Seq<'_, S> {
-    type Ok = ();
-    type Error = JcsError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), JcsError> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), JcsError> {
-        self.finish()
-    }
-}
-
-impl<S: Sink> ser::SerializeTupleVariant for Seq<'_, S> {
-    type Ok = ();
-    type Error = JcsError;
-    fn serialize_field<T: ?Sized + Serialize>(&mut self, value: &T) -> Result<(), JcsError> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), JcsError> {
-        self.finish()
-    }
-}
+seq_impls!(
+    SerializeSeq::serialize_element,
+    SerializeTuple::serialize_element,
+    SerializeTupleStruct::serialize_field,
+    SerializeTupleVariant::serialize_field
+);
 
 /// An object being written (a map, a struct, a struct variant's fields).
 pub(crate) struct Object<'a, S: Sink> {
