@@ -140,6 +140,9 @@ impl std::ops::DerefMut for Pooled {
 pub(crate) struct Jcs<S: Sink> {
     b: Pooled,
     sink: S,
+    /// Writes a number that has no double value (`1e400` under serde_json's
+    /// `arbitrary_precision`) as its text instead of failing.
+    lenient: bool,
 }
 
 impl<S: Sink> Jcs<S> {
@@ -147,6 +150,15 @@ impl<S: Sink> Jcs<S> {
         Jcs {
             b: Pooled::take(),
             sink,
+            lenient: false,
+        }
+    }
+
+    /// A writer that keeps the text of numbers RFC 8785 cannot write.
+    pub(crate) fn lenient(sink: S) -> Self {
+        Jcs {
+            lenient: true,
+            ..Jcs::new(sink)
         }
     }
 
@@ -167,7 +179,7 @@ impl<S: Sink> Jcs<S> {
 
     /// Passes everything on and returns the sink.
     pub(crate) fn into_sink(self) -> S {
-        let Jcs { b, mut sink } = self;
+        let Jcs { b, mut sink, .. } = self;
         sink.write(&b.buf);
         sink
     }
@@ -251,7 +263,8 @@ impl<S: Sink> Jcs<S> {
         let members = &b.members[frame.first_member..];
         // A struct's fields come in the same order every time: their order
         // is worked out once per thread and field list.
-        let known = if members.len() > 1 && members.iter().all(|m| m.field.is_some()) {
+        let cacheable = members.len() > 1 && members.iter().all(|m| m.field.is_some());
+        let known = if cacheable {
             b.known.iter().find(|k| k.matches(members))
         } else {
             None
@@ -267,7 +280,7 @@ impl<S: Sink> Jcs<S> {
             },
             None => {
                 let in_order = sort_members(members, &b.keys, &mut b.order)?;
-                if members.len() > 1 && members.iter().all(|m| m.field.is_some()) {
+                if cacheable {
                     if b.known.len() >= KNOWN_ORDERS {
                         b.known.clear();
                     }
@@ -324,6 +337,10 @@ impl<S: Sink> Jcs<S> {
         }
         match text.parse::<f64>() {
             Ok(value) if value.is_finite() => self.write_f64(value),
+            _ if self.lenient => {
+                self.b.buf.extend_from_slice(text.as_bytes());
+                Ok(())
+            }
             _ => Err(JcsError::custom(format_args!(
                 "the number {text} has no finite double value, so RFC 8785 cannot write it"
             ))),
@@ -460,7 +477,7 @@ fn non_finite(value: impl Display) -> JcsError {
 }
 
 /// A finite double as ECMAScript's `Number.prototype.toString` writes it.
-pub(crate) fn write_f64(buf: &mut Vec<u8>, value: f64) -> Result<(), JcsError> {
+fn write_f64(buf: &mut Vec<u8>, value: f64) -> Result<(), JcsError> {
     if !value.is_finite() {
         return Err(non_finite(value));
     }
@@ -475,7 +492,7 @@ pub(crate) fn write_f64(buf: &mut Vec<u8>, value: f64) -> Result<(), JcsError> {
 
 /// An `f32` is the double nearest its shortest decimal form, the number
 /// serde_json writes for it (`0.1f32` is `0.1`, not `0.10000000149011612`).
-pub(crate) fn f32_as_f64(value: f32) -> Result<f64, JcsError> {
+fn f32_as_f64(value: f32) -> Result<f64, JcsError> {
     if !value.is_finite() {
         return Err(non_finite(value));
     }
@@ -560,7 +577,7 @@ fn needs_escape(word: u64) -> bool {
 
 /// A JSON string with RFC 8785's escaping: `\b \t \n \f \r \" \\`, other
 /// control characters as `\u00xx` (lowercase), everything else as is.
-pub(crate) fn write_string(buf: &mut Vec<u8>, s: &str) {
+fn write_string(buf: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     buf.reserve(bytes.len() + 2);
     buf.push(b'"');
@@ -940,12 +957,9 @@ impl<S: Sink> ser::SerializeStruct for Struct<'_, S> {
     ) -> Result<(), JcsError> {
         match self {
             Struct::Object(object) => object.field(key, value),
-            Struct::Number(w) => {
-                let text = value.serialize(TextCapture)?;
-                w.write_number_text(&text)
-            }
+            Struct::Number(w) => w.write_number_text(&text_of(value)?),
             Struct::RawValue(w) => {
-                let text = value.serialize(TextCapture)?;
+                let text = text_of(value)?;
                 let parsed: RawJson = serde_json::from_str(&text)?;
                 parsed.write(w)
             }
@@ -1081,14 +1095,10 @@ struct KeyWriter<'k> {
 
 impl KeyWriter<'_> {
     fn digits(self, negative: bool, n: u128) -> Result<(), JcsError> {
-        let mut buf = Vec::with_capacity(40);
         if negative {
-            buf.push(b'-');
+            self.keys.push('-');
         }
-        write_u128(&mut buf, n);
-        // Only ASCII digits and a minus sign were written.
-        self.keys
-            .push_str(std::str::from_utf8(&buf).map_err(JcsError::custom)?);
+        self.keys.push_str(&n.to_string());
         Ok(())
     }
 }
@@ -1244,142 +1254,12 @@ impl ser::Serializer for KeyWriter<'_> {
     }
 }
 
-/// Reads the string inside serde_json's private number and raw-value
-/// structs.
-struct TextCapture;
-
-fn not_text() -> JcsError {
-    JcsError::custom("serde_json's private number or raw value did not hold text")
-}
-
-impl ser::Serializer for TextCapture {
-    type Ok = String;
-    type Error = JcsError;
-    type SerializeSeq = Impossible<String, JcsError>;
-    type SerializeTuple = Impossible<String, JcsError>;
-    type SerializeTupleStruct = Impossible<String, JcsError>;
-    type SerializeTupleVariant = Impossible<String, JcsError>;
-    type SerializeMap = Impossible<String, JcsError>;
-    type SerializeStruct = Impossible<String, JcsError>;
-    type SerializeStructVariant = Impossible<String, JcsError>;
-
-    fn serialize_str(self, v: &str) -> Result<String, JcsError> {
-        Ok(v.to_owned())
-    }
-    fn serialize_bool(self, _v: bool) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_i64(self, _v: i64) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_u64(self, _v: u64) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_f64(self, _v: f64) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_char(self, _v: char) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_i8(self, _v: i8) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_i16(self, _v: i16) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_i32(self, _v: i32) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_u8(self, _v: u8) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_u16(self, _v: u16) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_u32(self, _v: u32) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_f32(self, _v: f32) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_bytes(self, _v: &[u8]) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_none(self) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_some<T: ?Sized + Serialize>(self, _value: &T) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_unit(self) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_unit_struct(self, _name: &'static str) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_unit_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        _variant: &'static str,
-    ) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_newtype_struct<T: ?Sized + Serialize>(
-        self,
-        _name: &'static str,
-        _value: &T,
-    ) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_newtype_variant<T: ?Sized + Serialize>(
-        self,
-        _name: &'static str,
-        _index: u32,
-        _variant: &'static str,
-        _value: &T,
-    ) -> Result<String, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_seq(self, _len: Option<usize>) -> Result<Self::SerializeSeq, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_tuple(self, _len: usize) -> Result<Self::SerializeTuple, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_tuple_struct(
-        self,
-        _name: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeTupleStruct, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_tuple_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        _variant: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeTupleVariant, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_map(self, _len: Option<usize>) -> Result<Self::SerializeMap, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_struct(
-        self,
-        _name: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeStruct, JcsError> {
-        Err(not_text())
-    }
-    fn serialize_struct_variant(
-        self,
-        _name: &'static str,
-        _index: u32,
-        _variant: &'static str,
-        _len: usize,
-    ) -> Result<Self::SerializeStructVariant, JcsError> {
-        Err(not_text())
+/// The string inside serde_json's private number and raw-value structs.
+fn text_of<T: ?Sized + Serialize>(value: &T) -> Result<String, JcsError> {
+    match serde_json::to_value(value)? {
+        serde_json::Value::String(text) => Ok(text),
+        _ => Err(JcsError::custom(
+            "serde_json's private number or raw value did not hold text",
+        )),
     }
 }

@@ -11,6 +11,7 @@ use crate::Error;
 mod jcs;
 
 use jcs::Jcs;
+#[cfg(test)]
 use jcs::utf16_cmp;
 
 /// The prefix of every fingerprint this version writes.
@@ -226,43 +227,16 @@ pub fn canonical_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>, Error
 /// not depend on member order. Only for keys derived from a body that
 /// [`canonical_json`] refuses.
 pub(crate) fn canonical_json_lenient(value: &serde_json::Value) -> Vec<u8> {
-    fn write(out: &mut Vec<u8>, value: &serde_json::Value) {
-        use serde_json::Value;
-        match value {
-            Value::Array(items) => {
-                out.push(b'[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    write(out, item);
-                }
-                out.push(b']');
-            }
-            Value::Object(members) => {
-                let mut members: Vec<_> = members.iter().collect();
-                members.sort_unstable_by(|a, b| utf16_cmp(a.0, b.0));
-                out.push(b'{');
-                for (i, (key, item)) in members.into_iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    jcs::write_string(out, key);
-                    out.push(b':');
-                    write(out, item);
-                }
-                out.push(b'}');
-            }
-            Value::String(text) => jcs::write_string(out, text),
-            other => match canonical_json(other) {
-                Ok(bytes) => out.extend_from_slice(&bytes),
-                Err(_) => out.extend_from_slice(other.to_string().as_bytes()),
-            },
+    let mut jcs = Jcs::lenient(Vec::new());
+    match value.serialize(&mut jcs) {
+        Ok(()) => jcs.into_sink(),
+        // A `Value` has no duplicate keys, no NaN and no float keys; should
+        // it fail anyway, its plain text stands in.
+        Err(_) => {
+            jcs.abandon();
+            value.to_string().into_bytes()
         }
     }
-    let mut out = Vec::new();
-    write(&mut out, value);
-    out
 }
 
 fn hex_digit(nibble: u8) -> char {
