@@ -64,6 +64,8 @@
 //! | `skip(a, b)` | arguments left out of the fingerprint |
 //! | `clock = EXPR` | a [`Clock`] (default [`SystemClock`]); tests pass a [`ManualClock`] |
 //! | `on_conflict = "wait"` / `"reject"` | a duplicate of an unfinished call waits (default) or gets [`Error::InFlight`] at once ([`OnConflict`]) |
+//! | `mode = "claim_first"` / `"optimistic"` | claim the key before the body (default), or run the body first and insert the record with its result after it, for bodies whose every effect is in this transaction ([`Mode`]) |
+//! | `replay = "in_transaction"` / `"read_first"` | find a stored result inside the call's transaction (default), or with one plain read before it: a replay in one statement ([`Replay`]) |
 //! | `max_response_bytes = N` | refuse results whose JSON exceeds N bytes ([`Error::ResponseTooLarge`]) |
 //! | `crate = "path"` | where this crate is reachable if renamed or re-exported |
 //!
@@ -98,10 +100,10 @@ pub use idempotent_macros::idempotent;
 
 pub use idempotent_core::{
     Call, Clock, Error, Fingerprint, FingerprintBuilder, IdempotencyRecord, IdempotentConnection,
-    IdempotentResult, ManualClock, OnConflict, Outcome, Response, RetryPolicy, Retryable,
-    StableName, SystemClock, Ttl, UniqueViolation, canonical_json, fingerprint, get_or_create,
-    id_or_body_hash, idempotency_records, migrate, purge_expired, purge_expired_with_clock, retry,
-    sub_key, unique_index_covers,
+    IdempotentResult, ManualClock, Mode, OnConflict, Outcome, Replay, Response, RetryPolicy,
+    Retryable, StableName, SystemClock, Ttl, UniqueViolation, canonical_json, fingerprint,
+    get_or_create, id_or_body_hash, idempotency_records, migrate, purge_expired,
+    purge_expired_with_clock, retry, sub_key, unique_index_covers,
 };
 
 /// The record table's migrations: embedded, and written as Diesel CLI folders.

@@ -20,7 +20,7 @@ pub use error::Error;
 pub use fingerprint::{Fingerprint, FingerprintBuilder, canonical_json};
 pub use pattern::get_or_create::{UniqueViolation, get_or_create, unique_index_covers};
 pub use pattern::hash::{StableName, fingerprint, id_or_body_hash, sub_key};
-pub use pattern::key::{Call, IdempotentResult, OnConflict, Outcome, Response};
+pub use pattern::key::{Call, IdempotentResult, Mode, OnConflict, Outcome, Replay, Response};
 pub use record::{IdempotencyRecord, idempotency_records};
 pub use retry::{RetryPolicy, Retryable, retry};
 pub use store::IdempotentConnection;
@@ -75,7 +75,7 @@ pub mod __private {
     pub use crate::clock::{Clock, SystemClock};
     pub use crate::fingerprint::Fingerprint;
     pub use crate::pattern::get_or_create::get_or_create;
-    pub use crate::pattern::key::{Call, IdempotentResult, OnConflict, Response};
+    pub use crate::pattern::key::{Call, IdempotentResult, Mode, OnConflict, Replay, Response};
     pub use crate::ttl::Ttl;
     pub use crate::{Error, IdempotentConnection};
 

@@ -20,6 +20,10 @@ pub(crate) fn charge(
         .scope(&__idempotent_scope)
         .ttl(::diesel_idempotent::__private::Ttl::from_secs(900))
         .clock(&(self.clock))
+        .on_conflict(::diesel_idempotent::__private::OnConflict::Reject)
+        .mode(::diesel_idempotent::__private::Mode::Optimistic)
+        .replay(::diesel_idempotent::__private::Replay::ReadFirst)
+        .max_response_bytes(65536)
         .fingerprint(__idempotent_fingerprint)
         .run_response(
             db,

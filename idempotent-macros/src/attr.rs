@@ -29,6 +29,8 @@ const OPTIONS: &[&str] = &[
     "clock",
     "skip",
     "on_conflict",
+    "mode",
+    "replay",
     "max_response_bytes",
     "crate",
 ];
@@ -57,6 +59,11 @@ pub(crate) struct Options {
     pub(crate) clock: Option<Expr>,
     /// `on_conflict = "reject"` (true) or `"wait"` (false, the default).
     pub(crate) reject: Option<(Span, bool)>,
+    /// `mode = "optimistic"` (true) or `"claim_first"` (false, the default).
+    pub(crate) optimistic: Option<(Span, bool)>,
+    /// `replay = "read_first"` (true) or `"in_transaction"` (false, the
+    /// default).
+    pub(crate) read_first: Option<(Span, bool)>,
     /// `max_response_bytes = N`.
     pub(crate) max_response_bytes: Option<(Span, u64)>,
     /// `crate = "path"`: where `diesel_idempotent` is reachable.
@@ -256,6 +263,34 @@ impl Options {
                     Err(e) => errors.push(e),
                 }
             }
+            "mode" => {
+                let expr: Expr = value(input, &name, "mode = \"optimistic\"")?;
+                match parse_mode(&expr) {
+                    Ok(optimistic) => {
+                        once(
+                            &mut self.optimistic,
+                            (name.span(), optimistic),
+                            &name,
+                            errors,
+                        );
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            "replay" => {
+                let expr: Expr = value(input, &name, "replay = \"read_first\"")?;
+                match parse_replay(&expr) {
+                    Ok(read_first) => {
+                        once(
+                            &mut self.read_first,
+                            (name.span(), read_first),
+                            &name,
+                            errors,
+                        );
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
             "max_response_bytes" => {
                 let expr: Expr = value(input, &name, "max_response_bytes = 65_536")?;
                 match parse_limit(&expr) {
@@ -395,6 +430,31 @@ fn parse_on_conflict(expr: &Expr) -> syn::Result<bool> {
             expr.span(),
             "`on_conflict` is `\"wait\"` (block until the call holding the key \
              finishes, then replay) or `\"reject\"` (return `Error::InFlight` at once)",
+        )),
+    }
+}
+
+fn parse_mode(expr: &Expr) -> syn::Result<bool> {
+    match string_literal(expr).map(LitStr::value).as_deref() {
+        Some("claim_first") => Ok(false),
+        Some("optimistic") => Ok(true),
+        _ => Err(syn::Error::new(
+            expr.span(),
+            "`mode` is `\"claim_first\"` (claim the key, then run the body; the default) \
+             or `\"optimistic\"` (run the body, then insert the record with its result; \
+             only for a body whose every effect is in this transaction)",
+        )),
+    }
+}
+
+fn parse_replay(expr: &Expr) -> syn::Result<bool> {
+    match string_literal(expr).map(LitStr::value).as_deref() {
+        Some("in_transaction") => Ok(false),
+        Some("read_first") => Ok(true),
+        _ => Err(syn::Error::new(
+            expr.span(),
+            "`replay` is `\"in_transaction\"` (the claim finds a stored result; the \
+             default) or `\"read_first\"` (one read before the transaction answers a replay)",
         )),
     }
 }

@@ -108,6 +108,8 @@ struct Plan<'f> {
     output: &'f Type,
     krate: Option<&'f syn::Path>,
     reject: bool,
+    optimistic: bool,
+    read_first: bool,
     max_response_bytes: Option<u64>,
 }
 
@@ -212,6 +214,16 @@ impl<'f> Plan<'f> {
                     *span,
                     "on_conflict",
                     "a concurrent creator always waits on the unique constraint",
+                ));
+            }
+            if let Some((span, _)) = &options.optimistic {
+                errors.push(pointless(*span, "mode", "the body is the insert"));
+            }
+            if let Some((span, _)) = &options.read_first {
+                errors.push(pointless(
+                    *span,
+                    "replay",
+                    "the lookup already answers a repeat with one read",
                 ));
             }
             if let Some((span, _)) = &options.max_response_bytes {
@@ -463,6 +475,8 @@ impl<'f> Plan<'f> {
             output,
             krate: options.krate.as_ref(),
             reject: options.reject.is_some_and(|(_, reject)| reject),
+            optimistic: options.optimistic.is_some_and(|(_, optimistic)| optimistic),
+            read_first: options.read_first.is_some_and(|(_, read_first)| read_first),
             max_response_bytes: options.max_response_bytes.map(|(_, limit)| limit),
         })
     }
@@ -574,6 +588,12 @@ impl<'f> Plan<'f> {
         let reject_call = self
             .reject
             .then(|| quote! { .on_conflict(#private::OnConflict::Reject) });
+        let mode_call = self
+            .optimistic
+            .then(|| quote! { .mode(#private::Mode::Optimistic) });
+        let replay_call = self
+            .read_first
+            .then(|| quote! { .replay(#private::Replay::ReadFirst) });
         let limit_call = self.max_response_bytes.map(|limit| {
             let limit = proc_macro2::Literal::u64_unsuffixed(limit);
             quote! { .max_response_bytes(#limit) }
@@ -607,6 +627,8 @@ impl<'f> Plan<'f> {
                     .ttl(#ttl)
                     #clock_call
                     #reject_call
+                    #mode_call
+                    #replay_call
                     #limit_call
                     .fingerprint(#fingerprint_var)
                     .#run(#conn, |#closure| -> #output #block)

@@ -78,7 +78,11 @@ fn method_with_every_option() {
             clock = self.clock,
             skip(trace),
             ttl = "15m",
-            name = "svc.charge"
+            name = "svc.charge",
+            on_conflict = "reject",
+            mode = "optimistic",
+            replay = "read_first",
+            max_response_bytes = 65_536
         ),
         quote! {
             pub(crate) fn charge(

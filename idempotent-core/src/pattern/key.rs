@@ -1,11 +1,14 @@
 //! The idempotency-key pattern: a client-supplied key, its first result
 //! stored and replayed.
 //!
-//! The procedure, in one transaction with the body:
+//! The procedure, in one transaction with the body ([`Mode::ClaimFirst`]):
 //! validate → claim (insert-first) → on conflict load and [`judge`] →
 //! replay / mismatch / take over an expired record → run the body → store
-//! its result. [`judge`] and the validators hold every decision and do no
-//! I/O, so a non-blocking driver can reuse them unchanged.
+//! its result. [`Mode::Optimistic`] runs the body first and then inserts
+//! the record with its result, judging a conflict the same way.
+//! [`Replay::ReadFirst`] answers a replay with one read before any of it.
+//! [`judge`] and the validators hold every decision and do no I/O, so a
+//! non-blocking driver can reuse them unchanged.
 
 use std::panic;
 
@@ -18,7 +21,7 @@ use crate::clock::{Clock, SystemClock};
 use crate::fingerprint::Fingerprint;
 use crate::record::{NewRecord, RecordId};
 use crate::store::{
-    IdempotentConnection, StoredState, Unwound, ensure_closed_above, guarded_transaction,
+    Claimed, IdempotentConnection, StoredState, Unwound, ensure_closed_above, guarded_transaction,
     transaction_depth,
 };
 use crate::ttl::Ttl;
@@ -182,6 +185,52 @@ pub enum OnConflict {
     Reject,
 }
 
+/// When a call writes its record: before the body runs or after.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Claim the key with an `INSERT` before the body runs, store the result
+    /// with an `UPDATE` after it: a first call is the body and 2 statements
+    /// (and the transaction's `BEGIN`/`COMMIT`). A concurrent duplicate
+    /// waits at the claim and never runs the body. The default.
+    #[default]
+    ClaimFirst,
+    /// Run the body first, then insert the record with its result in one
+    /// statement: a first call is the body and 1 statement. When the insert
+    /// finds the key taken, the transaction is rolled back, undoing the
+    /// body's effects, and the call replays, waits or reports a mismatch
+    /// as in [`Mode::ClaimFirst`] (a record that expired is taken over and
+    /// the body's effects kept).
+    ///
+    /// Only for a body whose every effect is a statement on this connection
+    /// in this transaction: a concurrent duplicate, a replay (unless
+    /// [`Replay::ReadFirst`] answers it) and a mismatched request all run
+    /// the body and roll it back. An e-mail sent, an HTTP call made or a
+    /// row written on another connection would not roll back.
+    Optimistic,
+}
+
+/// How a call looks for a stored result before it does anything else.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Replay {
+    /// Inside the call's transaction, where the claim finds the record.
+    /// The default.
+    #[default]
+    InTransaction,
+    /// First one plain `SELECT` of the record, outside the library's
+    /// transaction (in the caller's, if one is open): a finished, unexpired
+    /// record of the same request is replayed from it, in one statement.
+    /// Anything else (no record, another request, an unfinished or expired
+    /// record) goes on as [`Replay::InTransaction`]: one statement more than
+    /// without the read. Suits traffic where repeats are common (webhook
+    /// redeliveries, at-least-once consumers, client retries).
+    ///
+    /// The read takes no lock and never sees a record another transaction
+    /// has not committed. On MySQL it needs READ COMMITTED or stricter
+    /// (InnoDB's default is REPEATABLE READ): a read at READ UNCOMMITTED
+    /// could see an uncommitted result.
+    ReadFirst,
+}
+
 /// One idempotent call: where its record lives and what request it carries.
 ///
 /// This is the runtime behind `#[idempotent(key = ..)]`, usable directly:
@@ -213,6 +262,8 @@ pub struct Call<'a> {
     fingerprint: Result<Fingerprint, Error>,
     max_response_bytes: Option<usize>,
     on_conflict: OnConflict,
+    mode: Mode,
+    replay: Replay,
 }
 
 impl std::fmt::Debug for Call<'_> {
@@ -223,6 +274,8 @@ impl std::fmt::Debug for Call<'_> {
             .field("key", &self.key)
             .field("ttl", &self.ttl)
             .field("fingerprint", &self.fingerprint)
+            .field("mode", &self.mode)
+            .field("replay", &self.replay)
             .finish_non_exhaustive()
     }
 }
@@ -241,7 +294,24 @@ impl<'a> Call<'a> {
             fingerprint: Fingerprint::builder().finish(),
             max_response_bytes: None,
             on_conflict: OnConflict::Wait,
+            mode: Mode::ClaimFirst,
+            replay: Replay::InTransaction,
         }
+    }
+
+    /// When the record is written: before the body ([`Mode::ClaimFirst`],
+    /// the default) or with its result after it ([`Mode::Optimistic`]).
+    pub fn mode(mut self, mode: Mode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Whether a replay is looked for with one read before the transaction
+    /// ([`Replay::ReadFirst`]) or inside it ([`Replay::InTransaction`], the
+    /// default).
+    pub fn replay(mut self, replay: Replay) -> Self {
+        self.replay = replay;
+        self
     }
 
     /// What to do when the key is held by a call that has not finished.
@@ -324,58 +394,23 @@ impl<'a> Call<'a> {
             Ok(prepared) => prepared,
             Err(e) => return Err(E::from(e)),
         };
-        // A claim that the database aborted (a deadlock between two callers
-        // taking over the same expired record, a serialization failure)
-        // fails before the body runs; when this call owns the transaction
-        // it is safe to start it again. Nothing else is retried here: an
-        // `InFlight` answer or a lock wait that timed out goes back to the
-        // caller at once.
-        let owns_transaction = match conn.in_transaction() {
-            Ok(open) => !open,
-            Err(e) => return Err(E::from(Error::Database(e))),
-        };
-        let mut body = Some(body);
-        let mut attempt = 0;
-        let result = loop {
-            attempt += 1;
-            let result = guarded_transaction(conn, |conn| -> Result<O, Failure<E>> {
-                match claim(conn, &prepared).map_err(Failure::Claim)? {
-                    Step::Replay(json) => O::from_stored_json(&json).map_err(|source| {
-                        Failure::Library(Error::StoredResultUnreadable {
-                            namespace: prepared.namespace.to_owned(),
-                            key: prepared.key.to_owned(),
-                            source,
-                        })
-                    }),
-                    Step::Run => {
-                        let Some(body) = body.take() else {
-                            return Err(Failure::Library(prepared.in_flight()));
-                        };
-                        let depth = transaction_depth(conn)?;
-                        let out = body(conn).map_err(Failure::Body)?;
-                        // Nothing more may be sent inside a level the body
-                        // left open (the guard rolls it back).
-                        ensure_closed_above(conn, depth)?;
-                        let json = prepared.stored_json(&out)?;
-                        match conn.complete(prepared.id(), &json)? {
-                            1 => Ok(out),
-                            _ => Err(Failure::Library(prepared.in_flight())),
-                        }
-                    }
-                }
-            });
-            match result {
-                Err(Unwound::Failed(Failure::Claim(e)))
-                    if owns_transaction && e.is_aborted_claim() && attempt < CLAIM_TRANSACTIONS =>
-                {
-                    continue;
-                }
-                other => break other,
+        if prepared.replay == Replay::ReadFirst {
+            match read_first(conn, &prepared) {
+                Ok(Some(json)) => return prepared.replayed(&json).map_err(E::from),
+                Ok(None) => {}
+                Err(e) => return Err(E::from(e)),
             }
+        }
+        let result = match prepared.mode {
+            Mode::ClaimFirst => claim_first(conn, &prepared, body),
+            Mode::Optimistic => optimistic(conn, &prepared, body),
         };
         match result {
             Ok(out) => Ok(out),
             Err(Unwound::Failed(Failure::Body(e))) => Err(e),
+            Err(Unwound::Failed(Failure::Replay(json))) => {
+                prepared.replayed(&json).map_err(E::from)
+            }
             Err(Unwound::Failed(Failure::Library(e) | Failure::Claim(e))) => Err(E::from(e)),
             Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
         }
@@ -399,8 +434,113 @@ impl<'a> Call<'a> {
             expires_at,
             max_response_bytes: self.max_response_bytes,
             on_conflict: self.on_conflict,
+            mode: self.mode,
+            replay: self.replay,
         })
     }
+}
+
+/// The outcome of the library's transaction, before it is turned into the
+/// caller's error type.
+type Settled<O, E> = Result<O, Unwound<Failure<E>>>;
+
+/// [`Mode::ClaimFirst`]: claim, run the body, store its result.
+fn claim_first<C, O, E, F>(conn: &mut C, prepared: &Prepared<'_>, body: F) -> Settled<O, E>
+where
+    C: IdempotentConnection,
+    O: Response,
+    F: FnOnce(&mut C) -> Result<O, E>,
+{
+    // A claim that the database aborted (a deadlock between two callers
+    // taking over the same expired record, a serialization failure)
+    // fails before the body runs; when this call owns the transaction
+    // it is safe to start it again. Nothing else is retried here: an
+    // `InFlight` answer or a lock wait that timed out goes back to the
+    // caller at once.
+    let owns_transaction = !conn
+        .in_transaction()
+        .map_err(|e| Unwound::Failed(Failure::Library(Error::Database(e))))?;
+    let mut body = Some(body);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = guarded_transaction(conn, |conn| -> Result<O, Failure<E>> {
+            let claim = prepared.record(None);
+            match settle(conn, prepared, &claim).map_err(Failure::Claim)? {
+                Step::Replay(json) => Err(Failure::Replay(json)),
+                Step::Hold => {
+                    let Some(body) = body.take() else {
+                        return Err(Failure::Library(prepared.in_flight()));
+                    };
+                    let out = run_body(conn, body)?;
+                    let json = prepared.stored_json(&out)?;
+                    match conn.complete(prepared.id(), &json)? {
+                        1 => Ok(out),
+                        _ => Err(Failure::Library(prepared.in_flight())),
+                    }
+                }
+            }
+        });
+        match result {
+            Err(Unwound::Failed(Failure::Claim(e)))
+                if owns_transaction && e.is_aborted_claim() && attempt < CLAIM_TRANSACTIONS =>
+            {
+                continue;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// [`Mode::Optimistic`]: run the body, then insert the record with its
+/// result; a key found taken rolls the body back (or, expired, is taken
+/// over).
+fn optimistic<C, O, E, F>(conn: &mut C, prepared: &Prepared<'_>, body: F) -> Settled<O, E>
+where
+    C: IdempotentConnection,
+    O: Response,
+    F: FnOnce(&mut C) -> Result<O, E>,
+{
+    guarded_transaction(conn, |conn| -> Result<O, Failure<E>> {
+        let out = run_body(conn, body)?;
+        let json = prepared.stored_json(&out)?;
+        let record = prepared.record(Some(&json));
+        match settle(conn, prepared, &record).map_err(Failure::Library)? {
+            Step::Hold => Ok(out),
+            // Undo the body's effects: the earlier call's stand.
+            Step::Replay(json) => Err(Failure::Replay(json)),
+        }
+    })
+}
+
+/// Runs the body in the library's transaction level; nothing more may be
+/// sent inside a level the body left open (the guard rolls it back).
+fn run_body<C, O, E, F>(conn: &mut C, body: F) -> Result<O, Failure<E>>
+where
+    C: IdempotentConnection,
+    F: FnOnce(&mut C) -> Result<O, E>,
+{
+    let depth = transaction_depth(conn)?;
+    let out = body(conn).map_err(Failure::Body)?;
+    ensure_closed_above(conn, depth)?;
+    Ok(out)
+}
+
+/// [`Replay::ReadFirst`]: the stored result, when one plain read finds a
+/// finished, unexpired record of this request; `None` otherwise.
+fn read_first<C: IdempotentConnection>(
+    conn: &mut C,
+    call: &Prepared<'_>,
+) -> Result<Option<String>, Error> {
+    let Some(existing) = conn.read_committed(call.id())? else {
+        return Ok(None);
+    };
+    Ok(
+        match judge(&existing, call.fingerprint.as_str(), call.now) {
+            Verdict::Replay(json) => Some(json.to_owned()),
+            Verdict::Mismatch | Verdict::InFlight | Verdict::Expired => None,
+        },
+    )
 }
 
 /// A validated call, stamped with the clock's time.
@@ -413,9 +553,20 @@ struct Prepared<'a> {
     expires_at: NaiveDateTime,
     max_response_bytes: Option<usize>,
     on_conflict: OnConflict,
+    mode: Mode,
+    replay: Replay,
 }
 
 impl Prepared<'_> {
+    /// The stored JSON of an earlier call, read back as the replayed value.
+    fn replayed<O: Response>(&self, json: &str) -> Result<O, Error> {
+        O::from_stored_json(json).map_err(|source| Error::StoredResultUnreadable {
+            namespace: self.namespace.to_owned(),
+            key: self.key.to_owned(),
+            source,
+        })
+    }
+
     fn in_flight(&self) -> Error {
         Error::InFlight {
             namespace: self.namespace.to_owned(),
@@ -475,13 +626,15 @@ impl Prepared<'_> {
         }
     }
 
-    fn claim_record(&self) -> NewRecord<'_> {
+    /// This call's record: a claim (`response: None`) or, in
+    /// [`Mode::Optimistic`], the finished record.
+    fn record<'r>(&'r self, response: Option<&'r str>) -> NewRecord<'r> {
         NewRecord {
             namespace: self.namespace,
             scope: self.scope,
             key: self.key,
             fingerprint: self.fingerprint.as_str(),
-            response: None,
+            response,
             created_at: self.now,
             expires_at: self.expires_at,
         }
@@ -543,6 +696,8 @@ enum Failure<E> {
     /// Before the body ran.
     Claim(Error),
     Library(Error),
+    /// An earlier call stored this JSON: roll back and return it.
+    Replay(String),
 }
 
 impl<E> From<diesel::result::Error> for Failure<E> {
@@ -557,10 +712,11 @@ impl<E> From<Error> for Failure<E> {
     }
 }
 
-/// What the claim decided.
+/// What writing this call's record decided.
 enum Step {
-    /// This call holds the key: run the body.
-    Run,
+    /// The record is this call's: run the body ([`Mode::ClaimFirst`]), or
+    /// the result is stored ([`Mode::Optimistic`]).
+    Hold,
     /// An earlier call stored this JSON: return it.
     Replay(String),
 }
@@ -599,30 +755,37 @@ pub fn judge<'s>(existing: &'s StoredState, fingerprint: &str, now: NaiveDateTim
     }
 }
 
-/// Claims the key insert-first; on conflict, judges the existing record.
+/// Writes `record` (a claim, or an optimistic call's finished record)
+/// insert-first; on conflict, judges the record that holds the key.
 ///
-/// With [`OnConflict::Reject`] every statement of the claim runs without
-/// waiting for row locks, so a key held by an unfinished call (a first call,
-/// or another caller taking over the expired record) answers
-/// [`Error::InFlight`] after one attempt.
-fn claim<C: IdempotentConnection>(conn: &mut C, call: &Prepared<'_>) -> Result<Step, Error> {
+/// With [`OnConflict::Reject`] every statement runs without waiting for row
+/// locks, so a key held by an unfinished call (a first call, or another
+/// caller taking over the expired record) answers [`Error::InFlight`] after
+/// one attempt.
+fn settle<C: IdempotentConnection>(
+    conn: &mut C,
+    call: &Prepared<'_>,
+    record: &NewRecord<'_>,
+) -> Result<Step, Error> {
     match call.on_conflict {
-        OnConflict::Wait => claim_once(conn, call),
+        OnConflict::Wait => settle_once(conn, call, record),
         OnConflict::Reject => conn
-            .without_lock_waits(|conn| claim_once(conn, call))?
+            .without_lock_waits(|conn| settle_once(conn, call, record))?
             .ok_or_else(|| call.in_flight()),
     }
 }
 
-fn claim_once<C: IdempotentConnection>(conn: &mut C, call: &Prepared<'_>) -> Result<Step, Error> {
-    let record = call.claim_record();
+fn settle_once<C: IdempotentConnection>(
+    conn: &mut C,
+    call: &Prepared<'_>,
+    record: &NewRecord<'_>,
+) -> Result<Step, Error> {
     for _ in 0..CLAIM_ATTEMPTS {
-        if conn.claim(&record)? {
-            return Ok(Step::Run);
-        }
-        let Some(existing) = conn.load(call.id())? else {
-            // Purged between the two statements: claim again.
-            continue;
+        let existing = match conn.claim_or_load(record)? {
+            Claimed::Inserted => return Ok(Step::Hold),
+            // Purged between the insert and the load: insert again.
+            Claimed::Vanished => continue,
+            Claimed::Existing(existing) => existing,
         };
         match judge(&existing, call.fingerprint.as_str(), call.now) {
             Verdict::Replay(json) => return Ok(Step::Replay(json.to_owned())),
@@ -634,8 +797,8 @@ fn claim_once<C: IdempotentConnection>(conn: &mut C, call: &Prepared<'_>) -> Res
             }
             Verdict::InFlight => break,
             Verdict::Expired => {
-                if conn.take_over(&record, call.now)? {
-                    return Ok(Step::Run);
+                if conn.take_over(record, call.now)? {
+                    return Ok(Step::Hold);
                 }
                 // A concurrent caller renewed or removed it first: look again.
             }

@@ -30,6 +30,19 @@ pub struct StoredState {
     pub expires_at: NaiveDateTime,
 }
 
+/// What a claim found: the key was free, or a record already holds it.
+#[doc(hidden)]
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Claimed {
+    /// The record was inserted: this call holds the key.
+    Inserted,
+    /// A record holds the key; these are its fields.
+    Existing(StoredState),
+    /// The insert found a record, and it was gone when loaded (purged in
+    /// between): claim again.
+    Vanished,
+}
+
 /// A Diesel connection the `#[idempotent]` attribute can keep records on.
 ///
 /// Implemented for `SqliteConnection` (feature `sqlite`) and `PgConnection`
@@ -93,6 +106,29 @@ pub trait IdempotentConnection:
     /// The record with this id, if one is visible.
     #[doc(hidden)]
     fn load(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>>;
+
+    /// Inserts `record` unless its id is taken (waiting, like [`Self::claim`],
+    /// for an uncommitted competitor), and otherwise returns the record that
+    /// holds it. PostgreSQL does both in one statement; elsewhere it is the
+    /// claim followed, on a conflict, by [`Self::load`].
+    #[doc(hidden)]
+    fn claim_or_load(&mut self, record: &NewRecord<'_>) -> QueryResult<Claimed> {
+        if self.claim(record)? {
+            return Ok(Claimed::Inserted);
+        }
+        Ok(self
+            .load(record.id())?
+            .map_or(Claimed::Vanished, Claimed::Existing))
+    }
+
+    /// The record with this id as a plain read sees it: no lock taken, none
+    /// waited for, so a record another transaction has not committed is
+    /// invisible. The read of `replay = "read_first"`, sent outside the
+    /// library's transaction.
+    #[doc(hidden)]
+    fn read_committed(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>> {
+        self.load(id)
+    }
 
     /// Replaces a record that expired at or before `now` by `record`.
     /// `true` = replaced; `false` = it is gone or was renewed meanwhile.

@@ -10,8 +10,9 @@
 //! whose snapshot may be older.
 
 use chrono::NaiveDateTime;
-use diesel::mysql::MysqlConnection;
+use diesel::mysql::{Mysql, MysqlConnection};
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
@@ -20,14 +21,49 @@ use crate::record::{NewRecord, RecordId, idempotency_records};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
-#[derive(QueryableByName)]
-struct Row {
-    #[diesel(sql_type = Text)]
-    fingerprint: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    response: Option<String>,
-    #[diesel(sql_type = Timestamp)]
-    expires_at: NaiveDateTime,
+/// `SELECT fingerprint, response, expires_at .. LOCK IN SHARE MODE` of one
+/// record (MariaDB has no `FOR SHARE`, the only locking clause Diesel's DSL
+/// writes for MySQL). Hand-written with a static query id so that Diesel
+/// caches the prepared statement, as it does for its DSL.
+struct LockingLoad<'a> {
+    id: RecordId<'a>,
+}
+
+impl QueryId for LockingLoad<'_> {
+    type QueryId = LockingLoad<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl Query for LockingLoad<'_> {
+    type SqlType = (Text, Nullable<Text>, Timestamp);
+}
+
+impl QueryFragment<Mysql> for LockingLoad<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        out.push_sql(
+            "SELECT fingerprint, response, expires_at FROM idempotency_records \
+             WHERE namespace = ",
+        );
+        out.push_bind_param::<Text, _>(self.id.namespace)?;
+        out.push_sql(" AND scope = ");
+        out.push_bind_param::<Text, _>(self.id.scope)?;
+        out.push_sql(" AND `key` = ");
+        out.push_bind_param::<Text, _>(self.id.key)?;
+        out.push_sql(" LOCK IN SHARE MODE");
+        Ok(())
+    }
+}
+
+impl RunQueryDsl<MysqlConnection> for LockingLoad<'_> {}
+
+fn stored_state(
+    (fingerprint, response, expires_at): (String, Option<String>, NaiveDateTime),
+) -> StoredState {
+    StoredState {
+        fingerprint,
+        response,
+        expires_at,
+    }
 }
 
 impl IdempotentConnection for MysqlConnection {
@@ -61,22 +97,25 @@ impl IdempotentConnection for MysqlConnection {
     }
 
     fn load(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>> {
-        diesel::sql_query(
-            "SELECT fingerprint, response, expires_at FROM idempotency_records \
-             WHERE namespace = ? AND scope = ? AND `key` = ? LOCK IN SHARE MODE",
-        )
-        .bind::<Text, _>(id.namespace)
-        .bind::<Text, _>(id.scope)
-        .bind::<Text, _>(id.key)
-        .get_result::<Row>(self)
-        .optional()
-        .map(|row| {
-            row.map(|row| StoredState {
-                fingerprint: row.fingerprint,
-                response: row.response,
-                expires_at: row.expires_at,
-            })
-        })
+        LockingLoad { id }
+            .get_result::<(String, Option<String>, NaiveDateTime)>(self)
+            .optional()
+            .map(|row| row.map(stored_state))
+    }
+
+    /// A consistent (non-locking) read: outside a transaction it sees the
+    /// latest committed record; inside the caller's, that transaction's
+    /// snapshot. At READ UNCOMMITTED it would see a record that is not
+    /// committed: `replay = "read_first"` needs READ COMMITTED or stricter
+    /// (InnoDB's default is REPEATABLE READ).
+    fn read_committed(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>> {
+        use crate::record::idempotency_records::dsl as r;
+        r::idempotency_records
+            .find((id.namespace, id.scope, id.key))
+            .select((r::fingerprint, r::response, r::expires_at))
+            .first::<(String, Option<String>, NaiveDateTime)>(self)
+            .optional()
+            .map(|row| row.map(stored_state))
     }
 
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize> {
