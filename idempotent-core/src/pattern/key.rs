@@ -407,6 +407,9 @@ impl<'a> Call<'a> {
         };
         match result {
             Ok(out) => Ok(out),
+            Err(Unwound::Failed(Failure::Body(e))) if prepared.mode == Mode::Optimistic => {
+                after_body_error(conn, &prepared, e)
+            }
             Err(Unwound::Failed(Failure::Body(e))) => Err(e),
             Err(Unwound::Failed(Failure::Replay(json))) => {
                 prepared.replayed(&json).map_err(E::from)
@@ -513,6 +516,28 @@ where
     })
 }
 
+/// The answer of an optimistic call whose body failed (its effects are
+/// rolled back). A concurrent duplicate's body can fail because of the
+/// first call's committed effects (the unique row it inserted, the balance
+/// it debited); then the first call's record is committed too, and the
+/// caller gets what claim-first would have given it: the replay, or the
+/// mismatch. Otherwise, and if the read itself fails, the body's error.
+fn after_body_error<C, O, E>(conn: &mut C, call: &Prepared<'_>, error: E) -> Result<O, E>
+where
+    C: IdempotentConnection,
+    O: Response,
+    E: From<Error>,
+{
+    let Ok(Some(existing)) = conn.read_committed(call.id()) else {
+        return Err(error);
+    };
+    match judge(&existing, call.fingerprint.as_str(), call.now) {
+        Verdict::Replay(json) => call.replayed(json).map_err(E::from),
+        Verdict::Mismatch => Err(E::from(call.mismatch())),
+        Verdict::InFlight | Verdict::Expired => Err(error),
+    }
+}
+
 /// Runs the body in the library's transaction level; nothing more may be
 /// sent inside a level the body left open (the guard rolls it back).
 fn run_body<C, O, E, F>(conn: &mut C, body: F) -> Result<O, Failure<E>>
@@ -558,6 +583,13 @@ struct Prepared<'a> {
 }
 
 impl Prepared<'_> {
+    fn mismatch(&self) -> Error {
+        Error::PayloadMismatch {
+            namespace: self.namespace.to_owned(),
+            key: self.key.to_owned(),
+        }
+    }
+
     /// The stored JSON of an earlier call, read back as the replayed value.
     fn replayed<O: Response>(&self, json: &str) -> Result<O, Error> {
         O::from_stored_json(json).map_err(|source| Error::StoredResultUnreadable {
@@ -789,12 +821,7 @@ fn settle_once<C: IdempotentConnection>(
         };
         match judge(&existing, call.fingerprint.as_str(), call.now) {
             Verdict::Replay(json) => return Ok(Step::Replay(json.to_owned())),
-            Verdict::Mismatch => {
-                return Err(Error::PayloadMismatch {
-                    namespace: call.namespace.to_owned(),
-                    key: call.key.to_owned(),
-                });
-            }
+            Verdict::Mismatch => return Err(call.mismatch()),
             Verdict::InFlight => break,
             Verdict::Expired => {
                 if conn.take_over(record, call.now)? {
