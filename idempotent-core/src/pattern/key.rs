@@ -401,14 +401,25 @@ impl<'a> Call<'a> {
                 Err(e) => return Err(E::from(e)),
             }
         }
+        let owns_transaction = match conn.in_transaction() {
+            Ok(open) => !open,
+            Err(e) => return Err(E::from(Error::Database(e))),
+        };
         let result = match prepared.mode {
-            Mode::ClaimFirst => claim_first(conn, &prepared, body),
+            Mode::ClaimFirst => claim_first(conn, &prepared, owns_transaction, body),
             Mode::Optimistic => optimistic(conn, &prepared, body),
         };
         match result {
             Ok(out) => Ok(out),
             Err(Unwound::Failed(Failure::Body(e))) if prepared.mode == Mode::Optimistic => {
                 after_body_error(conn, &prepared, e)
+            }
+            Err(Unwound::Failed(Failure::Claim(e)))
+                if prepared.mode == Mode::Optimistic
+                    && owns_transaction
+                    && e.is_aborted_claim() =>
+            {
+                after_aborted_insert(conn, &prepared, e).map_err(E::from)
             }
             Err(Unwound::Failed(Failure::Body(e))) => Err(e),
             Err(Unwound::Failed(Failure::Replay(json))) => {
@@ -448,7 +459,12 @@ impl<'a> Call<'a> {
 type Settled<O, E> = Result<O, Unwound<Failure<E>>>;
 
 /// [`Mode::ClaimFirst`]: claim, run the body, store its result.
-fn claim_first<C, O, E, F>(conn: &mut C, prepared: &Prepared<'_>, body: F) -> Settled<O, E>
+fn claim_first<C, O, E, F>(
+    conn: &mut C,
+    prepared: &Prepared<'_>,
+    owns_transaction: bool,
+    body: F,
+) -> Settled<O, E>
 where
     C: IdempotentConnection,
     O: Response,
@@ -460,9 +476,6 @@ where
     // it is safe to start it again. Nothing else is retried here: an
     // `InFlight` answer or a lock wait that timed out goes back to the
     // caller at once.
-    let owns_transaction = !conn
-        .in_transaction()
-        .map_err(|e| Unwound::Failed(Failure::Library(Error::Database(e))))?;
     let mut body = Some(body);
     let mut attempt = 0;
     loop {
@@ -508,7 +521,7 @@ where
         let out = run_body(conn, body)?;
         let json = prepared.stored_json(&out)?;
         let record = prepared.record(Some(&json));
-        match settle(conn, prepared, &record).map_err(Failure::Library)? {
+        match settle(conn, prepared, &record).map_err(Failure::Claim)? {
             Step::Hold => Ok(out),
             // Undo the body's effects: the earlier call's stand.
             Step::Replay(json) => Err(Failure::Replay(json)),
@@ -535,6 +548,55 @@ where
         Verdict::Replay(json) => call.replayed(json).map_err(E::from),
         Verdict::Mismatch => Err(E::from(call.mismatch())),
         Verdict::InFlight | Verdict::Expired => Err(error),
+    }
+}
+
+/// What [`after_aborted_insert`] found.
+enum Looked {
+    Replay(String),
+    Mismatch,
+    /// Nothing to answer with (or the look failed): the original error.
+    Nothing,
+}
+
+impl From<diesel::result::Error> for Looked {
+    fn from(_: diesel::result::Error) -> Self {
+        Looked::Nothing
+    }
+}
+
+/// The answer of an optimistic call whose own transaction the database
+/// aborted at the insert: InnoDB picks a deadlock victim when callers take
+/// over one expired record together (each holds a shared lock on it and
+/// wants the exclusive one). The body's effects are rolled back and it
+/// cannot run again, but the caller that won may have stored a result for
+/// this request: look once more, in a transaction that waits (like a claim)
+/// for a holder that has not committed and is always rolled back, and
+/// replay it. Otherwise the database's error, which is retryable.
+fn after_aborted_insert<C, O>(conn: &mut C, call: &Prepared<'_>, error: Error) -> Result<O, Error>
+where
+    C: IdempotentConnection,
+    O: Response,
+{
+    let claim = call.record(None);
+    let looked = guarded_transaction(conn, |conn| -> Result<(), Looked> {
+        let Claimed::Existing(existing) = conn.claim_or_load(&claim)? else {
+            // The key was free: roll back the claim just inserted.
+            return Err(Looked::Nothing);
+        };
+        Err(
+            match judge(&existing, call.fingerprint.as_str(), call.now) {
+                Verdict::Replay(json) => Looked::Replay(json.to_owned()),
+                Verdict::Mismatch => Looked::Mismatch,
+                Verdict::InFlight | Verdict::Expired => Looked::Nothing,
+            },
+        )
+    });
+    match looked {
+        Err(Unwound::Failed(Looked::Replay(json))) => call.replayed(&json),
+        Err(Unwound::Failed(Looked::Mismatch)) => Err(call.mismatch()),
+        Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
+        Ok(()) | Err(Unwound::Failed(Looked::Nothing)) => Err(error),
     }
 }
 
