@@ -514,11 +514,13 @@ impl Backend for Mysql {
     }
 
     fn wait_for_lock_waiters(&self, n: usize) {
-        // A claim that is executing cannot finish while the first call
-        // holds the key, so it is (or is about to be) waiting on its lock.
+        // A claim (or an insert into `accounts`, whose unique row a held
+        // first call inserted) that is executing cannot finish while the
+        // first call holds its lock, so it is (or is about to be) waiting.
         self.0.wait_until_count(
             "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST \
-             WHERE DB = DATABASE() AND INFO LIKE 'INSERT IGNORE INTO `idempotency_records`%'",
+             WHERE DB = DATABASE() AND (INFO LIKE 'INSERT IGNORE INTO `idempotency_records`%' \
+             OR INFO LIKE 'INSERT INTO accounts%')",
             n,
         );
     }

@@ -4,6 +4,7 @@
 
 pub mod backends;
 pub mod hardening;
+pub mod modes;
 pub mod suite;
 
 use diesel::QueryResult;
@@ -510,6 +511,30 @@ macro_rules! conformance {
             deadlocks_are_retryable,
             nowait_lock_failures_are_retryable,
         );
+        $crate::conformance!(@modes $backend;
+            shapes_first_call_runs_body_and_stores,
+            shapes_replay_returns_stored_result_without_a_second_effect,
+            shapes_mismatch_has_no_second_effect,
+            shapes_expired_record_is_taken_over,
+            shapes_body_error_and_panic_leave_nothing,
+            shapes_caller_rollback_removes_record_and_effect,
+            shapes_in_caller_transaction_commit,
+            shapes_concurrent_duplicates_run_body_once,
+            shapes_duplicate_waits_for_held_first_call,
+            shapes_reject_answers_in_flight,
+            read_first_never_replays_an_uncommitted_result,
+            read_first_respects_expiry_to_the_microsecond,
+            shapes_concurrent_takeover_runs_body_once,
+            optimistic_duplicate_failing_on_the_first_calls_effects_replays,
+        );
+    };
+    (@modes $backend:ty; $($test:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $test() {
+                $crate::common::modes::$test::<$backend>();
+            }
+        )*
     };
     (@hardening $backend:ty; $($test:ident),* $(,)?) => {
         $(

@@ -468,31 +468,123 @@ pub fn runtime_call_api<B: Backend>() {
     );
 }
 
+/// What holds a key when a measured call comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Before {
+    /// Nothing: the key is free.
+    Nothing,
+    /// A finished record of the same request.
+    Record,
+    /// A finished record that has just expired.
+    Expired,
+    /// A first call that has not committed, on another connection.
+    Held,
+}
+
+/// What a measured call must answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    Fresh,
+    Replayed,
+    Mismatch,
+    InFlight,
+}
+
+/// The statements the library sends on each path of a call, outside and
+/// inside a caller's transaction: printed as a table (the README and
+/// BENCHMARKS.md take theirs from it) and pinned.
 pub fn statements_added_per_call<B: Backend>() {
+    use super::modes::{Payer, Shape, TTL};
+    use Answer::*;
+    use Before::*;
     let db = B::fresh();
     let mut conn = db.connect();
+    let mut holder = db.connect();
     let clock = clock();
     let req = NewPayment::eur(1);
     let other = NewPayment::eur(2);
-    let mut report = Vec::new();
-    let mut measure =
-        |label: &str,
-         in_tx: bool,
-         conn: &mut B::Conn,
-         call: &dyn Fn(&mut B::Conn) -> Result<Payment, AppError>| {
-            let (log, ()) = statements(conn, |conn| {
-                let result = if in_tx {
-                    conn.transaction(|conn| call(conn).map(drop))
-                } else {
-                    call(conn).map(drop)
-                };
-                if let Err(e) = result {
-                    assert!(
-                        matches!(e, AppError::Idempotency(Error::PayloadMismatch { .. })),
-                        "{label}: {e:?}"
-                    );
-                }
-            });
+    let claim_first = Payer::new(Shape::CLAIM_FIRST, &clock);
+    let reject = Payer::new(Shape::CLAIM_FIRST, &clock).rejecting();
+    let read_first = Payer::new(Shape::READ_FIRST, &clock);
+    let optimistic = Payer::new(Shape::OPTIMISTIC, &clock);
+    let both = Payer::new(Shape::OPTIMISTIC_READ_FIRST, &clock);
+    #[rustfmt::skip]
+    let paths: &[(&str, &Payer<'_>, Before, &NewPayment, Answer)] = &[
+        ("claim-first, first call", &claim_first, Nothing, &req, Fresh),
+        ("claim-first, replay", &claim_first, Record, &req, Replayed),
+        ("claim-first, mismatch", &claim_first, Record, &other, Mismatch),
+        ("claim-first, take-over", &claim_first, Expired, &req, Fresh),
+        ("claim-first, in flight (reject)", &reject, Held, &req, InFlight),
+        ("reject, first call", &reject, Nothing, &req, Fresh),
+        ("reject, replay", &reject, Record, &req, Replayed),
+        ("read-first, first call", &read_first, Nothing, &req, Fresh),
+        ("read-first, replay", &read_first, Record, &req, Replayed),
+        ("read-first, mismatch", &read_first, Record, &other, Mismatch),
+        ("read-first, take-over", &read_first, Expired, &req, Fresh),
+        ("optimistic, first call", &optimistic, Nothing, &req, Fresh),
+        ("optimistic, replay", &optimistic, Record, &req, Replayed),
+        ("optimistic, mismatch", &optimistic, Record, &other, Mismatch),
+        ("optimistic, take-over", &optimistic, Expired, &req, Fresh),
+        ("optimistic + read-first, first call", &both, Nothing, &req, Fresh),
+        ("optimistic + read-first, replay", &both, Record, &req, Replayed),
+    ];
+    /// One path: the statements added outside and inside a caller's
+    /// transaction (`None`: not measured), and the statements themselves.
+    struct Row<'l> {
+        label: &'l str,
+        counts: [Option<usize>; 2],
+        shapes: [String; 2],
+    }
+    let mut rows: Vec<Row<'_>> = Vec::new();
+    for (n, &(label, payer, before, with, answer)) in paths.iter().enumerate() {
+        let mut row = Row {
+            label,
+            counts: [None, None],
+            shapes: [String::new(), String::new()],
+        };
+        for (position, in_tx) in [false, true].into_iter().enumerate() {
+            if before == Held && !B::REJECTS_AT_ONCE {
+                // SQLite: the duplicate would wait for the database lock.
+                continue;
+            }
+            let key = format!("s-{n}-{position}");
+            if matches!(before, Record | Expired) {
+                claim_first
+                    .pay(&mut conn, &key, &req, Then::Succeed)
+                    .unwrap();
+            }
+            if before == Expired {
+                clock.advance(TTL);
+            }
+            let call = |conn: &mut B::Conn| {
+                statements(conn, |c| {
+                    if in_tx {
+                        c.transaction(|c| payer.pay(c, &key, with, Then::Succeed))
+                    } else {
+                        payer.pay(c, &key, with, Then::Succeed)
+                    }
+                })
+            };
+            let (log, result) = if before == Held {
+                let mut measured = None;
+                let held: Result<(), AppError> = holder.transaction(|h| {
+                    claim_first.pay(h, &key, &req, Then::Succeed)?;
+                    measured = Some(call(&mut conn));
+                    Err(AppError::Declined)
+                });
+                assert!(matches!(held, Err(AppError::Declined)), "{held:?}");
+                measured.unwrap()
+            } else {
+                call(&mut conn)
+            };
+            let what = format!("{label} (in a caller's transaction: {in_tx})");
+            match (answer, &result) {
+                (Fresh, Ok(o)) => assert!(!o.is_replayed(), "{what}"),
+                (Replayed, Ok(o)) => assert!(o.is_replayed(), "{what}"),
+                (Mismatch, Err(AppError::Idempotency(Error::PayloadMismatch { .. })))
+                | (InFlight, Err(AppError::Idempotency(Error::InFlight { .. }))) => {}
+                _ => panic!("{what}: expected {answer:?}, got {result:?}"),
+            }
             // The caller's own BEGIN and COMMIT (or ROLLBACK) and the body's
             // insert are not the library's.
             let body = log
@@ -500,60 +592,116 @@ pub fn statements_added_per_call<B: Backend>() {
                 .filter(|q| q.contains("INSERT INTO payments") || q.contains("LAST_INSERT_ID"))
                 .count();
             let caller = usize::from(in_tx) * 2;
-            let added = log.len() - body - caller;
+            row.counts[position] = Some(log.len() - body - caller);
             let shapes: Vec<String> = log.iter().map(|q| q.chars().take(32).collect()).collect();
-            report.push(format!(
-                "{label}: {added} of {} ({})",
-                log.len(),
-                shapes.join(" | ")
-            ));
-            added
-        };
-    let create = |c: &mut B::Conn, key: &str, req: &NewPayment| {
-        create_payment(c, &clock, key, req, Then::Succeed)
-    };
-    let reject =
-        |c: &mut B::Conn, key: &str| create_payment_or_reject(c, &clock, key, &req, Then::Succeed);
-    let first = measure("first call", false, &mut conn, &|c| create(c, "s-1", &req));
-    let replay = measure("replay", false, &mut conn, &|c| create(c, "s-1", &req));
-    let first_tx = measure("first call in caller tx", true, &mut conn, &|c| {
-        create(c, "s-2", &req)
-    });
-    let replay_tx = measure("replay in caller tx", true, &mut conn, &|c| {
-        create(c, "s-2", &req)
-    });
-    let mismatch = measure("mismatch", false, &mut conn, &|c| create(c, "s-1", &other));
-    let reject_first = measure("reject, first call", false, &mut conn, &|c| {
-        reject(c, "s-3")
-    });
-    let reject_replay = measure("reject, replay", false, &mut conn, &|c| reject(c, "s-3"));
-    clock.advance(Duration::from_secs(2 * 3600));
-    let take_over = measure("take-over of an expired record", false, &mut conn, &|c| {
-        create(c, "s-1", &req)
-    });
+            row.shapes[position] = shapes.join(" | ");
+        }
+        rows.push(row);
+    }
+    let cell = |count: Option<usize>| count.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    let mut report = vec![
+        "| path | outside a transaction | in the caller's transaction |".to_owned(),
+        "|---|---|---|".to_owned(),
+    ];
+    for Row { label, counts, .. } in &rows {
+        report.push(format!(
+            "| {label} | {} | {} |",
+            cell(counts[0]),
+            cell(counts[1])
+        ));
+    }
+    for Row {
+        label,
+        counts,
+        shapes,
+    } in &rows
+    {
+        for (position, where_) in ["outside", "in the caller's transaction"]
+            .iter()
+            .enumerate()
+        {
+            if counts[position].is_some() {
+                report.push(format!("{label}, {where_}: {}", shapes[position]));
+            }
+        }
+    }
     println!(
-        "[{}] statements added by the library:\n  {}",
+        "[{}] statements added by the library per call (not counting the body's nor the \
+         caller's BEGIN and COMMIT):\n  {}",
         B::NAME,
         report.join("\n  ")
     );
+
     // Pinned (README "Cost", BENCHMARKS.md). A change here is a change of
-    // the library's cost: update the docs.
-    // First call: BEGIN/SAVEPOINT, the claim, the stored result,
-    // COMMIT/RELEASE. Replay and mismatch: BEGIN/SAVEPOINT, the claim (a
-    // no-op), the load, COMMIT/RELEASE (ROLLBACK for a mismatch).
-    assert_eq!(first, 4, "first call");
-    assert_eq!(first_tx, 4, "first call in a transaction");
-    assert_eq!(replay, 4, "replay");
-    assert_eq!(replay_tx, 4, "replay in a transaction");
-    assert_eq!(mismatch, 4, "mismatch");
-    // Taking over an expired record: the claim, the load and the take-over
-    // `UPDATE` before the body, then the result.
-    assert_eq!(take_over, 6, "take-over");
-    // `on_conflict = "reject"` disables lock waits for the claim and
-    // restores the setting after it: two more on PostgreSQL and MySQL.
-    let reject_extra = if B::REJECTS_AT_ONCE { 2 } else { 0 };
-    assert_eq!(reject_first, 4 + reject_extra, "reject, first call");
-    assert_eq!(reject_replay, 4 + reject_extra, "reject, replay");
+    // the library's cost: update the docs. Each count is the same outside a
+    // transaction (BEGIN .. COMMIT or ROLLBACK) and inside the caller's
+    // (SAVEPOINT .. RELEASE or ROLLBACK TO SAVEPOINT).
+    //
+    // PostgreSQL claims a key and, when it is taken, reads the record that
+    // holds it in one statement; elsewhere the claim is followed by a load.
+    let claim = if B::NAME == "postgres" { 1 } else { 2 };
+    // `on_conflict = "reject"` disables lock waits before the claim and
+    // restores the setting after it (PostgreSQL, MySQL).
+    let lock_settings = if B::REJECTS_AT_ONCE { 2 } else { 0 };
+    #[rustfmt::skip]
+    let expected: &[(&str, usize)] = &[
+        // BEGIN, the claim (an insert), the result (UPDATE), COMMIT.
+        ("claim-first, first call", 4),
+        // BEGIN, the claim finding the record, ROLLBACK: nothing written.
+        ("claim-first, replay", 2 + claim),
+        ("claim-first, mismatch", 2 + claim),
+        // BEGIN, the claim finding the expired record, the take-over
+        // (UPDATE), the result (UPDATE), COMMIT.
+        ("claim-first, take-over", 2 + claim + 2),
+        // BEGIN, lock waits off, the claim timing out at once, ROLLBACK
+        // (MySQL also restores the setting: a timeout there ends the
+        // statement only; PostgreSQL's rollback restores it).
+        ("claim-first, in flight (reject)", if B::NAME == "postgres" { 4 } else { 5 }),
+        ("reject, first call", 4 + lock_settings),
+        ("reject, replay", 2 + claim + lock_settings),
+        // One read that misses, then the claim-first path.
+        ("read-first, first call", 1 + 4),
+        // One read: a finished, unexpired record of the same request.
+        ("read-first, replay", 1),
+        ("read-first, mismatch", 1 + 2 + claim),
+        ("read-first, take-over", 1 + 2 + claim + 2),
+        // BEGIN, the record inserted with its result, COMMIT.
+        ("optimistic, first call", 3),
+        // BEGIN, the insert finding the record, ROLLBACK (the body's
+        // effects with it).
+        ("optimistic, replay", 2 + claim),
+        ("optimistic, mismatch", 2 + claim),
+        // BEGIN, the insert finding the expired record, the take-over
+        // with the result (UPDATE), COMMIT.
+        ("optimistic, take-over", 2 + claim + 1),
+        ("optimistic + read-first, first call", 1 + 3),
+        ("optimistic + read-first, replay", 1),
+    ];
+    assert_eq!(expected.len(), rows.len());
+    let mut wrong = Vec::new();
+    for (
+        Row {
+            label,
+            counts,
+            shapes,
+        },
+        (expected_label, expected),
+    ) in rows.iter().zip(expected)
+    {
+        assert_eq!(label, expected_label);
+        for (position, count) in counts.iter().enumerate() {
+            if let Some(count) = count
+                && count != expected
+            {
+                wrong.push(format!(
+                    "{label} ({}): {count}, expected {expected}: {}",
+                    ["outside", "in the caller's transaction"][position],
+                    shapes[position]
+                ));
+            }
+        }
+    }
+    assert!(wrong.is_empty(), "[{}] {}", B::NAME, wrong.join("\n"));
 }
 
 /// A first call holds the key in an open transaction; a duplicate on another
