@@ -488,6 +488,8 @@ enum Answer {
     Replayed,
     Mismatch,
     InFlight,
+    /// The body fails (and no earlier call holds the key).
+    Declined,
 }
 
 /// The statements the library sends on each path of a call, outside and
@@ -525,6 +527,7 @@ pub fn statements_added_per_call<B: Backend>() {
         ("optimistic, replay", &optimistic, Record, &req, Replayed),
         ("optimistic, mismatch", &optimistic, Record, &other, Mismatch),
         ("optimistic, take-over", &optimistic, Expired, &req, Fresh),
+        ("optimistic, body error", &optimistic, Nothing, &req, Declined),
         ("optimistic + read-first, first call", &both, Nothing, &req, Fresh),
         ("optimistic + read-first, replay", &both, Record, &req, Replayed),
     ];
@@ -556,12 +559,17 @@ pub fn statements_added_per_call<B: Backend>() {
             if before == Expired {
                 clock.advance(TTL);
             }
+            let then = if answer == Declined {
+                Then::Fail
+            } else {
+                Then::Succeed
+            };
             let call = |conn: &mut B::Conn| {
                 statements(conn, |c| {
                     if in_tx {
-                        c.transaction(|c| payer.pay(c, &key, with, Then::Succeed))
+                        c.transaction(|c| payer.pay(c, &key, with, then))
                     } else {
-                        payer.pay(c, &key, with, Then::Succeed)
+                        payer.pay(c, &key, with, then)
                     }
                 })
             };
@@ -582,7 +590,8 @@ pub fn statements_added_per_call<B: Backend>() {
                 (Fresh, Ok(o)) => assert!(!o.is_replayed(), "{what}"),
                 (Replayed, Ok(o)) => assert!(o.is_replayed(), "{what}"),
                 (Mismatch, Err(AppError::Idempotency(Error::PayloadMismatch { .. })))
-                | (InFlight, Err(AppError::Idempotency(Error::InFlight { .. }))) => {}
+                | (InFlight, Err(AppError::Idempotency(Error::InFlight { .. })))
+                | (Declined, Err(AppError::Declined)) => {}
                 _ => panic!("{what}: expected {answer:?}, got {result:?}"),
             }
             // The caller's own BEGIN and COMMIT (or ROLLBACK) and the body's
@@ -674,6 +683,9 @@ pub fn statements_added_per_call<B: Backend>() {
         // BEGIN, the insert finding the expired record, the take-over
         // with the result (UPDATE), COMMIT.
         ("optimistic, take-over", 2 + claim + 1),
+        // BEGIN, (the body fails), ROLLBACK, then one read for a first
+        // call's record that the failure may have come from.
+        ("optimistic, body error", 3),
         ("optimistic + read-first, first call", 1 + 3),
         ("optimistic + read-first, replay", 1),
     ];
