@@ -10,7 +10,11 @@ use std::num::NonZeroU32;
 use std::panic::{self, AssertUnwindSafe};
 
 use chrono::NaiveDateTime;
-use diesel::QueryResult;
+use diesel::backend::Backend;
+use diesel::query_builder::{AstPass, QueryFragment, QueryId};
+use diesel::serialize::ToSql;
+use diesel::sql_types::{HasSqlType, Nullable, Text, Timestamp};
+use diesel::{QueryResult, RunQueryDsl};
 
 use crate::record::{NewRecord, RecordId};
 
@@ -292,6 +296,93 @@ where
     result
 }
 
+/// `UPDATE idempotency_records SET response = ? WHERE <the record's id>`:
+/// stores a claimed call's result.
+///
+/// Diesel's `update` DSL is never a cached prepared statement (it marks
+/// itself unsafe to cache), so every call would be parsed and planned
+/// again; this query has a static query id, which Diesel caches per
+/// connection like its other statements.
+#[doc(hidden)]
+pub struct Complete<'a> {
+    pub(crate) id: RecordId<'a>,
+    pub(crate) response: &'a str,
+}
+
+/// `UPDATE idempotency_records SET fingerprint = ?, response = ?,
+/// created_at = ?, expires_at = ? WHERE <the record's id> AND expires_at <= ?`:
+/// replaces a record that expired. Cached like [`Complete`].
+#[doc(hidden)]
+pub struct TakeOver<'a> {
+    pub(crate) record: &'a NewRecord<'a>,
+    pub(crate) now: NaiveDateTime,
+}
+
+impl QueryId for Complete<'_> {
+    type QueryId = Complete<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+impl QueryId for TakeOver<'_> {
+    type QueryId = TakeOver<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+/// ` WHERE namespace = ? AND scope = ? AND "key" = ?` (`key` quoted as the
+/// dialect quotes identifiers: MySQL reserves it).
+fn push_record_id<'b, DB>(out: &mut AstPass<'_, 'b, DB>, id: &RecordId<'b>) -> QueryResult<()>
+where
+    DB: Backend + HasSqlType<Text>,
+    str: ToSql<Text, DB>,
+{
+    out.push_sql(" WHERE namespace = ");
+    out.push_bind_param::<Text, str>(id.namespace)?;
+    out.push_sql(" AND scope = ");
+    out.push_bind_param::<Text, str>(id.scope)?;
+    out.push_sql(" AND ");
+    out.push_identifier("key")?;
+    out.push_sql(" = ");
+    out.push_bind_param::<Text, str>(id.key)
+}
+
+impl<DB> QueryFragment<DB> for Complete<'_>
+where
+    DB: Backend + HasSqlType<Text>,
+    str: ToSql<Text, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("UPDATE idempotency_records SET response = ");
+        out.push_bind_param::<Text, str>(self.response)?;
+        push_record_id(&mut out, &self.id)
+    }
+}
+
+impl<DB> QueryFragment<DB> for TakeOver<'_>
+where
+    DB: Backend + HasSqlType<Text> + HasSqlType<Timestamp>,
+    str: ToSql<Text, DB>,
+    NaiveDateTime: ToSql<Timestamp, DB>,
+    for<'x> Option<&'x str>: ToSql<Nullable<Text>, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        let r = self.record;
+        out.push_sql("UPDATE idempotency_records SET fingerprint = ");
+        out.push_bind_param::<Text, str>(r.fingerprint)?;
+        out.push_sql(", response = ");
+        out.push_bind_param::<Nullable<Text>, Option<&str>>(&r.response)?;
+        out.push_sql(", created_at = ");
+        out.push_bind_param::<Timestamp, NaiveDateTime>(&r.created_at)?;
+        out.push_sql(", expires_at = ");
+        out.push_bind_param::<Timestamp, NaiveDateTime>(&r.expires_at)?;
+        push_record_id(&mut out, &r.id())?;
+        out.push_sql(" AND expires_at <= ");
+        out.push_bind_param::<Timestamp, NaiveDateTime>(&self.now)
+    }
+}
+
+impl<Conn> RunQueryDsl<Conn> for Complete<'_> {}
+impl<Conn> RunQueryDsl<Conn> for TakeOver<'_> {}
+
 /// One column of a unique index, as each dialect's catalog query returns it.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 #[derive(diesel::QueryableByName)]
@@ -384,22 +475,10 @@ macro_rules! shared_statements {
             record: &$crate::record::NewRecord<'_>,
             now: ::chrono::NaiveDateTime,
         ) -> ::diesel::QueryResult<bool> {
-            use ::diesel::prelude::*;
-            use $crate::record::idempotency_records::dsl as r;
-            let id = record.id();
-            ::diesel::update(
-                r::idempotency_records
-                    .find((id.namespace, id.scope, id.key))
-                    .filter(r::expires_at.le(now)),
-            )
-            .set((
-                r::fingerprint.eq(record.fingerprint),
-                r::response.eq(record.response),
-                r::created_at.eq(record.created_at),
-                r::expires_at.eq(record.expires_at),
-            ))
-            .execute(self)
-            .map(|rows| rows == 1)
+            use ::diesel::RunQueryDsl;
+            $crate::store::TakeOver { record, now }
+                .execute(self)
+                .map(|rows| rows == 1)
         }
 
         fn complete(
@@ -407,11 +486,8 @@ macro_rules! shared_statements {
             id: $crate::record::RecordId<'_>,
             response: &str,
         ) -> ::diesel::QueryResult<usize> {
-            use ::diesel::prelude::*;
-            use $crate::record::idempotency_records::dsl as r;
-            ::diesel::update(r::idempotency_records.find((id.namespace, id.scope, id.key)))
-                .set(r::response.eq(response))
-                .execute(self)
+            use ::diesel::RunQueryDsl;
+            $crate::store::Complete { id, response }.execute(self)
         }
     };
 }
