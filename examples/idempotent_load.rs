@@ -18,28 +18,35 @@
 //! | `--keys distinct\|hot` | a new key for every call (default), or one key for every call of a run |
 //! | `--count N` | N calls per run, shared by the clients (default 2000) |
 //! | `--duration D` | instead of `--count`: run each workload for `D` (`500ms`, `10s`, `2m`) |
+//! | `--mode claim_first\|optimistic` | the wrapped function's `mode` (default `claim_first`) |
+//! | `--replay in_transaction\|read_first` | the wrapped function's `replay` (default `in_transaction`) |
 //!
 //! The body is one INSERT into `payments`. Two runs with the same clients,
 //! keys and count (or duration) are made one after the other:
 //!
 //! 1. **unwrapped**: the INSERT in `conn.transaction(..)`;
 //! 2. **wrapped**: the same INSERT in `pay`, under
-//!    `#[idempotent(key = key, name = "load.pay", ttl = "1h")]`.
+//!    `#[idempotent(key = key, name = "load.pay", ttl = "1h")]` with the
+//!    `mode` and `replay` options chosen.
 //!
 //! With distinct keys every wrapped call runs the body; with a hot key the
-//! wrapped run executes the body once and every other call replays its
-//! result. For each run the tool prints the calls, the wall time, the
-//! throughput and the p50, p99 and maximum latency of a call, then the ratios
-//! wrapped / unwrapped. A progress bar is drawn to stderr when it is a
-//! terminal.
+//! wrapped run commits the body once and every other call replays its
+//! result (`mode = "optimistic"`: a replay that the read of
+//! `replay = "read_first"` does not answer runs the body and rolls it back).
+//! For each run the tool prints the calls, the replays, the wall time, the
+//! throughput and the p50, p99 and maximum latency of a call, then the
+//! ratios wrapped / unwrapped. A progress bar is drawn to stderr when it is
+//! a terminal.
 //!
-//! After the wrapped run it counts the body's executions per key in
-//! `payments` (the wrapped run's keys start with `wrapped-`, the unwrapped
-//! run's with `unwrapped-`). Exits with 1 when a key's body ran twice, when
-//! a key answered `Ok` without its payment or its record, when the callers
-//! of a hot key got different answers, or when a call failed with an error
-//! that is not retryable (`diesel_idempotent::Error::is_retryable`;
-//! retryable ones are counted and reported); with 2 on bad arguments.
+//! After the wrapped run it counts the body's committed executions per key
+//! in `payments` (the wrapped run's keys start with `wrapped-`, the
+//! unwrapped run's with `unwrapped-`). Exits with 1 when a key's body
+//! committed twice, when a key answered `Ok` without its payment or its
+//! record, when the calls that said they ran the body (not replayed) are not
+//! exactly the payments committed, when the callers of a hot key got
+//! different answers, or when a call failed with an error that is not
+//! retryable (`diesel_idempotent::Error::is_retryable`; retryable ones are
+//! counted and reported); with 2 on bad arguments.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -49,7 +56,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
-use diesel_idempotent::{IdempotentConnection, Retryable, idempotency_records};
+use diesel_idempotent::{
+    IdempotentConnection, Mode, Outcome, Replay, Retryable, idempotency_records,
+};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 const USAGE: &str = "\
@@ -65,6 +74,10 @@ usage: cargo run --release [--features postgres] --example idempotent_load -- [O
                              call of a run
   --count N                  N calls per run, shared by the clients (default 2000)
   --duration D               instead of --count: run each workload for D (500ms, 10s, 2m)
+  --mode claim_first|optimistic
+                             the wrapped function's mode (default claim_first)
+  --replay in_transaction|read_first
+                             the wrapped function's replay (default in_transaction)
   -h, --help                 print this";
 
 /// Where `--backend postgres` finds its server when `--url` is not given.
@@ -213,10 +226,61 @@ impl LoadConn for PgConnection {
     shared_queries!();
 }
 
-/// The wrapped run's call: the body runs once per key, repeats replay.
+/// The wrapped run's call: the body commits once per key, repeats replay.
 #[diesel_idempotent::idempotent(key = key, name = "load.pay", ttl = "1h")]
-fn pay<C: LoadConn>(conn: &mut C, key: &str, amount: i64) -> Result<i64, LoadError> {
-    Ok(conn.insert_payment(key, amount)?)
+fn pay<C: LoadConn>(conn: &mut C, key: &str, amount: i64) -> Result<Outcome<i64>, LoadError> {
+    Ok(conn.insert_payment(key, amount)?.into())
+}
+
+/// [`pay`] with `mode = "optimistic"`.
+#[diesel_idempotent::idempotent(key = key, name = "load.pay", ttl = "1h", mode = "optimistic")]
+fn pay_optimistic<C: LoadConn>(
+    conn: &mut C,
+    key: &str,
+    amount: i64,
+) -> Result<Outcome<i64>, LoadError> {
+    Ok(conn.insert_payment(key, amount)?.into())
+}
+
+/// [`pay`] with `replay = "read_first"`.
+#[diesel_idempotent::idempotent(key = key, name = "load.pay", ttl = "1h", replay = "read_first")]
+fn pay_read_first<C: LoadConn>(
+    conn: &mut C,
+    key: &str,
+    amount: i64,
+) -> Result<Outcome<i64>, LoadError> {
+    Ok(conn.insert_payment(key, amount)?.into())
+}
+
+/// [`pay`] with `mode = "optimistic"` and `replay = "read_first"`.
+#[diesel_idempotent::idempotent(
+    key = key,
+    name = "load.pay",
+    ttl = "1h",
+    mode = "optimistic",
+    replay = "read_first"
+)]
+fn pay_optimistic_read_first<C: LoadConn>(
+    conn: &mut C,
+    key: &str,
+    amount: i64,
+) -> Result<Outcome<i64>, LoadError> {
+    Ok(conn.insert_payment(key, amount)?.into())
+}
+
+/// The wrapped run's function, as `--mode` and `--replay` chose it.
+fn pay_with<C: LoadConn>(
+    options: Annotation,
+    conn: &mut C,
+    key: &str,
+    amount: i64,
+) -> Result<Outcome<i64>, LoadError> {
+    match (options.mode, options.replay) {
+        (Mode::ClaimFirst, Replay::InTransaction) => pay(conn, key, amount),
+        (Mode::Optimistic, Replay::InTransaction) => pay_optimistic(conn, key, amount),
+        (Mode::ClaimFirst, Replay::ReadFirst) => pay_read_first(conn, key, amount),
+        (Mode::Optimistic, Replay::ReadFirst) => pay_optimistic_read_first(conn, key, amount),
+    }
 }
 
 /// The unwrapped run's call: the same body in a plain transaction.
@@ -253,6 +317,27 @@ impl fmt::Display for Keys {
     }
 }
 
+/// The wrapped function's `mode` and `replay` options.
+#[derive(Debug, Clone, Copy, Default)]
+struct Annotation {
+    mode: Mode,
+    replay: Replay,
+}
+
+impl fmt::Display for Annotation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mode = match self.mode {
+            Mode::ClaimFirst => "claim_first",
+            Mode::Optimistic => "optimistic",
+        };
+        let replay = match self.replay {
+            Replay::InTransaction => "in_transaction",
+            Replay::ReadFirst => "read_first",
+        };
+        write!(f, "mode = \"{mode}\", replay = \"{replay}\"")
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Limit {
     Count(u64),
@@ -274,6 +359,7 @@ struct Options {
     clients: usize,
     keys: Keys,
     limit: Limit,
+    annotation: Annotation,
 }
 
 enum Command {
@@ -289,6 +375,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
     let mut keys = Keys::Distinct;
     let mut count = None;
     let mut duration = None;
+    let mut annotation = Annotation::default();
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -345,6 +432,28 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
                     format!("--duration is a positive time like 500ms, 10s or 2m, not {text:?}")
                 })?);
             }
+            "--mode" => {
+                annotation.mode = match value()?.as_str() {
+                    "claim_first" => Mode::ClaimFirst,
+                    "optimistic" => Mode::Optimistic,
+                    other => {
+                        return Err(format!(
+                            "--mode is claim_first or optimistic, not {other:?}"
+                        ));
+                    }
+                }
+            }
+            "--replay" => {
+                annotation.replay = match value()?.as_str() {
+                    "in_transaction" => Replay::InTransaction,
+                    "read_first" => Replay::ReadFirst,
+                    other => {
+                        return Err(format!(
+                            "--replay is in_transaction or read_first, not {other:?}"
+                        ));
+                    }
+                }
+            }
             other => return Err(format!("unknown argument {other:?}")),
         }
     }
@@ -391,6 +500,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
         clients,
         keys,
         limit,
+        annotation,
     }))
 }
 
@@ -432,10 +542,17 @@ impl Run {
         format!("{}-%", self.name())
     }
 
-    fn call<C: LoadConn>(self, conn: &mut C, key: &str) -> Result<i64, LoadError> {
+    /// One call: the payment's id, and whether it was replayed.
+    fn call<C: LoadConn>(
+        self,
+        conn: &mut C,
+        key: &str,
+        annotation: Annotation,
+    ) -> Result<(i64, bool), LoadError> {
         match self {
-            Run::Unwrapped => pay_unwrapped(conn, key, AMOUNT),
-            Run::Wrapped => pay(conn, key, AMOUNT),
+            Run::Unwrapped => pay_unwrapped(conn, key, AMOUNT).map(|id| (id, false)),
+            Run::Wrapped => pay_with(annotation, conn, key, AMOUNT)
+                .map(|outcome| (*outcome, outcome.is_replayed())),
         }
     }
 }
@@ -446,6 +563,8 @@ struct ClientStats {
     finished: Instant,
     /// The latency of every call that returned `Ok`.
     latencies: Vec<Duration>,
+    /// Calls answered from a stored result.
+    replays: u64,
     retryable: u64,
     failed: u64,
     first_retryable: Option<String>,
@@ -460,6 +579,7 @@ struct RunStats {
     wall: Duration,
     /// Sorted.
     latencies: Vec<Duration>,
+    replays: u64,
     retryable: u64,
     failed: u64,
     first_retryable: Option<String>,
@@ -479,6 +599,7 @@ impl RunStats {
             run,
             wall,
             latencies: Vec::new(),
+            replays: 0,
             retryable: 0,
             failed: 0,
             first_retryable: None,
@@ -487,6 +608,7 @@ impl RunStats {
         };
         for client in clients {
             stats.latencies.extend(client.latencies);
+            stats.replays += client.replays;
             stats.retryable += client.retryable;
             stats.failed += client.failed;
             stats.first_retryable = stats.first_retryable.or(client.first_retryable);
@@ -528,16 +650,17 @@ impl RunStats {
 
 fn print_header() {
     println!(
-        "\n{:<10} {:>8} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10}",
-        "run", "calls", "errors", "wall", "calls/s", "p50", "p99", "max"
+        "\n{:<10} {:>8} {:>8} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10}",
+        "run", "calls", "replays", "errors", "wall", "calls/s", "p50", "p99", "max"
     );
 }
 
 fn print_run(stats: &RunStats) {
     println!(
-        "{:<10} {:>8} {:>7} {:>8.3}s {:>10.1} {:>10} {:>10} {:>10}",
+        "{:<10} {:>8} {:>8} {:>7} {:>8.3}s {:>10.1} {:>10} {:>10} {:>10}",
         stats.run.name(),
         stats.calls(),
+        stats.replays,
         stats.retryable + stats.failed,
         stats.wall.as_secs_f64(),
         stats.throughput(),
@@ -586,7 +709,7 @@ fn client<C: LoadConn>(
         Limit::Count(n) => Vec::with_capacity(usize::try_from(n).unwrap_or(0) / opts.clients + 1),
         Limit::Duration(_) => Vec::new(),
     };
-    let (mut retryable, mut failed) = (0, 0);
+    let (mut replays, mut retryable, mut failed) = (0, 0, 0);
     let (mut first_retryable, mut first_failure) = (None, None);
     let mut answers = BTreeSet::new();
     let hot_key = format!("{}-hot", run.name());
@@ -611,11 +734,12 @@ fn client<C: LoadConn>(
             Keys::Hot => hot_key.clone(),
         };
         let call_started = Instant::now();
-        let result = run.call(conn, &key);
+        let result = run.call(conn, &key, opts.annotation);
         let latency = call_started.elapsed();
         match result {
-            Ok(answer) => {
+            Ok((answer, replayed)) => {
                 latencies.push(latency);
+                replays += u64::from(replayed);
                 if run == Run::Wrapped && opts.keys == Keys::Hot {
                     answers.insert(answer);
                 }
@@ -635,6 +759,7 @@ fn client<C: LoadConn>(
         started,
         finished: Instant::now(),
         latencies,
+        replays,
         retryable,
         failed,
         first_retryable,
@@ -729,8 +854,8 @@ fn load<C: LoadConn>(
         .collect::<Result<Vec<_>, _>>()?;
     let plural = if opts.clients == 1 { "" } else { "s" };
     println!(
-        "{} client{plural}, {}, {}",
-        opts.clients, opts.keys, opts.limit
+        "{} client{plural}, {}, {}; wrapped: {}",
+        opts.clients, opts.keys, opts.limit, opts.annotation
     );
 
     print_header();
@@ -769,16 +894,24 @@ fn load<C: LoadConn>(
         Keys::Distinct => wrapped.calls(),
         Keys::Hot => wrapped.calls().min(1),
     };
-    let replays = i64::try_from(wrapped.calls()).unwrap_or(i64::MAX) - executions.rows;
     println!(
-        "wrapped run: {} call(s) answered Ok, the body ran {} time(s) for {} key(s), \
+        "wrapped run: {} call(s) answered Ok, the body committed {} time(s) for {} key(s), \
          {} record(s), {} replay(s)",
         wrapped.calls(),
         executions.rows,
         executions.keys,
         executions.records,
-        replays.max(0)
+        wrapped.replays,
     );
+    // Every call that answered Ok either committed its body (a payment) or
+    // was answered from a stored result.
+    let fresh = wrapped.calls() - wrapped.replays;
+    if i64::try_from(fresh).unwrap_or(i64::MAX) != executions.rows {
+        problems.push(format!(
+            "{fresh} call(s) answered Ok as having run the body, but {} payment(s) committed",
+            executions.rows
+        ));
+    }
     if !executions.twice.is_empty() {
         let listed: Vec<String> = executions
             .twice
@@ -788,7 +921,7 @@ fn load<C: LoadConn>(
             .collect();
         let more = executions.twice.len().saturating_sub(LISTED);
         problems.push(format!(
-            "the body ran more than once for {} key(s): {}{}",
+            "the body committed more than once for {} key(s): {}{}",
             executions.twice.len(),
             listed.join(", "),
             if more > 0 {
@@ -940,7 +1073,7 @@ fn main() -> ExitCode {
     };
     match report {
         Ok(report) if report.problems.is_empty() => {
-            println!("no key's body ran twice.");
+            println!("no key's body committed twice.");
             ExitCode::SUCCESS
         }
         Ok(report) => {

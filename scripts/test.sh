@@ -135,6 +135,9 @@ log "fingerprints: serde_json feature matrix and the lowest dependency versions"
 log "cargo bench --no-run (the benches build, so they never rot)"
 cargo bench --no-run --all-features
 
+log "scripts/bench.sh --quick (the SQL floor and the library's ratios on a throwaway PostgreSQL; the load tool checks exactly-once)"
+env -u DIESEL_IDEMPOTENT_PG_URL DIESEL_IDEMPOTENT_BENCH_ALL_FEATURES=1 ./scripts/bench.sh --quick
+
 log "cargo clippy --test shapes (generated code is lint-free under clippy::pedantic)"
 cargo clippy --all-features --test shapes -- -D warnings
 
