@@ -13,3 +13,73 @@ conformance!(common::Mysql);
 fn mysql_backend_skipped_feature_disabled() {
     println!("SKIPPED: mysql backend (build with --features mysql or run ./scripts/test.sh)");
 }
+
+#[cfg(feature = "mysql")]
+#[test]
+fn edge_optimistic_body_deadlock_in_callers_transaction() {
+    common::edges::optimistic_body_deadlock_in_callers_transaction::<common::Mysql>(
+        diesel_idempotent::Mode::Optimistic,
+        true,
+    );
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn edge_optimistic_body_deadlock_then_caller_rollback_keeps_later_writes() {
+    common::edges::optimistic_body_deadlock_in_callers_transaction::<common::Mysql>(
+        diesel_idempotent::Mode::Optimistic,
+        false,
+    );
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn edge_optimistic_after_error_read_never_replays_uncommitted() {
+    common::edges::optimistic_after_error_read_never_replays_uncommitted::<common::Mysql>();
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn edge_optimistic_repeat_too_large() {
+    common::edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
+        common::Mysql,
+    >(diesel_idempotent::Mode::Optimistic);
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn edge_claim_first_repeat_too_large() {
+    common::edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
+        common::Mysql,
+    >(diesel_idempotent::Mode::ClaimFirst);
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn edge_claim_first_duplicate_in_snapshot_transaction() {
+    common::edges::duplicate_in_snapshot_transaction_replays_or_is_retryable::<common::Mysql>(
+        diesel_idempotent::Mode::ClaimFirst,
+    );
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn edge_panics_on_replay_paths() {
+    common::edges::panics_on_replay_paths_leave_the_callers_transaction_usable::<common::Mysql>();
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn edge_read_first_reject_in_callers_transaction() {
+    common::edges::read_first_reject_in_callers_transaction_answers_at_once::<common::Mysql>(
+        diesel_idempotent::Replay::ReadFirst,
+    );
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn edge_in_transaction_reject_in_callers_transaction() {
+    common::edges::read_first_reject_in_callers_transaction_answers_at_once::<common::Mysql>(
+        diesel_idempotent::Replay::InTransaction,
+    );
+}

@@ -19,3 +19,68 @@ fn postgres_backend_skipped_feature_disabled() {
 fn get_or_create_under_repeatable_read_never_reports_not_found() {
     common::suite::get_or_create_under_repeatable_read();
 }
+
+#[cfg(feature = "postgres")]
+#[test]
+fn edge_optimistic_repeat_too_large() {
+    common::edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
+        common::Postgres,
+    >(diesel_idempotent::Mode::Optimistic);
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn edge_claim_first_repeat_too_large() {
+    common::edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
+        common::Postgres,
+    >(diesel_idempotent::Mode::ClaimFirst);
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn edge_claim_first_duplicate_in_snapshot_transaction() {
+    common::edges::duplicate_in_snapshot_transaction_replays_or_is_retryable::<common::Postgres>(
+        diesel_idempotent::Mode::ClaimFirst,
+    );
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn edge_pg_claim_or_load_fallback_is_reached() {
+    use common::Backend;
+    let db = common::Postgres::fresh();
+    common::edges::pg_claim_or_load_fallback_is_reached(&db, diesel_idempotent::Mode::ClaimFirst);
+    let db = common::Postgres::fresh();
+    common::edges::pg_claim_or_load_fallback_is_reached(&db, diesel_idempotent::Mode::Optimistic);
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn edge_pg_call_statements_are_cached() {
+    use common::Backend;
+    let db = common::Postgres::fresh();
+    common::edges::pg_call_statements_are_cached(&db);
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn edge_panics_on_replay_paths() {
+    common::edges::panics_on_replay_paths_leave_the_callers_transaction_usable::<common::Postgres>(
+    );
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn edge_read_first_reject_in_callers_transaction() {
+    common::edges::read_first_reject_in_callers_transaction_answers_at_once::<common::Postgres>(
+        diesel_idempotent::Replay::ReadFirst,
+    );
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn edge_in_transaction_reject_in_callers_transaction() {
+    common::edges::read_first_reject_in_callers_transaction_answers_at_once::<common::Postgres>(
+        diesel_idempotent::Replay::InTransaction,
+    );
+}

@@ -13,3 +13,33 @@ conformance!(common::Sqlite);
 fn sqlite_backend_skipped_feature_disabled() {
     println!("SKIPPED: sqlite backend and tests/shapes.rs (build with the `sqlite` feature)");
 }
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn edge_optimistic_repeat_too_large() {
+    common::edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
+        common::Sqlite,
+    >(diesel_idempotent::Mode::Optimistic);
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn edge_claim_first_repeat_too_large() {
+    common::edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
+        common::Sqlite,
+    >(diesel_idempotent::Mode::ClaimFirst);
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn edge_claim_first_duplicate_in_snapshot_transaction() {
+    common::edges::duplicate_in_snapshot_transaction_replays_or_is_retryable::<common::Sqlite>(
+        diesel_idempotent::Mode::ClaimFirst,
+    );
+}
+
+#[cfg(feature = "sqlite")]
+#[test]
+fn edge_panics_on_replay_paths() {
+    common::edges::panics_on_replay_paths_leave_the_callers_transaction_usable::<common::Sqlite>();
+}

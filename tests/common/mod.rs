@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod backends;
+pub mod edges;
 pub mod hardening;
 pub mod modes;
 pub mod suite;

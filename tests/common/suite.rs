@@ -684,7 +684,8 @@ pub fn statements_added_per_call<B: Backend>() {
         // with the result (UPDATE), COMMIT.
         ("optimistic, take-over", 2 + claim + 1),
         // BEGIN, (the body fails), ROLLBACK, then one read for a first
-        // call's record that the failure may have come from.
+        // call's record that the failure may have come from (outside a
+        // caller's transaction only; inside it 2, see below).
         ("optimistic, body error", 3),
         ("optimistic + read-first, first call", 1 + 3),
         ("optimistic + read-first, replay", 1),
@@ -702,6 +703,14 @@ pub fn statements_added_per_call<B: Backend>() {
     {
         assert_eq!(label, expected_label);
         for (position, count) in counts.iter().enumerate() {
+            // Inside a caller's transaction a failed optimistic body is
+            // answered without the read (it would see the caller's
+            // snapshot): BEGIN and ROLLBACK only.
+            let expected = if *label == "optimistic, body error" && position == 1 {
+                &2
+            } else {
+                expected
+            };
             if let Some(count) = count
                 && count != expected
             {

@@ -411,13 +411,21 @@ impl<'a> Call<'a> {
         };
         match result {
             Ok(out) => Ok(out),
-            Err(Unwound::Failed(Failure::Body(e))) if prepared.mode == Mode::Optimistic => {
-                after_body_error(conn, &prepared, e)
+            // An optimistic call whose body, or the check of its result,
+            // failed: a concurrent duplicate's failure may come from the
+            // first call's committed effects.
+            Err(Unwound::Failed(Failure::Body(e)))
+                if prepared.optimistic_looks_again(owns_transaction) =>
+            {
+                after_error(conn, &prepared, e)
+            }
+            Err(Unwound::Failed(Failure::Result(e)))
+                if prepared.optimistic_looks_again(owns_transaction) =>
+            {
+                after_error(conn, &prepared, E::from(e))
             }
             Err(Unwound::Failed(Failure::Claim(e)))
-                if prepared.mode == Mode::Optimistic
-                    && owns_transaction
-                    && e.is_aborted_claim() =>
+                if prepared.optimistic_looks_again(owns_transaction) && e.is_aborted_claim() =>
             {
                 after_aborted_insert(conn, &prepared, e).map_err(E::from)
             }
@@ -425,7 +433,9 @@ impl<'a> Call<'a> {
             Err(Unwound::Failed(Failure::Replay(json))) => {
                 prepared.replayed(&json).map_err(E::from)
             }
-            Err(Unwound::Failed(Failure::Library(e) | Failure::Claim(e))) => Err(E::from(e)),
+            Err(Unwound::Failed(Failure::Library(e) | Failure::Claim(e) | Failure::Result(e))) => {
+                Err(E::from(e))
+            }
             Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
         }
     }
@@ -519,7 +529,9 @@ where
 {
     guarded_transaction(conn, |conn| -> Result<O, Failure<E>> {
         let out = run_body(conn, body)?;
-        let json = prepared.stored_json(&out)?;
+        // A result this call cannot store is its error only if no earlier
+        // call's result answers the key (`after_error`).
+        let json = prepared.stored_json(&out).map_err(Failure::Result)?;
         let record = prepared.record(Some(&json));
         match settle(conn, prepared, &record).map_err(Failure::Claim)? {
             Step::Hold => Ok(out),
@@ -529,19 +541,26 @@ where
     })
 }
 
-/// The answer of an optimistic call whose body failed (its effects are
-/// rolled back). A concurrent duplicate's body can fail because of the
-/// first call's committed effects (the unique row it inserted, the balance
-/// it debited); then the first call's record is committed too, and the
-/// caller gets what claim-first would have given it: the replay, or the
-/// mismatch. Otherwise, and if the read itself fails, the body's error.
-fn after_body_error<C, O, E>(conn: &mut C, call: &Prepared<'_>, error: E) -> Result<O, E>
+/// The answer of an optimistic call whose body failed, or whose result
+/// could not be stored (too large, not replayable), after its transaction
+/// rolled back. A concurrent duplicate's body can fail because of the first
+/// call's committed effects (the unique row it inserted, the balance it
+/// debited), and a repeat's result can differ from the first call's; then
+/// the first call's record is committed, and the caller gets what
+/// claim-first would have given it: the replay, or the mismatch. Otherwise,
+/// and if the read itself fails, the call's own error.
+///
+/// The read is the claim's load (on MySQL a locking read, which never sees
+/// an uncommitted record whatever the isolation level and waits for one to
+/// commit), sent outside any transaction: only a call that owned its
+/// transaction gets here (see [`Prepared::optimistic_looks_again`]).
+fn after_error<C, O, E>(conn: &mut C, call: &Prepared<'_>, error: E) -> Result<O, E>
 where
     C: IdempotentConnection,
     O: Response,
     E: From<Error>,
 {
-    let Ok(Some(existing)) = conn.read_committed(call.id()) else {
+    let Ok(Some(existing)) = conn.load(call.id()) else {
         return Err(error);
     };
     match judge(&existing, call.fingerprint.as_str(), call.now) {
@@ -619,7 +638,19 @@ fn read_first<C: IdempotentConnection>(
     conn: &mut C,
     call: &Prepared<'_>,
 ) -> Result<Option<String>, Error> {
-    let Some(existing) = conn.read_committed(call.id())? else {
+    let read = if C::PLAIN_READS_MAY_LOCK
+        && call.on_conflict == OnConflict::Reject
+        && conn.in_transaction()?
+    {
+        // Inside the caller's SERIALIZABLE transaction InnoDB makes this
+        // read a locking one; `reject` never waits for a lock: a read that
+        // would is a miss, and the claim answers `InFlight`.
+        conn.without_lock_waits(|conn| conn.read_committed(call.id()).map_err(Error::Database))?
+            .flatten()
+    } else {
+        conn.read_committed(call.id())?
+    };
+    let Some(existing) = read else {
         return Ok(None);
     };
     Ok(
@@ -645,6 +676,18 @@ struct Prepared<'a> {
 }
 
 impl Prepared<'_> {
+    /// Whether an optimistic call that failed looks for an earlier call's
+    /// result before it answers ([`after_error`], [`after_aborted_insert`]):
+    /// only when it owned its transaction, so the look runs on a connection
+    /// that the rollback left outside any transaction, reading the latest
+    /// committed record. Inside a caller's transaction the look would read
+    /// that transaction's snapshot, or run after the database had already
+    /// aborted it (an InnoDB deadlock ends the caller's whole transaction).
+    /// Not with [`OnConflict::Reject`], whose answers never wait for a lock.
+    fn optimistic_looks_again(&self, owns_transaction: bool) -> bool {
+        self.mode == Mode::Optimistic && owns_transaction && self.on_conflict == OnConflict::Wait
+    }
+
     fn mismatch(&self) -> Error {
         Error::PayloadMismatch {
             namespace: self.namespace.to_owned(),
@@ -792,6 +835,9 @@ enum Failure<E> {
     Library(Error),
     /// An earlier call stored this JSON: roll back and return it.
     Replay(String),
+    /// The body's result cannot be stored (too large, not replayable, not
+    /// serializable).
+    Result(Error),
 }
 
 impl<E> From<diesel::result::Error> for Failure<E> {

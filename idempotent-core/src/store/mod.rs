@@ -63,6 +63,11 @@ pub enum Claimed {
 pub trait IdempotentConnection:
     diesel::Connection<TransactionManager = diesel::connection::AnsiTransactionManager> + Sized
 {
+    /// Whether a plain `SELECT` can take and wait for row locks: InnoDB
+    /// turns it into a locking read inside a SERIALIZABLE transaction.
+    #[doc(hidden)]
+    const PLAIN_READS_MAY_LOCK: bool = false;
+
     /// Whether a transaction is open on this connection.
     #[doc(hidden)]
     fn in_transaction(&mut self) -> QueryResult<bool> {

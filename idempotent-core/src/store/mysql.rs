@@ -67,6 +67,8 @@ fn stored_state(
 }
 
 impl IdempotentConnection for MysqlConnection {
+    const PLAIN_READS_MAY_LOCK: bool = true;
+
     fn claim(&mut self, record: &NewRecord<'_>) -> QueryResult<bool> {
         diesel::insert_or_ignore_into(idempotency_records::table)
             .values(record)
