@@ -73,6 +73,7 @@ macro_rules! keyed {
     (
         name = $ns:literal, ttl = $ttl:literal, key = $key:expr, scope = $scope:expr,
         clock = $clock:expr, conn = $conn:ident, on_conflict = $conflict:literal,
+        mode = $mode:literal, replay = $replay:literal,
         max_response_bytes = $limit:literal, crate = $krate:literal, skip($($skip:ident),*),
         fn $name:ident($($arg:ident: $ty:ty),* $(,)?) -> $ret:ty $body:block
     ) => {
@@ -84,6 +85,8 @@ macro_rules! keyed {
             clock = $clock,
             conn = $conn,
             on_conflict = $conflict,
+            mode = $mode,
+            replay = $replay,
             max_response_bytes = $limit,
             crate = $krate,
             skip($($skip),*)
@@ -95,6 +98,7 @@ macro_rules! keyed {
 keyed! {
     name = "macro.keyed", ttl = "1500ms", key = key, scope = tenant,
     clock = clock, conn = db, on_conflict = "reject",
+    mode = "optimistic", replay = "read_first",
     max_response_bytes = 64, crate = "crate::idempotency", skip(verbose),
     fn charge(
         db: &mut SqliteConnection,
