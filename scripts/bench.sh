@@ -354,7 +354,7 @@ paths = [
     ("read-first first call", "read_first_first_call", "read_first_first_call", "body", None),
     ("optimistic first call", "optimistic_first_call", "optimistic_first_call", "body", 1.5),
     ("optimistic replay", "optimistic_replay", "optimistic_replay", "body", None),
-    ("`hash` first call", "hash_first_call", "claim_first_first_call", "body", None),
+    ("`hash` first call", "hash_first_call", "hash_first_call", "body", None),
     ("`hash` replay", "hash_replay", "claim_first_replay", "body", None),
     ("`hash` read-first replay", "hash_read_first_replay", "read_first_replay", "body", None),
     ("getOrCreate hit", "get_or_create_hit", "get_or_create_hit", "user_body", None),
