@@ -45,7 +45,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '== %s\n' "$*" >&2; }
+. scripts/lib.sh
 
 quick=0
 pin=1
@@ -83,30 +83,6 @@ target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target_dir"
 target_dir="$(cd "$target_dir" && pwd)"
 report="$target_dir/bench-report.md"
-
-apt_install() {
-  if ! command -v apt-get >/dev/null 2>&1; then
-    log "missing packages $* and no apt-get: install them"
-    exit 1
-  fi
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  log "installing $*"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
-
-# The directory of a PostgreSQL installation that has `$@` (as test.sh
-# finds initdb and pg_ctl).
-pg_bindir() {
-  local d tool ok
-  for d in /usr/lib/postgresql/*/bin; do
-    ok=1
-    for tool in "$@"; do [ -x "$d/$tool" ] || ok=0; done
-    [ "$ok" -eq 1 ] && { echo "$d"; return 0; }
-  done
-  return 1
-}
 
 command -v python3 >/dev/null 2>&1 || { log "python3 is needed (free ports, URLs, the report)"; exit 1; }
 missing=()
@@ -149,10 +125,6 @@ trap 'exit 130' INT TERM
 work_cleanup() { rm -rf "$work"; }
 cleanups+=(work_cleanup)
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
 # `url` with its database replaced by `$2`.
 database_url() {
   python3 - "$1" "$2" <<'PY'
@@ -172,27 +144,11 @@ if [ "$pin" -eq 1 ]; then
   pinned=(taskset -c "$cpu")
 fi
 if [ -z "${DIESEL_IDEMPOTENT_PG_URL:-}" ]; then
-  pgdir="$work/pg"
-  mkdir -p "$pgdir"
-  chmod 755 "$pgdir"
-  as_pg=()
-  if [ "$(id -u)" -eq 0 ]; then
-    id postgres >/dev/null 2>&1 || useradd --system --home-dir "$pgdir" postgres
-    chown postgres "$pgdir"
-    as_pg=(runuser -u postgres --)
-  fi
-  port=$(free_port)
-  pg_cleanup() {
-    "${as_pg[@]}" "$bindir/pg_ctl" -D "$pgdir/data" -m immediate stop >/dev/null 2>&1 || true
-  }
-  log "starting PostgreSQL ($bindir) on 127.0.0.1:$port in $pgdir"
-  "${as_pg[@]}" "$bindir/initdb" -D "$pgdir/data" -U postgres -A trust -E UTF8 --no-locale >"$pgdir/initdb.log" 2>&1 \
-    || { cat "$pgdir/initdb.log" >&2; exit 1; }
-  cleanups+=(pg_cleanup)
-  "${as_pg[@]}" "${pinned[@]}" "$bindir/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w -t 60 \
-    -o "-h 127.0.0.1 -p $port -k $pgdir -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-    start >/dev/null || { cat "$pgdir/server.log" >&2; exit 1; }
-  export DIESEL_IDEMPOTENT_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
+  pg_bin=$bindir
+  pg_dir="$work/pg"
+  mkdir -p "$pg_dir"
+  cleanups+=(stop_throwaway_pg)
+  start_throwaway_pg "${pinned[@]}"
   server="a throwaway PostgreSQL (fsync=off, synchronous_commit=off, full_page_writes=off; loopback TCP)"
   if [ "$pin" -eq 1 ]; then
     server="$server; pgbench, Criterion and the server pinned to CPU $cpu, the load runs on every CPU"
@@ -257,8 +213,8 @@ done
 # --- 3. Under load --------------------------------------------------------
 if [ "$pin" -eq 1 ]; then
   log "restarting PostgreSQL on every CPU for the load runs"
-  "${as_pg[@]}" "$bindir/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w -t 60 -m fast restart >/dev/null \
-    || { cat "$pgdir/server.log" >&2; exit 1; }
+  "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 -m fast restart >/dev/null \
+    || { cat "$pg_dir/server.log" >&2; exit 1; }
 fi
 # keys, mode, replay, and the pgbench script of the same statements.
 loads=(

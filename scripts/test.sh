@@ -14,31 +14,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-log() { printf '== %s\n' "$*" >&2; }
-
-apt_install() {
-  if ! command -v apt-get >/dev/null 2>&1; then
-    log "missing packages $* and no apt-get: install them, or set DIESEL_IDEMPOTENT_PG_URL"
-    exit 1
-  fi
-  local sudo=""
-  [ "$(id -u)" -ne 0 ] && sudo="sudo"
-  log "installing $*"
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
+. scripts/lib.sh
 
 missing=()
 dpkg -s libpq-dev >/dev/null 2>&1 || missing+=(libpq-dev)
 dpkg -s default-libmysqlclient-dev >/dev/null 2>&1 || missing+=(default-libmysqlclient-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-pg_bindir() {
-  local d
-  for d in /usr/lib/postgresql/*/bin; do
-    [ -x "$d/initdb" ] && [ -x "$d/pg_ctl" ] && { echo "$d"; return 0; }
-  done
-  return 1
-}
 if [ -z "${DIESEL_IDEMPOTENT_PG_URL:-}" ] && ! pg_bindir >/dev/null; then
   missing+=(postgresql)
 fi
@@ -53,36 +34,15 @@ cleanups=()
 run_cleanups() { local c; for c in "${cleanups[@]}"; do "$c"; done; }
 trap run_cleanups EXIT INT TERM
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
-}
-
 if [ -z "${DIESEL_IDEMPOTENT_PG_URL:-}" ]; then
-  bindir=$(pg_bindir) || { log "no PostgreSQL server binaries found"; exit 1; }
-  pgdir=$(mktemp -d /tmp/diesel-idempotent-pg.XXXXXX)
-  chmod 755 "$pgdir"
-  as_pg=()
-  if [ "$(id -u)" -eq 0 ]; then
-    id postgres >/dev/null 2>&1 || useradd --system --home-dir "$pgdir" postgres
-    chown postgres "$pgdir"
-    as_pg=(runuser -u postgres --)
-  fi
-  port=$(free_port)
+  pg_bin=$(pg_bindir) || { log "no PostgreSQL server binaries found"; exit 1; }
+  pg_dir=$(mktemp -d /tmp/diesel-idempotent-pg.XXXXXX)
   pg_cleanup() {
-    "${as_pg[@]}" "$bindir/pg_ctl" -D "$pgdir/data" -m immediate stop >/dev/null 2>&1 || true
-    rm -rf "$pgdir"
+    stop_throwaway_pg
+    rm -rf "$pg_dir"
   }
   cleanups+=(pg_cleanup)
-  log "starting PostgreSQL ($bindir) on 127.0.0.1:$port in $pgdir"
-  "${as_pg[@]}" "$bindir/initdb" -D "$pgdir/data" -U postgres -A trust -E UTF8 --no-locale >"$pgdir/initdb.log" 2>&1 \
-    || { cat "$pgdir/initdb.log" >&2; exit 1; }
-  "${as_pg[@]}" "$bindir/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w -t 60 \
-    -o "-h 127.0.0.1 -p $port -k $pgdir -c max_connections=300 -c fsync=off -c synchronous_commit=off -c full_page_writes=off" \
-    start >/dev/null || { cat "$pgdir/server.log" >&2; exit 1; }
-  export DIESEL_IDEMPOTENT_PG_URL="postgres://postgres@127.0.0.1:$port/postgres"
-  # For the fault tests: restart this server (returns once it accepts
-  # connections again, with the same options).
-  export DIESEL_IDEMPOTENT_PG_RESTART="${as_pg[*]} $bindir/pg_ctl -D $pgdir/data -w -t 60 -m fast restart -l $pgdir/server.log"
+  start_throwaway_pg
 else
   log "using PostgreSQL at DIESEL_IDEMPOTENT_PG_URL"
 fi

@@ -15,10 +15,6 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::*;
 
-fn clock() -> ManualClock {
-    ManualClock::at_unix_seconds(1_790_000_000)
-}
-
 /// The connection's transaction depth as Diesel tracks it (0: none open).
 pub fn depth<C: TestConn>(conn: &mut C) -> u32 {
     AnsiTransactionManager::transaction_manager_status_mut(conn)

@@ -49,6 +49,12 @@ pub trait Backend: Sized + Sync + 'static {
     }
 }
 
+/// The clock of every test: a fixed instant, advanced by hand; nothing
+/// sleeps to make time pass.
+pub fn clock() -> ManualClock {
+    ManualClock::at_unix_seconds(1_790_000_000)
+}
+
 /// A transaction isolation level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Isolation {

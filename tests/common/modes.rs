@@ -167,11 +167,6 @@ pub fn create_payment_optimistic_read_first<C: TestConn>(
     .into())
 }
 
-/// Tests start at a fixed instant; nothing sleeps to make time pass.
-fn clock() -> ManualClock {
-    ManualClock::at_unix_seconds(1_790_000_000)
-}
-
 /// The record of `key` in [`NAMESPACE`], if there is one.
 fn record<C: TestConn>(conn: &mut C, key: &str) -> Option<IdempotencyRecord> {
     conn.load_record(NAMESPACE, key)
@@ -956,18 +951,19 @@ pub fn shapes_concurrent_takeover_runs_body_once<B: Backend>() {
     }
 }
 
-/// Opens the account of `customer` at bank 1 under `key`, optimistically:
-/// the body's insert is guarded by the `accounts` unique constraint.
-fn open_account<C: TestConn>(
+/// Opens the account of `customer` at bank 1 under `key` in `mode`: the
+/// body's insert is guarded by the `accounts` unique constraint.
+pub fn open_account<C: TestConn>(
     conn: &mut C,
     clock: &ManualClock,
     key: &str,
     customer: i64,
+    mode: Mode,
 ) -> Result<Outcome<Account>, AppError> {
     Call::new("tests.modes_accounts", key)
         .clock(clock)
         .request(&customer)
-        .mode(Mode::Optimistic)
+        .mode(mode)
         .run(conn, |conn| -> Result<Account, AppError> {
             Ok(conn.insert_account(customer, 1)?)
         })
@@ -987,14 +983,15 @@ pub fn optimistic_duplicate_failing_on_the_first_calls_effects_replays<B: Backen
         let first = s.spawn(move || {
             let mut conn = db.connect();
             conn.transaction(|conn| {
-                let account = open_account(conn, clock, "open-7", 7)?;
+                let account = open_account(conn, clock, "open-7", 7, Mode::Optimistic)?;
                 held_tx.send(()).expect("the test waits");
                 finish_rx.recv().expect("the test lets it commit");
                 Ok::<_, AppError>(account)
             })
         });
         held_rx.recv().expect("the first call holds the key");
-        let duplicate = s.spawn(move || open_account(&mut db.connect(), clock, "open-7", 7));
+        let duplicate =
+            s.spawn(move || open_account(&mut db.connect(), clock, "open-7", 7, Mode::Optimistic));
         // PostgreSQL and MySQL: the duplicate's insert waits on the first
         // call's unique row; SQLite: its transaction waits to begin.
         db.wait_for_lock_waiters(1);

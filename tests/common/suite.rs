@@ -7,14 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use diesel::connection::Connection;
-use diesel_idempotent::{Call, Clock, Error, IdempotencyRecord, ManualClock, Ttl};
+use diesel_idempotent::{Call, Clock, Error, IdempotencyRecord, Ttl};
 
 use super::*;
-
-/// Tests start at a fixed instant; nothing sleeps to make time pass.
-fn clock() -> ManualClock {
-    ManualClock::at_unix_seconds(1_790_000_000)
-}
 
 fn record<C: TestConn>(conn: &mut C, namespace: &str, key: &str) -> IdempotencyRecord {
     conn.load_record(namespace, key).expect("the record")
