@@ -67,6 +67,7 @@
 //! | `mode = "claim_first"` / `"optimistic"` | claim the key before the body (default), or run the body first and insert the record with its result after it, for bodies whose every effect is in this transaction ([`Mode`]) |
 //! | `replay = "in_transaction"` / `"read_first"` | find a stored result inside the call's transaction (default), or with one plain read before it: a replay in one statement ([`Replay`]) |
 //! | `max_response_bytes = N` | refuse results whose JSON exceeds N bytes ([`Error::ResponseTooLarge`]) |
+//! | `abandon_after = "30s"` | `async fn` on PostgreSQL or MySQL: the server ends a session whose call sat idle in its transaction this long, freeing the key |
 //! | `crate = "path"` | where this crate is reachable if renamed or re-exported |
 //!
 //! The default `name` is the module path and the function's name.
@@ -79,6 +80,19 @@
 //! is `&mut` a connection that implements [`IdempotentConnection`]
 //! (`SqliteConnection`, `PgConnection`, or a generic `C: IdempotentConnection`).
 //! Return `Result<Outcome<T>, E>` to learn whether a call was replayed.
+//!
+//! # `async fn` (feature `async`)
+//!
+//! On an `async fn` the connection is a diesel-async 0.9 connection
+//! (`AsyncPgConnection`, `AsyncMysqlConnection`,
+//! `SyncConnectionWrapper<SqliteConnection>`, or a generic
+//! `C: AsyncIdempotentConnection`), from a deadpool or bb8 pool or not.
+//! Every pattern and option behaves as on a blocking `fn`: one procedure
+//! drives both. The future is `Send` when the body's is. A future dropped at
+//! any `.await` stores nothing and leaves no connection inside its
+//! transaction for a pool to hand out; what each backend and pool does is
+//! in the `AsyncIdempotentConnection` documentation and the README's
+//! section on cancellation.
 //!
 //! # Backends and features
 //!
@@ -106,6 +120,9 @@ pub use idempotent_core::{
     purge_expired_with_clock, retry, sub_key, unique_index_covers,
 };
 
+#[cfg(feature = "async")]
+pub use idempotent_core::{AsyncIdempotentConnection, get_or_create_async, retry_async};
+
 /// The record table's migrations: embedded, and written as Diesel CLI folders.
 pub mod migrations {
     pub use idempotent_core::migrations::{
@@ -121,6 +138,12 @@ pub mod __private {
 /// Compiles every Rust block of `README.md` as a doc test, so the README's
 /// examples cannot drift from the API. Blocks that need a database are
 /// `no_run`: they are compiled, not run.
-#[cfg(all(doctest, feature = "sqlite", feature = "postgres", feature = "mysql"))]
+#[cfg(all(
+    doctest,
+    feature = "sqlite",
+    feature = "postgres",
+    feature = "mysql",
+    feature = "async"
+))]
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;

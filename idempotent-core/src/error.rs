@@ -214,15 +214,25 @@ const LOCK_TIMEOUT_MESSAGES: [&str; 3] = [
     "could not obtain lock on",                // PostgreSQL 55P03 (NOWAIT)
     "Lock wait timeout exceeded",              // MySQL/MariaDB 1205
 ];
-const DEADLOCK_MESSAGES: [&str; 1] = [
-    "deadlock detected", // PostgreSQL 40P01 (MySQL 1213 is a SerializationFailure)
+const DEADLOCK_MESSAGES: [&str; 2] = [
+    "deadlock detected", // PostgreSQL 40P01
+    // MySQL/MariaDB 1213, which blocking Diesel reports as a
+    // SerializationFailure and diesel-async as `Unknown`.
+    "Deadlock found when trying to get lock",
 ];
-const BUSY_OR_LOST_MESSAGES: [&str; 4] = [
+const BUSY_OR_LOST_MESSAGES: [&str; 6] = [
     "database is locked",       // SQLite SQLITE_BUSY
     "database table is locked", // SQLite SQLITE_LOCKED
     "server has gone away",     // MySQL/MariaDB 2006
     "Lost connection to",       // MySQL/MariaDB 2013
+    // diesel-async on MySQL (mysql_async): the socket failed or closed.
+    "Input/output error",
+    "Connection to the server is closed",
 ];
+/// What diesel-async on PostgreSQL (tokio-postgres) reports, as
+/// `UnableToSendCommand`, for a connection that closed or failed: the
+/// blocking driver's `ClosedConnection`.
+const PG_LOST_MESSAGES: [&str; 2] = ["connection closed", "error communicating with the server"];
 
 fn unknown_message_matches(error: &diesel::result::Error, messages: &[&str]) -> bool {
     use diesel::result::{DatabaseErrorKind, Error as D};
@@ -257,10 +267,17 @@ pub(crate) fn is_conflict_abort(error: &diesel::result::Error) -> bool {
 /// errors, recognised by the database's own message.
 pub(crate) fn is_transient(error: &diesel::result::Error) -> bool {
     use diesel::result::{DatabaseErrorKind, Error as D};
+    let lost_async_pg = match error {
+        D::DatabaseError(DatabaseErrorKind::UnableToSendCommand, info) => {
+            PG_LOST_MESSAGES.iter().any(|m| info.message().contains(m))
+        }
+        _ => false,
+    };
     matches!(
         error,
         D::DatabaseError(DatabaseErrorKind::ClosedConnection, _)
-    ) || is_conflict_abort(error)
+    ) || lost_async_pg
+        || is_conflict_abort(error)
         || is_lock_timeout(error)
         || unknown_message_matches(error, &BUSY_OR_LOST_MESSAGES)
 }
@@ -287,6 +304,9 @@ mod tests {
             "database table is locked",
             "MySQL server has gone away",
             "Lost connection to server during query",
+            "Deadlock found when trying to get lock; try restarting transaction",
+            "Input/output error: Input/output error: Broken pipe (os error 32)",
+            "Connection to the server is closed.",
         ];
         for message in transient {
             assert!(is_transient(&unknown(message)), "{message}");
@@ -300,6 +320,27 @@ mod tests {
             assert!(!is_conflict_abort(&unknown(message)), "{message}");
         }
         assert!(is_conflict_abort(&unknown("deadlock detected")));
+        assert!(is_conflict_abort(&unknown(
+            "Deadlock found when trying to get lock; try restarting transaction"
+        )));
+        for message in [
+            "connection closed",
+            "error communicating with the server: EOF",
+        ] {
+            let lost = D::DatabaseError(
+                DatabaseErrorKind::UnableToSendCommand,
+                Box::new(message.to_owned()),
+            );
+            assert!(
+                is_transient(&lost) && !is_conflict_abort(&lost),
+                "{message}"
+            );
+        }
+        let not_sent = D::DatabaseError(
+            DatabaseErrorKind::UnableToSendCommand,
+            Box::new("error serializing parameter 1".to_owned()),
+        );
+        assert!(!is_transient(&not_sent));
         let serialization = D::DatabaseError(
             DatabaseErrorKind::SerializationFailure,
             Box::new("could not serialize access".to_owned()),

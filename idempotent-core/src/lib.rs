@@ -18,12 +18,18 @@ pub mod ttl;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::Error;
 pub use fingerprint::{Fingerprint, FingerprintBuilder, canonical_json};
+#[cfg(feature = "async")]
+pub use pattern::get_or_create::get_or_create_async;
 pub use pattern::get_or_create::{UniqueViolation, get_or_create, unique_index_covers};
 pub use pattern::hash::{StableName, fingerprint, id_or_body_hash, sub_key};
 pub use pattern::key::{Call, IdempotentResult, Mode, OnConflict, Outcome, Replay, Response};
 pub use record::{IdempotencyRecord, idempotency_records};
+#[cfg(feature = "async")]
+pub use retry::retry_async;
 pub use retry::{RetryPolicy, Retryable, retry};
 pub use store::IdempotentConnection;
+#[cfg(feature = "async")]
+pub use store::nonblocking::AsyncIdempotentConnection;
 pub use ttl::Ttl;
 
 /// Creates the record table on `conn` by running the embedded migrations
@@ -72,10 +78,15 @@ pub fn purge_expired_with_clock<C: IdempotentConnection>(
 #[doc(hidden)]
 pub mod __private {
     //! What `#[idempotent]` expands to. Not a public API.
+    pub use crate::__require_async as require_async;
     pub use crate::clock::{Clock, SystemClock};
     pub use crate::fingerprint::Fingerprint;
     pub use crate::pattern::get_or_create::get_or_create;
+    #[cfg(feature = "async")]
+    pub use crate::pattern::get_or_create::get_or_create_async;
     pub use crate::pattern::key::{Call, IdempotentResult, Mode, OnConflict, Replay, Response};
+    #[cfg(feature = "async")]
+    pub use crate::store::nonblocking::AsyncIdempotentConnection;
     pub use crate::ttl::Ttl;
     pub use crate::{Error, IdempotentConnection};
 
@@ -155,4 +166,31 @@ pub mod __private {
     pub fn scope<S: ::std::fmt::Display + ?Sized>(scope: &S) -> ::std::string::String {
         ::std::string::ToString::to_string(scope)
     }
+}
+
+/// The body `#[idempotent]` generates for an `async fn`: as it is when the
+/// `async` feature is on.
+#[cfg(feature = "async")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __require_async {
+    ($($body:tt)*) => {
+        $($body)*
+    };
+}
+
+/// The body `#[idempotent]` generates for an `async fn`, without the
+/// `async` feature: the error that says so, instead of the body.
+#[cfg(not(feature = "async"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __require_async {
+    ($($body:tt)*) => {
+        ::core::compile_error!(
+            "`#[idempotent]` on an `async fn` needs the `async` feature of diesel-idempotent: \
+             `diesel-idempotent = { version = \"..\", features = [\"async\", \"postgres\"] }` \
+             (with your backend's feature), and a diesel-async connection"
+        );
+        ::core::unreachable!()
+    };
 }

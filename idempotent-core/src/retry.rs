@@ -17,10 +17,10 @@ use diesel::result::Error as DieselError;
 /// | failure | PostgreSQL | MySQL / MariaDB | SQLite | recognised by |
 /// |---|---|---|---|---|
 /// | serialization failure | 40001 | 1213 (deadlock) | | Diesel's `SerializationFailure` kind |
-/// | deadlock | 40P01 | (1213, above) | | message `deadlock detected` |
+/// | deadlock | 40P01 | 1213 on diesel-async | | messages `deadlock detected`, `Deadlock found when trying to get lock` |
 /// | lock wait timed out | 55P03 (`lock_timeout`, `NOWAIT`) | 1205 | | messages `canceling statement due to lock timeout`, `could not obtain lock on`, `Lock wait timeout exceeded` |
 /// | busy database | | | `SQLITE_BUSY`, `SQLITE_LOCKED` | messages `database is locked`, `database table is locked` |
-/// | lost connection | connection errors | 2006, 2013 | | Diesel's `ClosedConnection` kind; messages `server has gone away`, `Lost connection to` |
+/// | lost connection | connection errors | 2006, 2013; socket errors on diesel-async | | Diesel's `ClosedConnection` kind; diesel-async's `UnableToSendCommand` with `connection closed` or `error communicating with the server`; messages `server has gone away`, `Lost connection to`, `Input/output error`, `Connection to the server is closed` |
 ///
 /// Diesel reports the SQLSTATE or error number only for the kinds it
 /// names; every other case reaches it as `DatabaseErrorKind::Unknown` with
@@ -126,13 +126,62 @@ where
     E: Retryable,
     F: FnMut() -> Result<T, E>,
 {
+    crate::store::driver::block_on(attempts(
+        policy,
+        || std::future::ready(f()),
+        |delay| {
+            std::thread::sleep(delay);
+            std::future::ready(())
+        },
+    ))
+}
+
+/// [`retry`] for `async` code (feature `async`): the same policy, the same
+/// errors retried, the back-off awaited with `tokio::time::sleep` (tokio's
+/// timer, which every diesel-async connection runs on). `f` makes a new
+/// future for each attempt; the returned future is `Send` when those are,
+/// so it can run in a spawned task or an axum handler. Check out the
+/// connection inside the attempt: a connection whose transaction failed
+/// to roll back is broken, and the next attempt needs another.
+///
+/// ```no_run
+/// # extern crate idempotent_core as diesel_idempotent;
+/// # async fn transfer(_: u32) -> Result<u32, diesel_idempotent::Error> { Ok(1) }
+/// # async fn f() -> Result<u32, diesel_idempotent::Error> {
+/// use diesel_idempotent::{RetryPolicy, retry_async};
+/// let receipt = retry_async(&RetryPolicy::new(), || transfer(42)).await?;
+/// # Ok(receipt) }
+/// ```
+#[cfg(feature = "async")]
+pub async fn retry_async<T, E, F, Fut>(policy: &RetryPolicy, f: F) -> Result<T, E>
+where
+    E: Retryable,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    attempts(policy, f, tokio::time::sleep).await
+}
+
+/// The retry loop, once for both: `sleep` waits out a back-off.
+async fn attempts<T, E, F, Fut, S, Slept>(
+    policy: &RetryPolicy,
+    mut f: F,
+    mut sleep: S,
+) -> Result<T, E>
+where
+    E: Retryable,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    S: FnMut(Duration) -> Slept,
+    Slept: std::future::Future<Output = ()>,
+{
     let mut attempt = 1;
     loop {
-        match f() {
+        match f().await {
             Err(e) if e.is_retryable() && attempt < policy.max_attempts => {
                 let delay = policy.delay(attempt);
                 if !delay.is_zero() {
-                    std::thread::sleep(delay);
+                    sleep(delay).await;
                 }
                 attempt += 1;
             }

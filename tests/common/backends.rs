@@ -155,6 +155,46 @@ impl<C: Connection> Drop for ServerDatabase<C> {
     }
 }
 
+#[cfg(any(feature = "postgres", feature = "mysql"))]
+impl<C: Connection> ServerDatabase<C> {
+    /// The URL of this test's database.
+    fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+/// The URL of a backend's test database (for connections the conformance
+/// suite does not open itself: diesel-async pools).
+pub trait DatabaseUrl {
+    /// The URL (SQLite: the database file's path).
+    fn url(&self) -> String;
+}
+
+#[cfg(feature = "sqlite")]
+impl DatabaseUrl for Sqlite {
+    fn url(&self) -> String {
+        self.dir
+            .path()
+            .join("test.sqlite3")
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+#[cfg(feature = "postgres")]
+impl DatabaseUrl for Postgres {
+    fn url(&self) -> String {
+        self.0.url().to_owned()
+    }
+}
+
+#[cfg(feature = "mysql")]
+impl DatabaseUrl for Mysql {
+    fn url(&self) -> String {
+        self.0.url().to_owned()
+    }
+}
+
 /// `admin_url` with its database replaced by `name`.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 pub fn database_url(admin_url: &str, name: &str) -> String {
@@ -519,7 +559,7 @@ impl Backend for Mysql {
         // first call holds its lock, so it is (or is about to be) waiting.
         self.0.wait_until_count(
             "SELECT COUNT(*) AS n FROM information_schema.PROCESSLIST \
-             WHERE DB = DATABASE() AND (INFO LIKE 'INSERT IGNORE INTO `idempotency_records`%' \
+             WHERE DB = DATABASE() AND (INFO LIKE 'INSERT IGNORE INTO idempotency_records%' \
              OR INFO LIKE 'INSERT INTO accounts%')",
             n,
         );

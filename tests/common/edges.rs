@@ -433,7 +433,7 @@ pub fn pg_claim_or_load_fallback_is_reached(db: &Postgres, mode: Mode) {
         assert_eq!(out.into_value(), first);
         assert!(
             log.iter()
-                .any(|q| q.starts_with("SELECT \"idempotency_records\"")),
+                .any(|q| q.starts_with("SELECT fingerprint, response, expires_at")),
             "the fallback read followed"
         );
     });

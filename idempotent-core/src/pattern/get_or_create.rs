@@ -9,7 +9,13 @@ use std::panic;
 
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 
-use crate::store::{IdempotentConnection, Unwound, guarded_transaction, restoring_depth};
+use std::cell::RefCell;
+use std::future::ready;
+
+use crate::store::driver::{Blocking, Driver, block_on, guarded_transaction, restoring_depth};
+#[cfg(feature = "async")]
+use crate::store::nonblocking::{AsyncIdempotentConnection, NonBlocking};
+use crate::store::{IdempotentConnection, Unwound};
 
 /// An error that can tell whether it is a unique-constraint violation, so
 /// [`get_or_create`] knows that another transaction created the entity.
@@ -68,25 +74,64 @@ impl UniqueViolation for crate::Error {
 /// COMMITTED (and on SQLite) a unique violation that the second lookup
 /// cannot explain comes from another constraint and is returned unchanged.
 /// This is what `#[idempotent(get_or_create = ..)]` calls.
-pub fn get_or_create<C, T, E, L, B>(conn: &mut C, mut lookup: L, create: B) -> Result<T, E>
+pub fn get_or_create<C, T, E, L, B>(conn: &mut C, lookup: L, create: B) -> Result<T, E>
 where
     C: IdempotentConnection,
     E: From<DieselError> + UniqueViolation,
     L: FnMut(&mut C) -> Result<Option<T>, E>,
     B: FnOnce(&mut C) -> Result<T, E>,
 {
-    if let Some(found) = restoring_depth(conn, &mut lookup)? {
+    // The procedure calls a fresh copy of the lookup each time (an
+    // `async` lookup is called by value: see `get_or_create_async`); the
+    // copies share this one, called one at a time.
+    let lookup = RefCell::new(lookup);
+    let lookup = &lookup;
+    block_on(get_or_create_with(
+        &mut Blocking(conn),
+        move |conn: &mut C| ready((lookup.borrow_mut())(conn)),
+        move |conn: &mut C| ready(create(conn)),
+    ))
+}
+
+/// [`get_or_create`] for an `async` lookup and body on a diesel-async
+/// connection (feature `async`): what `#[idempotent(get_or_create = ..)]`
+/// calls on an `async fn`. If the future is dropped while `create` runs,
+/// its level is rolled back as for [`crate::Call::run_async`].
+///
+/// The lookup runs up to twice, each time a copy of it (`Clone`: an
+/// `async` closure that borrows what it reads is); calling one closure
+/// twice through `AsyncFnMut` would make the future not `Send`.
+#[cfg(feature = "async")]
+pub async fn get_or_create_async<C, T, E, L, B>(conn: &mut C, lookup: L, create: B) -> Result<T, E>
+where
+    C: AsyncIdempotentConnection,
+    E: From<DieselError> + UniqueViolation,
+    L: AsyncFnOnce(&mut C) -> Result<Option<T>, E> + Clone,
+    B: AsyncFnOnce(&mut C) -> Result<T, E>,
+{
+    get_or_create_with(&mut NonBlocking::new(conn, None), lookup, create).await
+}
+
+/// The procedure, once for both drivers.
+async fn get_or_create_with<D, T, E, L, B>(conn: &mut D, lookup: L, create: B) -> Result<T, E>
+where
+    D: Driver,
+    E: From<DieselError> + UniqueViolation,
+    L: AsyncFnOnce(&mut D::Conn) -> Result<Option<T>, E> + Clone,
+    B: AsyncFnOnce(&mut D::Conn) -> Result<T, E>,
+{
+    if let Some(found) = restoring_depth(conn, lookup.clone()).await? {
         return Ok(found);
     }
-    match guarded_transaction(conn, create) {
+    match guarded_transaction(conn, async move |conn: &mut D| create(conn.conn()).await).await {
         Ok(created) => Ok(created),
         Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
         Err(Unwound::Failed(e)) if e.is_unique_violation() => {
-            match restoring_depth(conn, lookup)? {
+            match restoring_depth(conn, lookup).await? {
                 Some(winner) => Ok(winner),
                 // Outside a caller's transaction the second lookup saw every
                 // committed row: the violation is another constraint's.
-                None if snapshot_may_hide_rows(conn) => Err(E::from(invisible_winner())),
+                None if snapshot_may_hide_rows(conn).await => Err(E::from(invisible_winner())),
                 None => Err(e),
             }
         }
@@ -94,13 +139,11 @@ where
     }
 }
 
-/// Whether the caller's open transaction reads from a snapshot that may hide
-/// a row committed after it began.
-fn snapshot_may_hide_rows<C: IdempotentConnection>(conn: &mut C) -> bool {
-    matches!(conn.in_transaction(), Ok(true)) && matches!(conn.reads_from_snapshot(), Ok(true))
+async fn snapshot_may_hide_rows<D: Driver>(conn: &mut D) -> bool {
+    matches!(conn.depth(), Ok(depth) if depth > 0)
+        && matches!(conn.reads_from_snapshot().await, Ok(true))
 }
 
-/// The error of a creator whose transaction cannot see the row that beat it.
 fn invisible_winner() -> DieselError {
     DieselError::DatabaseError(
         DatabaseErrorKind::SerializationFailure,

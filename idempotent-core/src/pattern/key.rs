@@ -10,7 +10,9 @@
 //! [`judge`] and the validators hold every decision and do no I/O, so a
 //! non-blocking driver can reuse them unchanged.
 
+use std::future::ready;
 use std::panic;
+use std::time::Duration;
 
 use chrono::{NaiveDateTime, SubsecRound};
 use serde::Serialize;
@@ -20,10 +22,10 @@ use crate::Error;
 use crate::clock::{Clock, SystemClock};
 use crate::fingerprint::Fingerprint;
 use crate::record::{NewRecord, RecordId};
-use crate::store::{
-    Claimed, IdempotentConnection, StoredState, Unwound, ensure_closed_above, guarded_transaction,
-    transaction_depth,
-};
+use crate::store::driver::{Blocking, Driver, block_on, ensure_closed_above, guarded_transaction};
+#[cfg(feature = "async")]
+use crate::store::nonblocking::{AsyncIdempotentConnection, NonBlocking};
+use crate::store::{Claimed, IdempotentConnection, StoredState, Unwound};
 use crate::ttl::Ttl;
 
 /// The longest key, scope or namespace, in bytes.
@@ -264,6 +266,7 @@ pub struct Call<'a> {
     on_conflict: OnConflict,
     mode: Mode,
     replay: Replay,
+    abandon_after: Option<Duration>,
 }
 
 impl std::fmt::Debug for Call<'_> {
@@ -296,7 +299,23 @@ impl<'a> Call<'a> {
             on_conflict: OnConflict::Wait,
             mode: Mode::ClaimFirst,
             replay: Replay::InTransaction,
+            abandon_after: None,
         }
+    }
+
+    /// For an `async` call ([`Call::run_async`]): if the call's future is
+    /// dropped and its transaction left open, or its body stalls, the
+    /// server ends the session after the transaction has been idle this
+    /// long, releasing the key (PostgreSQL: `SET LOCAL
+    /// idle_in_transaction_session_timeout`; MySQL: the session's
+    /// `wait_timeout`, in whole seconds, restored after the call). A
+    /// backstop for what the drop itself cannot do; it counts every pause
+    /// between two statements, so it must exceed the longest pause of the
+    /// body. Ignored by blocking calls and on SQLite (see
+    /// `AsyncIdempotentConnection`).
+    pub fn abandon_after(mut self, after: Duration) -> Self {
+        self.abandon_after = Some(after);
+        self
     }
 
     /// When the record is written: before the body ([`Mode::ClaimFirst`],
@@ -369,7 +388,9 @@ impl<'a> Call<'a> {
         E: From<Error>,
         F: FnOnce(&mut C) -> Result<T, E>,
     {
-        self.run_inner(conn, |conn| body(conn).map(Outcome::fresh))
+        block_on(self.run_with(&mut Blocking(conn), move |conn: &mut C| {
+            ready(body(conn).map(Outcome::fresh))
+        }))
     }
 
     /// Like [`Call::run`], for a body that returns any [`IdempotentResult`]
@@ -380,34 +401,77 @@ impl<'a> Call<'a> {
         R: IdempotentResult,
         F: FnOnce(&mut C) -> R,
     {
-        R::from_result(self.run_inner(conn, |conn| body(conn).into_result()))
+        R::from_result(block_on(
+            self.run_with(&mut Blocking(conn), move |conn: &mut C| {
+                ready(body(conn).into_result())
+            }),
+        ))
     }
 
-    fn run_inner<C, O, E, F>(self, conn: &mut C, body: F) -> Result<O, E>
+    /// [`Call::run`] for an `async` body on a diesel-async connection
+    /// (feature `async`). Same decisions, same statements, same errors. If
+    /// the returned future is dropped before it finishes, the call's level
+    /// is rolled back and nothing is stored; see `AsyncIdempotentConnection`
+    /// for what happens to the connection.
+    #[cfg(feature = "async")]
+    pub async fn run_async<C, T, E, F>(self, conn: &mut C, body: F) -> Result<Outcome<T>, E>
     where
-        C: IdempotentConnection,
+        C: AsyncIdempotentConnection,
+        T: Serialize + DeserializeOwned,
+        E: From<Error>,
+        F: AsyncFnOnce(&mut C) -> Result<T, E>,
+    {
+        let mut driver = NonBlocking::new(conn, self.abandon_after);
+        self.run_with(&mut driver, async move |conn: &mut C| {
+            body(conn).await.map(Outcome::fresh)
+        })
+        .await
+    }
+
+    /// [`Call::run_response`] for an `async` body (what `#[idempotent]`
+    /// calls on an `async fn`; feature `async`).
+    #[cfg(feature = "async")]
+    pub async fn run_response_async<C, R, F>(self, conn: &mut C, body: F) -> R
+    where
+        C: AsyncIdempotentConnection,
+        R: IdempotentResult,
+        F: AsyncFnOnce(&mut C) -> R,
+    {
+        let mut driver = NonBlocking::new(conn, self.abandon_after);
+        R::from_result(
+            self.run_with(&mut driver, async move |conn: &mut C| {
+                body(conn).await.into_result()
+            })
+            .await,
+        )
+    }
+
+    /// The procedure, once for both drivers.
+    async fn run_with<D, O, E, F>(self, conn: &mut D, body: F) -> Result<O, E>
+    where
+        D: Driver,
         O: Response,
         E: From<Error>,
-        F: FnOnce(&mut C) -> Result<O, E>,
+        F: AsyncFnOnce(&mut D::Conn) -> Result<O, E>,
     {
         let prepared = match self.prepare() {
             Ok(prepared) => prepared,
             Err(e) => return Err(E::from(e)),
         };
         if prepared.replay == Replay::ReadFirst {
-            match read_first(conn, &prepared) {
+            match read_first(conn, &prepared).await {
                 Ok(Some(json)) => return prepared.replayed(&json).map_err(E::from),
                 Ok(None) => {}
                 Err(e) => return Err(E::from(e)),
             }
         }
-        let owns_transaction = match conn.in_transaction() {
-            Ok(open) => !open,
+        let owns_transaction = match conn.depth() {
+            Ok(depth) => depth == 0,
             Err(e) => return Err(E::from(Error::Database(e))),
         };
         let result = match prepared.mode {
-            Mode::ClaimFirst => claim_first(conn, &prepared, owns_transaction, body),
-            Mode::Optimistic => optimistic(conn, &prepared, body),
+            Mode::ClaimFirst => claim_first(conn, &prepared, owns_transaction, body).await,
+            Mode::Optimistic => optimistic(conn, &prepared, body).await,
         };
         match result {
             Ok(out) => Ok(out),
@@ -417,17 +481,19 @@ impl<'a> Call<'a> {
             Err(Unwound::Failed(Failure::Body(e)))
                 if prepared.optimistic_looks_again(owns_transaction) =>
             {
-                after_error(conn, &prepared, e)
+                after_error(conn, &prepared, e).await
             }
             Err(Unwound::Failed(Failure::Result(e)))
                 if prepared.optimistic_looks_again(owns_transaction) =>
             {
-                after_error(conn, &prepared, E::from(e))
+                after_error(conn, &prepared, E::from(e)).await
             }
             Err(Unwound::Failed(Failure::Claim(e)))
                 if prepared.optimistic_looks_again(owns_transaction) && e.is_aborted_claim() =>
             {
-                after_aborted_insert(conn, &prepared, e).map_err(E::from)
+                after_aborted_insert(conn, &prepared, e)
+                    .await
+                    .map_err(E::from)
             }
             Err(Unwound::Failed(Failure::Body(e))) => Err(e),
             Err(Unwound::Failed(Failure::Replay(json))) => {
@@ -469,16 +535,16 @@ impl<'a> Call<'a> {
 type Settled<O, E> = Result<O, Unwound<Failure<E>>>;
 
 /// [`Mode::ClaimFirst`]: claim, run the body, store its result.
-fn claim_first<C, O, E, F>(
-    conn: &mut C,
+async fn claim_first<D, O, E, F>(
+    conn: &mut D,
     prepared: &Prepared<'_>,
     owns_transaction: bool,
     body: F,
 ) -> Settled<O, E>
 where
-    C: IdempotentConnection,
+    D: Driver,
     O: Response,
-    F: FnOnce(&mut C) -> Result<O, E>,
+    F: AsyncFnOnce(&mut D::Conn) -> Result<O, E>,
 {
     // A claim that the database aborted (a deadlock between two callers
     // taking over the same expired record, a serialization failure)
@@ -490,23 +556,27 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = guarded_transaction(conn, |conn| -> Result<O, Failure<E>> {
+        let result = guarded_transaction(conn, async |conn: &mut D| -> Result<O, Failure<E>> {
             let claim = prepared.record(None);
-            match settle(conn, prepared, &claim).map_err(Failure::Claim)? {
+            match settle(conn, prepared, &claim)
+                .await
+                .map_err(Failure::Claim)?
+            {
                 Step::Replay(json) => Err(Failure::Replay(json)),
                 Step::Hold => {
                     let Some(body) = body.take() else {
                         return Err(Failure::Library(prepared.in_flight()));
                     };
-                    let out = run_body(conn, body)?;
+                    let out = run_body(conn, body).await?;
                     let json = prepared.stored_json(&out)?;
-                    match conn.complete(prepared.id(), &json)? {
+                    match conn.complete(prepared.id(), &json).await? {
                         1 => Ok(out),
                         _ => Err(Failure::Library(prepared.in_flight())),
                     }
                 }
             }
-        });
+        })
+        .await;
         match result {
             Err(Unwound::Failed(Failure::Claim(e)))
                 if owns_transaction && e.is_aborted_claim() && attempt < CLAIM_TRANSACTIONS =>
@@ -521,24 +591,28 @@ where
 /// [`Mode::Optimistic`]: run the body, then insert the record with its
 /// result; a key found taken rolls the body back (or, expired, is taken
 /// over).
-fn optimistic<C, O, E, F>(conn: &mut C, prepared: &Prepared<'_>, body: F) -> Settled<O, E>
+async fn optimistic<D, O, E, F>(conn: &mut D, prepared: &Prepared<'_>, body: F) -> Settled<O, E>
 where
-    C: IdempotentConnection,
+    D: Driver,
     O: Response,
-    F: FnOnce(&mut C) -> Result<O, E>,
+    F: AsyncFnOnce(&mut D::Conn) -> Result<O, E>,
 {
-    guarded_transaction(conn, |conn| -> Result<O, Failure<E>> {
-        let out = run_body(conn, body)?;
+    guarded_transaction(conn, async |conn: &mut D| -> Result<O, Failure<E>> {
+        let out = run_body(conn, body).await?;
         // A result this call cannot store is its error only if no earlier
         // call's result answers the key (`after_error`).
         let json = prepared.stored_json(&out).map_err(Failure::Result)?;
         let record = prepared.record(Some(&json));
-        match settle(conn, prepared, &record).map_err(Failure::Claim)? {
+        match settle(conn, prepared, &record)
+            .await
+            .map_err(Failure::Claim)?
+        {
             Step::Hold => Ok(out),
             // Undo the body's effects: the earlier call's stand.
             Step::Replay(json) => Err(Failure::Replay(json)),
         }
     })
+    .await
 }
 
 /// The answer of an optimistic call whose body failed, or whose result
@@ -554,13 +628,13 @@ where
 /// an uncommitted record whatever the isolation level and waits for one to
 /// commit), sent outside any transaction: only a call that owned its
 /// transaction gets here (see [`Prepared::optimistic_looks_again`]).
-fn after_error<C, O, E>(conn: &mut C, call: &Prepared<'_>, error: E) -> Result<O, E>
+async fn after_error<D, O, E>(conn: &mut D, call: &Prepared<'_>, error: E) -> Result<O, E>
 where
-    C: IdempotentConnection,
+    D: Driver,
     O: Response,
     E: From<Error>,
 {
-    let Ok(Some(existing)) = conn.load(call.id()) else {
+    let Ok(Some(existing)) = conn.load(call.id()).await else {
         return Err(error);
     };
     match judge(&existing, call.fingerprint.as_str(), call.now) {
@@ -592,14 +666,18 @@ impl From<diesel::result::Error> for Looked {
 /// this request: look once more, in a transaction that waits (like a claim)
 /// for a holder that has not committed and is always rolled back, and
 /// replay it. Otherwise the database's error, which is retryable.
-fn after_aborted_insert<C, O>(conn: &mut C, call: &Prepared<'_>, error: Error) -> Result<O, Error>
+async fn after_aborted_insert<D, O>(
+    conn: &mut D,
+    call: &Prepared<'_>,
+    error: Error,
+) -> Result<O, Error>
 where
-    C: IdempotentConnection,
+    D: Driver,
     O: Response,
 {
     let claim = call.record(None);
-    let looked = guarded_transaction(conn, |conn| -> Result<(), Looked> {
-        let Claimed::Existing(existing) = conn.claim_or_load(&claim)? else {
+    let looked = guarded_transaction(conn, async |conn: &mut D| -> Result<(), Looked> {
+        let Claimed::Existing(existing) = conn.claim_or_load(&claim).await? else {
             // The key was free: roll back the claim just inserted.
             return Err(Looked::Nothing);
         };
@@ -610,7 +688,8 @@ where
                 Verdict::InFlight | Verdict::Expired => Looked::Nothing,
             },
         )
-    });
+    })
+    .await;
     match looked {
         Err(Unwound::Failed(Looked::Replay(json))) => call.replayed(&json),
         Err(Unwound::Failed(Looked::Mismatch)) => Err(call.mismatch()),
@@ -621,35 +700,35 @@ where
 
 /// Runs the body in the library's transaction level; nothing more may be
 /// sent inside a level the body left open (the guard rolls it back).
-fn run_body<C, O, E, F>(conn: &mut C, body: F) -> Result<O, Failure<E>>
+async fn run_body<D, O, E, F>(conn: &mut D, body: F) -> Result<O, Failure<E>>
 where
-    C: IdempotentConnection,
-    F: FnOnce(&mut C) -> Result<O, E>,
+    D: Driver,
+    F: AsyncFnOnce(&mut D::Conn) -> Result<O, E>,
 {
-    let depth = transaction_depth(conn)?;
-    let out = body(conn).map_err(Failure::Body)?;
+    let depth = conn.depth()?;
+    let out = body(conn.conn()).await.map_err(Failure::Body)?;
     ensure_closed_above(conn, depth)?;
     Ok(out)
 }
 
 /// [`Replay::ReadFirst`]: the stored result, when one plain read finds a
 /// finished, unexpired record of this request; `None` otherwise.
-fn read_first<C: IdempotentConnection>(
-    conn: &mut C,
-    call: &Prepared<'_>,
-) -> Result<Option<String>, Error> {
-    let read = if C::PLAIN_READS_MAY_LOCK
-        && call.on_conflict == OnConflict::Reject
-        && conn.in_transaction()?
-    {
-        // Inside the caller's SERIALIZABLE transaction InnoDB makes this
-        // read a locking one; `reject` never waits for a lock: a read that
-        // would is a miss, and the claim answers `InFlight`.
-        conn.without_lock_waits(|conn| conn.read_committed(call.id()).map_err(Error::Database))?
+async fn read_first<D: Driver>(conn: &mut D, call: &Prepared<'_>) -> Result<Option<String>, Error> {
+    let read =
+        if D::PLAIN_READS_MAY_LOCK && call.on_conflict == OnConflict::Reject && conn.depth()? > 0 {
+            // Inside the caller's SERIALIZABLE transaction InnoDB makes this
+            // read a locking one; `reject` never waits for a lock: a read that
+            // would is a miss, and the claim answers `InFlight`.
+            without_lock_waits(conn, async |conn: &mut D| {
+                conn.read_committed(call.id())
+                    .await
+                    .map_err(Error::Database)
+            })
+            .await?
             .flatten()
-    } else {
-        conn.read_committed(call.id())?
-    };
+        } else {
+            conn.read_committed(call.id()).await?
+        };
     let Some(existing) = read else {
         return Ok(None);
     };
@@ -659,6 +738,24 @@ fn read_first<C: IdempotentConnection>(
             Verdict::Mismatch | Verdict::InFlight | Verdict::Expired => None,
         },
     )
+}
+
+/// Runs `f` with row-lock waits turned off ([`Driver::disable_lock_waits`]):
+/// `Ok(None)` when a statement in it would have waited for another
+/// transaction's lock (the transaction may be aborted: roll it back).
+async fn without_lock_waits<D, R, F>(conn: &mut D, f: F) -> Result<Option<R>, Error>
+where
+    D: Driver,
+    F: AsyncFnOnce(&mut D) -> Result<R, Error>,
+{
+    let saved = conn.disable_lock_waits().await?;
+    let result = f(conn).await;
+    conn.restore_lock_waits(saved, result.is_err()).await?;
+    match result {
+        Ok(value) => Ok(Some(value)),
+        Err(Error::Database(e)) if crate::error::is_lock_timeout(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// A validated call, stamped with the clock's time.
@@ -902,26 +999,28 @@ pub fn judge<'s>(existing: &'s StoredState, fingerprint: &str, now: NaiveDateTim
 /// locks, so a key held by an unfinished call (a first call, or another
 /// caller taking over the expired record) answers [`Error::InFlight`] after
 /// one attempt.
-fn settle<C: IdempotentConnection>(
-    conn: &mut C,
+async fn settle<D: Driver>(
+    conn: &mut D,
     call: &Prepared<'_>,
     record: &NewRecord<'_>,
 ) -> Result<Step, Error> {
     match call.on_conflict {
-        OnConflict::Wait => settle_once(conn, call, record),
-        OnConflict::Reject => conn
-            .without_lock_waits(|conn| settle_once(conn, call, record))?
-            .ok_or_else(|| call.in_flight()),
+        OnConflict::Wait => settle_once(conn, call, record).await,
+        OnConflict::Reject => without_lock_waits(conn, async |conn: &mut D| {
+            settle_once(conn, call, record).await
+        })
+        .await?
+        .ok_or_else(|| call.in_flight()),
     }
 }
 
-fn settle_once<C: IdempotentConnection>(
-    conn: &mut C,
+async fn settle_once<D: Driver>(
+    conn: &mut D,
     call: &Prepared<'_>,
     record: &NewRecord<'_>,
 ) -> Result<Step, Error> {
     for _ in 0..CLAIM_ATTEMPTS {
-        let existing = match conn.claim_or_load(record)? {
+        let existing = match conn.claim_or_load(record).await? {
             Claimed::Inserted => return Ok(Step::Hold),
             // Purged between the insert and the load: insert again.
             Claimed::Vanished => continue,
@@ -932,7 +1031,7 @@ fn settle_once<C: IdempotentConnection>(
             Verdict::Mismatch => return Err(call.mismatch()),
             Verdict::InFlight => break,
             Verdict::Expired => {
-                if conn.take_over(record, call.now)? {
+                if conn.take_over(record, call.now).await? {
                     return Ok(Step::Hold);
                 }
                 // A concurrent caller renewed or removed it first: look again.

@@ -5,9 +5,13 @@
 //! load, take over an expired record, complete, purge); the decisions made
 //! from their answers live once, in [`crate::pattern`].
 
+// Without a backend there is nothing to implement the statements for.
+#![cfg_attr(
+    not(any(feature = "sqlite", feature = "postgres", feature = "mysql")),
+    allow(unused_imports)
+)]
+
 use std::any::Any;
-use std::num::NonZeroU32;
-use std::panic::{self, AssertUnwindSafe};
 
 use chrono::NaiveDateTime;
 use diesel::backend::Backend;
@@ -18,8 +22,11 @@ use diesel::{QueryResult, RunQueryDsl};
 
 use crate::record::{NewRecord, RecordId};
 
+pub(crate) mod driver;
 #[cfg(feature = "mysql")]
 mod mysql;
+#[cfg(feature = "async")]
+pub(crate) mod nonblocking;
 #[cfg(feature = "postgres")]
 mod pg;
 #[cfg(feature = "sqlite")]
@@ -60,6 +67,15 @@ pub enum Claimed {
 ///
 /// The methods are the library's storage statements; they are not part of
 /// the stable API and are hidden from the documentation.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a blocking Diesel connection that diesel-idempotent can use",
+    label = "a blocking Diesel connection is needed here",
+    note = "use `PgConnection`, `MysqlConnection` or `SqliteConnection` (with the backend's \
+            feature), or a generic `C: IdempotentConnection`",
+    note = "a diesel-async connection (`AsyncPgConnection`, `AsyncMysqlConnection`, \
+            `SyncConnectionWrapper<SqliteConnection>`) goes with an `async fn`: make the \
+            function `async` (feature `async`)"
+)]
 pub trait IdempotentConnection:
     diesel::Connection<TransactionManager = diesel::connection::AnsiTransactionManager> + Sized
 {
@@ -82,62 +98,52 @@ pub trait IdempotentConnection:
     #[doc(hidden)]
     fn migrate(&mut self) -> Result<usize, crate::Error>;
 
-    /// Runs `f` in a transaction, or in a savepoint when one is already open.
+    /// Begins the library's level: a transaction, or a savepoint when one
+    /// is already open.
     #[doc(hidden)]
-    fn idempotent_transaction<R, E, F>(&mut self, f: F) -> Result<R, E>
-    where
-        F: FnOnce(&mut Self) -> Result<R, E>,
-        E: From<diesel::result::Error>,
-    {
-        self.transaction(f)
+    fn begin_idempotent(&mut self) -> QueryResult<()> {
+        use diesel::connection::{AnsiTransactionManager, TransactionManager};
+        AnsiTransactionManager::begin_transaction(self)
     }
 
-    /// Inserts the claim unless a record with its id exists, waiting for an
-    /// uncommitted competing claim to commit or roll back. `true` = inserted.
-    #[doc(hidden)]
-    fn claim(&mut self, record: &NewRecord<'_>) -> QueryResult<bool>;
-
-    /// Runs `f` with row-lock waits disabled (`on_conflict = "reject"`):
-    /// a statement that would wait for another transaction's lock fails at
-    /// once, and then this returns `Ok(None)` (the transaction may be
-    /// aborted: roll it back). PostgreSQL sets `lock_timeout` to 1 ms for
-    /// the transaction and restores it after; MariaDB sets
+    /// Turns row-lock waits off (`on_conflict = "reject"`): a statement
+    /// that would wait for another transaction's lock fails at once (the
+    /// transaction may be aborted: roll it back). PostgreSQL sets
+    /// `lock_timeout` to 1 ms for the transaction; MariaDB sets
     /// `innodb_lock_wait_timeout` to 0 (MySQL 8 raises it to 1 s). SQLite
-    /// serializes writers before any claim, so there `f` just runs.
+    /// serializes writers before any claim, so there it does nothing.
+    /// Returns what [`Self::restore_lock_waits`] needs.
     #[doc(hidden)]
-    fn without_lock_waits<R>(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> Result<R, crate::Error>,
-    ) -> Result<Option<R>, crate::Error> {
-        f(self).map(Some)
+    fn disable_lock_waits(&mut self) -> QueryResult<Option<String>> {
+        Ok(None)
+    }
+
+    /// Turns row-lock waits back on, after the statements in between
+    /// succeeded or `failed`.
+    #[doc(hidden)]
+    fn restore_lock_waits(&mut self, saved: Option<String>, failed: bool) -> QueryResult<()> {
+        let _ = (saved, failed);
+        Ok(())
     }
 
     /// The record with this id, if one is visible.
     #[doc(hidden)]
     fn load(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>>;
 
-    /// Inserts `record` unless its id is taken (waiting, like [`Self::claim`],
-    /// for an uncommitted competitor), and otherwise returns the record that
-    /// holds it. PostgreSQL does both in one statement; elsewhere it is the
-    /// claim followed, on a conflict, by [`Self::load`].
+    /// Inserts `record` unless its id is taken (waiting for an uncommitted
+    /// competing insert of the same key to commit or roll back), and
+    /// otherwise returns the record that holds it. PostgreSQL does both in
+    /// one statement; elsewhere it is the claim followed, on a conflict, by
+    /// [`Self::load`].
     #[doc(hidden)]
-    fn claim_or_load(&mut self, record: &NewRecord<'_>) -> QueryResult<Claimed> {
-        if self.claim(record)? {
-            return Ok(Claimed::Inserted);
-        }
-        Ok(self
-            .load(record.id())?
-            .map_or(Claimed::Vanished, Claimed::Existing))
-    }
+    fn claim_or_load(&mut self, record: &NewRecord<'_>) -> QueryResult<Claimed>;
 
     /// The record with this id as a plain read sees it: no lock taken, none
     /// waited for, so a record another transaction has not committed is
     /// invisible. The read of `replay = "read_first"`, sent outside the
     /// library's transaction.
     #[doc(hidden)]
-    fn read_committed(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>> {
-        self.load(id)
-    }
+    fn read_committed(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>>;
 
     /// Replaces a record that expired at or before `now` by `record`.
     /// `true` = replaced; `false` = it is gone or was renewed meanwhile.
@@ -183,124 +189,102 @@ impl<E: From<diesel::result::Error>> From<diesel::result::Error> for Unwound<E> 
     }
 }
 
-/// The transaction depth of `conn` (0 outside a transaction).
-pub(crate) fn transaction_depth<C: IdempotentConnection>(conn: &mut C) -> QueryResult<u32> {
-    use diesel::connection::{AnsiTransactionManager, TransactionManager};
-    AnsiTransactionManager::transaction_manager_status_mut(conn)
-        .transaction_depth()
-        .map(|depth| depth.map_or(0, NonZeroU32::get))
+/// The claim: `INSERT INTO idempotency_records (..) VALUES (..)` that
+/// does nothing when the key is taken (`ON CONFLICT DO NOTHING` on
+/// PostgreSQL and SQLite, `INSERT IGNORE` on MySQL), after waiting for an
+/// uncommitted competing insert of the same key. Each dialect's file writes
+/// its `QueryFragment`; both drivers send this one statement.
+#[doc(hidden)]
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub struct Claim<'a> {
+    pub(crate) record: &'a NewRecord<'a>,
 }
 
-/// Rolls back every transaction level above `depth` (savepoints the code
-/// inside left open, e.g. a `conn.transaction(..)` that a panic unwound).
-fn roll_back_to<C: IdempotentConnection>(conn: &mut C, depth: u32) -> QueryResult<()> {
-    use diesel::connection::{AnsiTransactionManager, TransactionManager};
-    while transaction_depth(conn)? > depth {
-        AnsiTransactionManager::rollback_transaction(conn)?;
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+/// `SELECT fingerprint, response, expires_at FROM idempotency_records
+/// WHERE <the record's id>`: a plain read of one record.
+#[doc(hidden)]
+pub struct Load<'a> {
+    pub(crate) id: RecordId<'a>,
+}
+
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+impl QueryId for Claim<'_> {
+    type QueryId = Claim<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl QueryId for Load<'_> {
+    type QueryId = Load<'static>;
+    const HAS_STATIC_QUERY_ID: bool = true;
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl diesel::query_builder::Query for Load<'_> {
+    type SqlType = (Text, Nullable<Text>, Timestamp);
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl<DB> QueryFragment<DB> for Load<'_>
+where
+    DB: Backend + HasSqlType<Text>,
+    str: ToSql<Text, DB>,
+{
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, DB>) -> QueryResult<()> {
+        out.push_sql("SELECT fingerprint, response, expires_at FROM idempotency_records");
+        push_record_id(&mut out, &self.id)
     }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+/// The row [`Load`] returns.
+pub(crate) type LoadedRow = (String, Option<String>, NaiveDateTime);
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+/// A loaded row as the decision reads it.
+pub(crate) fn stored_state((fingerprint, response, expires_at): LoadedRow) -> StoredState {
+    StoredState {
+        fingerprint,
+        response,
+        expires_at,
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+/// ` (namespace, scope, "key", fingerprint, response, created_at,
+/// expires_at) VALUES (?, ?, ?, ?, ?, ?, ?)` of an insert of `record`.
+pub(crate) fn push_insert_values<'b, DB>(
+    out: &mut AstPass<'_, 'b, DB>,
+    record: &'b NewRecord<'b>,
+) -> QueryResult<()>
+where
+    DB: Backend + HasSqlType<Text> + HasSqlType<Timestamp>,
+    str: ToSql<Text, DB>,
+    NaiveDateTime: ToSql<Timestamp, DB>,
+    for<'x> Option<&'x str>: ToSql<Nullable<Text>, DB>,
+{
+    out.push_sql(" (namespace, scope, ");
+    out.push_identifier("key")?;
+    out.push_sql(", fingerprint, response, created_at, expires_at) VALUES (");
+    out.push_bind_param::<Text, str>(record.namespace)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Text, str>(record.scope)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Text, str>(record.key)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Text, str>(record.fingerprint)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Nullable<Text>, Option<&str>>(&record.response)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Timestamp, NaiveDateTime>(&record.created_at)?;
+    out.push_sql(", ");
+    out.push_bind_param::<Timestamp, NaiveDateTime>(&record.expires_at)?;
+    out.push_sql(")");
     Ok(())
 }
 
-/// The error of a body that returned with `levels` transaction levels of its
-/// own still open.
-fn left_open(levels: u32) -> diesel::result::Error {
-    diesel::result::Error::DatabaseError(
-        diesel::result::DatabaseErrorKind::Unknown,
-        Box::new(format!(
-            "the function returned with {levels} transaction level(s) of its own still open \
-             (a panic caught inside a nested transaction, or a transaction begun and never \
-             ended); everything the call did was rolled back and nothing was stored: end \
-             every transaction the function begins"
-        )),
-    )
-}
-
-/// Fails when a transaction level above `depth` is still open: code that
-/// returned normally left it open, and nothing more may be sent inside it.
-pub(crate) fn ensure_closed_above<C: IdempotentConnection>(
-    conn: &mut C,
-    depth: u32,
-) -> QueryResult<()> {
-    match transaction_depth(conn)? {
-        now if now > depth => Err(left_open(now - depth)),
-        _ => Ok(()),
-    }
-}
-
-/// Runs user code the library calls outside its own transaction (a
-/// getOrCreate lookup): if it panics, every transaction level it opened is
-/// rolled back before the panic goes on.
-pub(crate) fn restoring_depth<C, R>(conn: &mut C, f: impl FnOnce(&mut C) -> R) -> R
-where
-    C: IdempotentConnection,
-{
-    let Ok(depth) = transaction_depth(conn) else {
-        return f(conn);
-    };
-    match panic::catch_unwind(AssertUnwindSafe(|| f(conn))) {
-        Ok(result) => result,
-        Err(payload) => {
-            let _ = roll_back_to(conn, depth);
-            panic::resume_unwind(payload)
-        }
-    }
-}
-
-/// Runs `f` in the library's transaction ([`IdempotentConnection::idempotent_transaction`]:
-/// a transaction, or a savepoint inside the caller's) and leaves the
-/// connection at exactly the depth it had before, whatever `f` does:
-///
-/// - `Ok`: committed (released), unless `f` returned with a level of its own
-///   still open (it caught a panic inside a nested transaction, or began
-///   one by hand): then everything is rolled back and the call fails with a
-///   database error that says so, since committing would have stored a
-///   result for effects that were never committed;
-/// - `Err`: every level `f` opened and the library's own are rolled back;
-/// - a panic anywhere in `f` (the body, a nested `conn.transaction(..)`,
-///   a `Serialize` or `Deserialize` impl) is caught, every level above the
-///   caller's is rolled back, and the panic is returned to be resumed.
-///
-/// Diesel's own `transaction` does not catch panics: without this, a panic
-/// inside a nested transaction leaves the outer levels open, with the claim
-/// and its locks held.
-pub(crate) fn guarded_transaction<C, R, E, F>(conn: &mut C, f: F) -> Result<R, Unwound<E>>
-where
-    C: IdempotentConnection,
-    E: From<diesel::result::Error>,
-    F: FnOnce(&mut C) -> Result<R, E>,
-{
-    let outside = transaction_depth(conn)?;
-    let inside = outside + 1;
-    let result = conn.idempotent_transaction(|conn| {
-        match panic::catch_unwind(AssertUnwindSafe(|| f(conn))) {
-            Ok(Ok(value)) => match ensure_closed_above(conn, inside) {
-                Ok(()) => Ok(value),
-                Err(left_open) => {
-                    roll_back_to(conn, inside)?;
-                    Err(Unwound::Failed(E::from(left_open)))
-                }
-            },
-            // Best effort in both cases: the error or panic matters more
-            // than a failed rollback, after which Diesel marks the
-            // connection broken and its next use reports it. (An error may
-            // also be the refusal of a level the body left open.)
-            Ok(Err(e)) => {
-                let _ = roll_back_to(conn, inside);
-                Err(Unwound::Failed(e))
-            }
-            Err(payload) => {
-                let _ = roll_back_to(conn, inside);
-                Err(Unwound::Panicked(payload))
-            }
-        }
-    });
-    if result.is_err() {
-        // Normally a no-op: the library's own level was rolled back above.
-        let _ = roll_back_to(conn, outside);
-    }
-    result
-}
-
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 /// `UPDATE idempotency_records SET response = ? WHERE <the record's id>`:
 /// stores a claimed call's result.
 ///
@@ -314,6 +298,7 @@ pub struct Complete<'a> {
     pub(crate) response: &'a str,
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 /// `UPDATE idempotency_records SET fingerprint = ?, response = ?,
 /// created_at = ?, expires_at = ? WHERE <the record's id> AND expires_at <= ?`:
 /// replaces a record that expired. Cached like [`Complete`].
@@ -323,16 +308,19 @@ pub struct TakeOver<'a> {
     pub(crate) now: NaiveDateTime,
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 impl QueryId for Complete<'_> {
     type QueryId = Complete<'static>;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 impl QueryId for TakeOver<'_> {
     type QueryId = TakeOver<'static>;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 /// ` WHERE namespace = ? AND scope = ? AND "key" = ?` (`key` quoted as the
 /// dialect quotes identifiers: MySQL reserves it).
 fn push_record_id<'b, DB>(out: &mut AstPass<'_, 'b, DB>, id: &RecordId<'b>) -> QueryResult<()>
@@ -350,6 +338,7 @@ where
     out.push_bind_param::<Text, str>(id.key)
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 impl<DB> QueryFragment<DB> for Complete<'_>
 where
     DB: Backend + HasSqlType<Text>,
@@ -362,6 +351,7 @@ where
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 impl<DB> QueryFragment<DB> for TakeOver<'_>
 where
     DB: Backend + HasSqlType<Text> + HasSqlType<Timestamp>,
@@ -385,7 +375,13 @@ where
     }
 }
 
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 impl<Conn> RunQueryDsl<Conn> for Complete<'_> {}
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+impl<Conn> RunQueryDsl<Conn> for Claim<'_> {}
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+impl<Conn> RunQueryDsl<Conn> for Load<'_> {}
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 impl<Conn> RunQueryDsl<Conn> for TakeOver<'_> {}
 
 /// One column of a unique index, as each dialect's catalog query returns it.
@@ -426,75 +422,97 @@ fn group_index_columns(rows: Vec<IndexColumn>) -> Vec<Vec<String>> {
         .collect()
 }
 
-/// The claim of the dialects with `ON CONFLICT DO NOTHING` (SQLite,
-/// PostgreSQL). Expanded inside their `impl IdempotentConnection`.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-macro_rules! on_conflict_claim {
-    () => {
-        fn claim(&mut self, record: &$crate::record::NewRecord<'_>) -> ::diesel::QueryResult<bool> {
-            use ::diesel::prelude::*;
-            ::diesel::insert_into($crate::record::idempotency_records::table)
-                .values(record)
-                .on_conflict_do_nothing()
-                .execute(self)
-                .map(|rows| rows == 1)
-        }
-
-        fn load(
-            &mut self,
-            id: $crate::record::RecordId<'_>,
-        ) -> ::diesel::QueryResult<Option<$crate::store::StoredState>> {
-            use ::diesel::prelude::*;
-            use $crate::record::idempotency_records::dsl as r;
-            r::idempotency_records
-                .find((id.namespace, id.scope, id.key))
-                .select((r::fingerprint, r::response, r::expires_at))
-                .first::<(String, Option<String>, ::chrono::NaiveDateTime)>(self)
-                .optional()
-                .map(|row| {
-                    row.map(
-                        |(fingerprint, response, expires_at)| $crate::store::StoredState {
-                            fingerprint,
-                            response,
-                            expires_at,
-                        },
-                    )
-                })
-        }
-    };
-}
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) use on_conflict_claim;
-
-/// The statements every dialect writes the same way in Diesel's DSL, given
-/// its embedded migrations. Expanded inside each backend's impl.
+/// The migrations of a dialect, for the blocking trait.
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-macro_rules! shared_statements {
+macro_rules! migrate_statement {
     ($migrations:expr) => {
         fn migrate(&mut self) -> Result<usize, $crate::Error> {
             $crate::migrations::run_embedded(self, $migrations)
         }
+    };
+}
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub(crate) use migrate_statement;
 
-        fn take_over(
+/// The record statements every dialect sends the same way, written once for
+/// both drivers. Expanded in a blocking impl as
+/// `record_statements!([] [] [::diesel::RunQueryDsl], load: Load)` and in
+/// an async one as `record_statements!([async] [.await]
+/// [::diesel_async::RunQueryDsl], load: Load)`; `load` names the query
+/// that reads a record for the claim (MySQL's is a locking read).
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+macro_rules! record_statements {
+    ([$($async:ident)?] [$($await:tt)*] [$($dsl:tt)*], load: $load:ident) => {
+        $($async)? fn load(
+            &mut self,
+            id: $crate::record::RecordId<'_>,
+        ) -> ::diesel::QueryResult<Option<$crate::store::StoredState>> {
+            use $($dsl)* as _;
+            use ::diesel::OptionalExtension as _;
+            $load { id }
+                .get_result::<$crate::store::LoadedRow>(self)
+                $($await)*
+                .optional()
+                .map(|row| row.map($crate::store::stored_state))
+        }
+
+        $($async)? fn read_committed(
+            &mut self,
+            id: $crate::record::RecordId<'_>,
+        ) -> ::diesel::QueryResult<Option<$crate::store::StoredState>> {
+            use $($dsl)* as _;
+            use ::diesel::OptionalExtension as _;
+            $crate::store::Load { id }
+                .get_result::<$crate::store::LoadedRow>(self)
+                $($await)*
+                .optional()
+                .map(|row| row.map($crate::store::stored_state))
+        }
+
+        $($async)? fn take_over(
             &mut self,
             record: &$crate::record::NewRecord<'_>,
             now: ::chrono::NaiveDateTime,
         ) -> ::diesel::QueryResult<bool> {
-            use ::diesel::RunQueryDsl;
+            use $($dsl)* as _;
             $crate::store::TakeOver { record, now }
                 .execute(self)
+                $($await)*
                 .map(|rows| rows == 1)
         }
 
-        fn complete(
+        $($async)? fn complete(
             &mut self,
             id: $crate::record::RecordId<'_>,
             response: &str,
         ) -> ::diesel::QueryResult<usize> {
-            use ::diesel::RunQueryDsl;
-            $crate::store::Complete { id, response }.execute(self)
+            use $($dsl)* as _;
+            $crate::store::Complete { id, response }.execute(self) $($await)*
         }
     };
 }
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
-pub(crate) use shared_statements;
+pub(crate) use record_statements;
+
+/// The claim of the dialects without a statement that also loads: the
+/// insert and, when it found the key taken, a load. Both drivers, as
+/// [`record_statements`]; `$conn` is the trait being implemented.
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+macro_rules! claim_then_load {
+    ([$($async:ident)?] [$($await:tt)*] [$($dsl:tt)*], $conn:ident) => {
+        $($async)? fn claim_or_load(
+            &mut self,
+            record: &$crate::record::NewRecord<'_>,
+        ) -> ::diesel::QueryResult<$crate::store::Claimed> {
+            use $($dsl)* as _;
+            let inserted = $crate::store::Claim { record }.execute(self) $($await)* ?;
+            if inserted == 1 {
+                return Ok($crate::store::Claimed::Inserted);
+            }
+            Ok(<Self as $conn>::load(self, record.id()) $($await)* ?
+                .map_or($crate::store::Claimed::Vanished, $crate::store::Claimed::Existing))
+        }
+    };
+}
+#[cfg(any(feature = "sqlite", feature = "mysql"))]
+pub(crate) use claim_then_load;

@@ -16,8 +16,8 @@ use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Nullable, Text, Timestamp};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use super::{IdempotentConnection, StoredState, shared_statements};
-use crate::record::{NewRecord, RecordId, idempotency_records};
+use super::{Claim, IdempotentConnection, push_insert_values};
+use crate::record::RecordId;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/mysql");
 
@@ -56,69 +56,89 @@ impl QueryFragment<Mysql> for LockingLoad<'_> {
 
 impl RunQueryDsl<MysqlConnection> for LockingLoad<'_> {}
 
-fn stored_state(
-    (fingerprint, response, expires_at): (String, Option<String>, NaiveDateTime),
-) -> StoredState {
-    StoredState {
-        fingerprint,
-        response,
-        expires_at,
+impl QueryFragment<Mysql> for Claim<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Mysql>) -> QueryResult<()> {
+        out.push_sql("INSERT IGNORE INTO idempotency_records");
+        push_insert_values(&mut out, self.record)
     }
 }
 
-impl IdempotentConnection for MysqlConnection {
-    const PLAIN_READS_MAY_LOCK: bool = true;
+/// `SET @diesel_idempotent_lock_wait = @@innodb_lock_wait_timeout,
+/// innodb_lock_wait_timeout = 0`. MariaDB accepts 0 (do not wait); MySQL 8
+/// raises it to 1 second.
+const DISABLE_LOCK_WAITS: &str = "SET @diesel_idempotent_lock_wait = @@innodb_lock_wait_timeout, \
+                                  innodb_lock_wait_timeout = 0";
 
-    fn claim(&mut self, record: &NewRecord<'_>) -> QueryResult<bool> {
-        diesel::insert_or_ignore_into(idempotency_records::table)
-            .values(record)
-            .execute(self)
-            .map(|rows| rows == 1)
-    }
+/// Puts the session's setting back. A lock wait timeout rolls back the
+/// statement only (InnoDB's default), so the session is restored whether
+/// the statements in between failed or not.
+const RESTORE_LOCK_WAITS: &str = "SET innodb_lock_wait_timeout = @diesel_idempotent_lock_wait";
 
-    fn without_lock_waits<R>(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> Result<R, crate::Error>,
-    ) -> Result<Option<R>, crate::Error> {
-        // MariaDB accepts 0 (do not wait); MySQL 8 raises it to 1 second.
-        diesel::sql_query(
-            "SET @diesel_idempotent_lock_wait = @@innodb_lock_wait_timeout, \
-             innodb_lock_wait_timeout = 0",
-        )
-        .execute(self)?;
-        let result = f(self);
-        // A lock wait timeout rolls back the statement only (InnoDB's
-        // default), so the session can be restored either way.
-        diesel::sql_query("SET innodb_lock_wait_timeout = @diesel_idempotent_lock_wait")
-            .execute(self)?;
-        match result {
-            Ok(value) => Ok(Some(value)),
-            Err(crate::Error::Database(e)) if crate::error::is_lock_timeout(&e) => Ok(None),
-            Err(e) => Err(e),
+/// Whether the open transaction reads from a snapshot, from the session's
+/// isolation level (see `reads_from_snapshot`).
+fn snapshot_level(level: &str) -> bool {
+    matches!(level, "REPEATABLE-READ" | "SERIALIZABLE")
+}
+
+/// The session variables that name the isolation level: MySQL 8 and
+/// MariaDB 11.1+ `transaction_isolation`, older MariaDB `tx_isolation`.
+const ISOLATION_VARIABLES: [&str; 2] = [
+    "SELECT @@session.transaction_isolation AS level",
+    "SELECT @@session.tx_isolation AS level",
+];
+
+#[derive(QueryableByName)]
+struct Level {
+    #[diesel(sql_type = Text)]
+    level: String,
+}
+
+/// MySQL's own statements, written once for both drivers (see
+/// [`super::record_statements`]). `read_committed` there is a consistent
+/// (non-locking) read: outside a transaction it sees the latest committed
+/// record; inside the caller's, that transaction's snapshot. At READ
+/// UNCOMMITTED it would see a record that is not committed: `replay =
+/// "read_first"` needs READ COMMITTED or stricter (InnoDB's default is
+/// REPEATABLE READ).
+macro_rules! mysql_statements {
+    ([$($async:ident)?] [$($await:tt)*] [$($dsl:tt)*], $conn:ident) => {
+        const PLAIN_READS_MAY_LOCK: bool = true;
+
+        $($async)? fn disable_lock_waits(&mut self) -> QueryResult<Option<String>> {
+            use $($dsl)* as _;
+            diesel::sql_query(DISABLE_LOCK_WAITS).execute(self) $($await)* ?;
+            Ok(None)
         }
-    }
 
-    fn load(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>> {
-        LockingLoad { id }
-            .get_result::<(String, Option<String>, NaiveDateTime)>(self)
-            .optional()
-            .map(|row| row.map(stored_state))
-    }
+        $($async)? fn restore_lock_waits(&mut self, _: Option<String>, _: bool) -> QueryResult<()> {
+            use $($dsl)* as _;
+            diesel::sql_query(RESTORE_LOCK_WAITS).execute(self) $($await)* .map(drop)
+        }
 
-    /// A consistent (non-locking) read: outside a transaction it sees the
-    /// latest committed record; inside the caller's, that transaction's
-    /// snapshot. At READ UNCOMMITTED it would see a record that is not
-    /// committed: `replay = "read_first"` needs READ COMMITTED or stricter
-    /// (InnoDB's default is REPEATABLE READ).
-    fn read_committed(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>> {
-        use crate::record::idempotency_records::dsl as r;
-        r::idempotency_records
-            .find((id.namespace, id.scope, id.key))
-            .select((r::fingerprint, r::response, r::expires_at))
-            .first::<(String, Option<String>, NaiveDateTime)>(self)
-            .optional()
-            .map(|row| row.map(stored_state))
-    }
+        $($async)? fn reads_from_snapshot(&mut self) -> QueryResult<bool> {
+            use $($dsl)* as _;
+            // InnoDB does not tell a transaction's own level reliably
+            // (`information_schema.INNODB_TRX` is a cache refreshed at most
+            // every 0.1 s), so the session's level decides: set it with `SET
+            // SESSION TRANSACTION ISOLATION LEVEL ..`; a level set with `SET
+            // TRANSACTION` for the next transaction only is not visible.
+            // Unknown: InnoDB's default, REPEATABLE READ.
+            for query in ISOLATION_VARIABLES {
+                if let Ok(Level { level }) = diesel::sql_query(query).get_result::<Level>(self) $($await)* {
+                    return Ok(snapshot_level(&level));
+                }
+            }
+            Ok(true)
+        }
+
+        $crate::store::claim_then_load!([$($async)?] [$($await)*] [$($dsl)*], $conn);
+        $crate::store::record_statements!([$($async)?] [$($await)*] [$($dsl)*], load: LockingLoad);
+    };
+}
+
+impl IdempotentConnection for MysqlConnection {
+    mysql_statements!([] [] [::diesel::RunQueryDsl], IdempotentConnection);
+    super::migrate_statement!(MIGRATIONS);
 
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize> {
         diesel::sql_query(
@@ -140,29 +160,78 @@ impl IdempotentConnection for MysqlConnection {
         .load(self)?;
         Ok(super::group_index_columns(rows))
     }
+}
 
-    fn reads_from_snapshot(&mut self) -> QueryResult<bool> {
-        #[derive(QueryableByName)]
-        struct Level {
-            #[diesel(sql_type = Text)]
-            level: String,
-        }
-        // InnoDB does not tell a transaction's own level reliably
-        // (`information_schema.INNODB_TRX` is a cache refreshed at most every
-        // 0.1 s), so the session's level decides: set it with `SET SESSION
-        // TRANSACTION ISOLATION LEVEL ..`; a level set with `SET TRANSACTION`
-        // for the next transaction only is not visible. MySQL 8 and MariaDB
-        // 11.1+ name the variable `transaction_isolation`, older MariaDB
-        // `tx_isolation`. Unknown: InnoDB's default, REPEATABLE READ.
-        for variable in ["transaction_isolation", "tx_isolation"] {
-            let level = diesel::sql_query(format!("SELECT @@session.{variable} AS level"))
-                .get_result::<Level>(self);
-            if let Ok(Level { level }) = level {
-                return Ok(matches!(level.as_str(), "REPEATABLE-READ" | "SERIALIZABLE"));
-            }
-        }
-        Ok(true)
+#[cfg(feature = "async")]
+mod nonblocking {
+    use std::time::Duration;
+
+    use diesel::QueryResult;
+    use diesel_async::{
+        AnsiTransactionManager, AsyncConnection, AsyncMysqlConnection, SimpleAsyncConnection,
+        TransactionManager,
+    };
+
+    use super::{
+        DISABLE_LOCK_WAITS, ISOLATION_VARIABLES, Level, LockingLoad, RESTORE_LOCK_WAITS,
+        snapshot_level,
+    };
+    use crate::store::nonblocking::AsyncIdempotentConnection;
+
+    /// `wait_timeout` in whole seconds, rounded up (at least 1; MySQL's
+    /// maximum is 31 536 000).
+    fn wait_timeout_secs(after: Duration) -> u64 {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        secs.clamp(1, 31_536_000)
     }
 
-    shared_statements!(MIGRATIONS);
+    impl AsyncIdempotentConnection for AsyncMysqlConnection {
+        // MySQL has no per-transaction idle timeout: `abandon_after` sets
+        // the session's `wait_timeout`, after which the server closes an
+        // idle connection (and rolls back its transaction), and
+        // `end_idempotent` puts the previous value back.
+        async fn begin_idempotent(&mut self, abandon_after: Option<Duration>) -> QueryResult<()> {
+            if let Some(after) = abandon_after {
+                self.batch_execute(&format!(
+                    "SET @diesel_idempotent_wait_timeout = @@session.wait_timeout, \
+                     SESSION wait_timeout = {}",
+                    wait_timeout_secs(after)
+                ))
+                .await?;
+            }
+            AnsiTransactionManager::begin_transaction(self).await
+        }
+
+        async fn end_idempotent(&mut self, abandon_after: Option<Duration>) -> QueryResult<()> {
+            if abandon_after.is_none() {
+                return Ok(());
+            }
+            self.batch_execute("SET SESSION wait_timeout = @diesel_idempotent_wait_timeout")
+                .await
+        }
+
+        fn abandon(&mut self, _depth: u32) {
+            // The driver sends nothing unless polled: mark the connection
+            // broken, so that a pool discards it (closing it ends the
+            // transaction on the server) and a plain connection's next
+            // transaction fails instead of becoming a savepoint of this one.
+            <Self as AsyncConnection>::TransactionManager::transaction_manager_status_mut(self)
+                .set_in_error();
+            // A statement still running would keep the connection busy (and
+            // a closing connection waiting for its result): `KILL QUERY` it
+            // from a connection of its own. Best effort: it needs a tokio
+            // runtime.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let token = self.cancel_token();
+                runtime.spawn(async move {
+                    let _ = token.cancel_query().await;
+                });
+            }
+        }
+
+        mysql_statements!(
+            [async] [.await] [::diesel_async::RunQueryDsl],
+            AsyncIdempotentConnection
+        );
+    }
 }

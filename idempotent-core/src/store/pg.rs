@@ -16,7 +16,7 @@ use diesel::query_builder::{AstPass, Query, QueryFragment, QueryId};
 use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamp};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use super::{Claimed, IdempotentConnection, StoredState, on_conflict_claim, shared_statements};
+use super::{Claimed, IdempotentConnection, Load, StoredState, push_insert_values};
 use crate::record::NewRecord;
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/postgres");
@@ -54,33 +54,44 @@ impl Query for ClaimOrLoad<'_> {
 
 impl QueryFragment<Pg> for ClaimOrLoad<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        let r = self.record;
-        out.push_sql(
-            "WITH ins AS (INSERT INTO idempotency_records \
-             (namespace, scope, \"key\", fingerprint, response, created_at, expires_at) VALUES (",
-        );
-        out.push_bind_param::<Text, _>(r.namespace)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(r.scope)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(r.key)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Text, _>(r.fingerprint)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Nullable<Text>, _>(&r.response)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Timestamp, _>(&r.created_at)?;
-        out.push_sql(", ");
-        out.push_bind_param::<Timestamp, _>(&r.expires_at)?;
+        out.push_sql("WITH ins AS (INSERT INTO idempotency_records");
+        push_insert_values(&mut out, self.record)?;
         // `$1`..`$3` are the first three parameters bound above.
         out.push_sql(
-            ") ON CONFLICT DO NOTHING RETURNING 1) \
+            " ON CONFLICT DO NOTHING RETURNING 1) \
              SELECT EXISTS (SELECT 1 FROM ins), r.fingerprint, r.response, r.expires_at \
              FROM (SELECT 1) AS one LEFT JOIN idempotency_records AS r \
              ON r.namespace = $1 AND r.scope = $2 AND r.\"key\" = $3",
         );
         Ok(())
     }
+}
+
+/// The row [`ClaimOrLoad`] returns.
+pub(crate) type ClaimOrLoadRow = (bool, Option<String>, Option<String>, Option<NaiveDateTime>);
+
+/// What a [`ClaimOrLoad`] row says: `None` when the insert waited for a
+/// competitor that committed after the statement's snapshot, whose record
+/// must be read again.
+fn claimed((inserted, fingerprint, response, expires_at): ClaimOrLoadRow) -> Option<Claimed> {
+    if inserted {
+        return Some(Claimed::Inserted);
+    }
+    match (fingerprint, expires_at) {
+        (Some(fingerprint), Some(expires_at)) => Some(Claimed::Existing(StoredState {
+            fingerprint,
+            response,
+            expires_at,
+        })),
+        _ => None,
+    }
+}
+
+/// The setting a [`RestoreLockWaits`] puts back, if the statements in
+/// between did not fail (a failure aborted the transaction, whose rollback
+/// restores it).
+fn lock_waits_to_restore(saved: Option<String>, failed: bool) -> Option<String> {
+    saved.filter(|_| !failed)
 }
 
 impl RunQueryDsl<PgConnection> for ClaimOrLoad<'_> {}
@@ -134,51 +145,73 @@ impl QueryFragment<Pg> for RestoreLockWaits<'_> {
 
 impl RunQueryDsl<PgConnection> for RestoreLockWaits<'_> {}
 
-impl IdempotentConnection for PgConnection {
-    fn claim_or_load(&mut self, record: &NewRecord<'_>) -> QueryResult<Claimed> {
-        let (inserted, fingerprint, response, expires_at) =
-            ClaimOrLoad { record }
-                .get_result::<(bool, Option<String>, Option<String>, Option<NaiveDateTime>)>(
-                    self,
-                )?;
-        if inserted {
-            return Ok(Claimed::Inserted);
+/// PostgreSQL's own statements, written once for both drivers (see
+/// [`super::record_statements`]).
+macro_rules! pg_statements {
+    ([$($async:ident)?] [$($await:tt)*] [$($dsl:tt)*], $conn:ident) => {
+        $($async)? fn claim_or_load(&mut self, record: &NewRecord<'_>) -> QueryResult<Claimed> {
+            use $($dsl)* as _;
+            let row = ClaimOrLoad { record }.get_result::<ClaimOrLoadRow>(self) $($await)* ?;
+            match claimed(row) {
+                Some(claimed) => Ok(claimed),
+                None => Ok(<Self as $conn>::load(self, record.id()) $($await)* ?
+                    .map_or(Claimed::Vanished, Claimed::Existing)),
+            }
         }
-        match (fingerprint, expires_at) {
-            (Some(fingerprint), Some(expires_at)) => Ok(Claimed::Existing(StoredState {
-                fingerprint,
-                response,
-                expires_at,
-            })),
-            // The insert waited for a competitor that committed after this
-            // statement's snapshot was taken: read the record again.
-            _ => Ok(self
-                .load(record.id())?
-                .map_or(Claimed::Vanished, Claimed::Existing)),
-        }
-    }
 
-    fn without_lock_waits<R>(
-        &mut self,
-        f: impl FnOnce(&mut Self) -> Result<R, crate::Error>,
-    ) -> Result<Option<R>, crate::Error> {
         // `lock_timeout` applies to every wait on a row lock: the one an
-        // uncommitted competing insert of the same key holds, and the one
-        // a concurrent take-over of an expired record holds.
-        let (previous, _) = DisableLockWaits.get_result::<(String, String)>(self)?;
-        match f(self) {
-            Ok(value) => {
+        // uncommitted competing insert of the same key holds, and the one a
+        // concurrent take-over of an expired record holds.
+        $($async)? fn disable_lock_waits(&mut self) -> QueryResult<Option<String>> {
+            use $($dsl)* as _;
+            let (previous, _) = DisableLockWaits.get_result::<(String, String)>(self) $($await)* ?;
+            Ok(Some(previous))
+        }
+
+        $($async)? fn restore_lock_waits(
+            &mut self,
+            saved: Option<String>,
+            failed: bool,
+        ) -> QueryResult<()> {
+            use $($dsl)* as _;
+            if let Some(previous) = lock_waits_to_restore(saved, failed) {
                 RestoreLockWaits {
                     previous: &previous,
                 }
-                .execute(self)?;
-                Ok(Some(value))
+                .execute(self)
+                $($await)* ?;
             }
-            // The transaction is aborted; its rollback restores the setting.
-            Err(crate::Error::Database(e)) if crate::error::is_lock_timeout(&e) => Ok(None),
-            Err(e) => Err(e),
+            Ok(())
         }
-    }
+
+        $($async)? fn reads_from_snapshot(&mut self) -> QueryResult<bool> {
+            use $($dsl)* as _;
+            let level = diesel::sql_query(ISOLATION_LEVEL).get_result::<Level>(self) $($await)* ?;
+            Ok(snapshot_level(&level.level))
+        }
+
+        $crate::store::record_statements!([$($async)?] [$($await)*] [$($dsl)*], load: Load);
+    };
+}
+
+/// The transaction's isolation level, as [`Level`].
+const ISOLATION_LEVEL: &str = "SELECT current_setting('transaction_isolation') AS level";
+
+#[derive(QueryableByName)]
+struct Level {
+    #[diesel(sql_type = Text)]
+    level: String,
+}
+
+/// Whether a transaction at `level` reads from a snapshot that may predate
+/// rows committed since.
+fn snapshot_level(level: &str) -> bool {
+    matches!(level, "repeatable read" | "serializable")
+}
+
+impl IdempotentConnection for PgConnection {
+    pg_statements!([] [] [::diesel::RunQueryDsl], IdempotentConnection);
+    super::migrate_statement!(MIGRATIONS);
 
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize> {
         // The outer `expires_at` test matters: a row renewed by a concurrent
@@ -208,19 +241,84 @@ impl IdempotentConnection for PgConnection {
         .load(self)?;
         Ok(super::group_index_columns(rows))
     }
+}
 
-    fn reads_from_snapshot(&mut self) -> QueryResult<bool> {
-        #[derive(QueryableByName)]
-        struct Level {
-            #[diesel(sql_type = Text)]
-            level: String,
-        }
-        let level = diesel::sql_query("SELECT current_setting('transaction_isolation') AS level")
-            .get_result::<Level>(self)?
-            .level;
-        Ok(matches!(level.as_str(), "repeatable read" | "serializable"))
+#[cfg(feature = "async")]
+mod nonblocking {
+    use std::future::Future;
+    use std::pin::pin;
+    use std::task::{Context, Waker};
+    use std::time::Duration;
+
+    use diesel::QueryResult;
+    use diesel_async::{
+        AnsiTransactionManager, AsyncConnection, AsyncPgConnection, SimpleAsyncConnection,
+        TransactionManager,
+    };
+
+    use super::{
+        ClaimOrLoad, ClaimOrLoadRow, DisableLockWaits, ISOLATION_LEVEL, Level, RestoreLockWaits,
+        claimed, lock_waits_to_restore, snapshot_level,
+    };
+    use crate::record::NewRecord;
+    use crate::store::nonblocking::{AsyncIdempotentConnection, depth};
+    use crate::store::{Claimed, Load};
+
+    /// `idle_in_transaction_session_timeout`, in milliseconds (at least 1;
+    /// the server's maximum is `i32::MAX`).
+    fn idle_timeout_ms(after: Duration) -> u128 {
+        after.as_millis().clamp(1, i32::MAX as u128)
     }
 
-    on_conflict_claim!();
-    shared_statements!(MIGRATIONS);
+    impl AsyncIdempotentConnection for AsyncPgConnection {
+        async fn begin_idempotent(&mut self, abandon_after: Option<Duration>) -> QueryResult<()> {
+            let Some(after) = abandon_after else {
+                return AnsiTransactionManager::begin_transaction(self).await;
+            };
+            let set = format!(
+                "SET LOCAL idle_in_transaction_session_timeout = {}",
+                idle_timeout_ms(after)
+            );
+            if depth(self)? == 0 {
+                // One simple query: both statements in one round trip.
+                AnsiTransactionManager::begin_transaction_sql(self, &format!("BEGIN; {set}")).await
+            } else {
+                AnsiTransactionManager::begin_transaction(self).await?;
+                self.batch_execute(&set).await
+            }
+        }
+
+        fn abandon(&mut self, _depth: u32) {
+            // The first poll hands `ROLLBACK` to the connection's
+            // background task, which sends it after any statement already
+            // queued; the reply is not awaited. The whole transaction goes,
+            // a caller's around this call included: its level is doomed
+            // with the connection marked broken below.
+            {
+                let mut shared: &AsyncPgConnection = self;
+                let mut rollback = pin!(shared.batch_execute("ROLLBACK"));
+                let _ = rollback
+                    .as_mut()
+                    .poll(&mut Context::from_waker(Waker::noop()));
+            }
+            // A statement still running (the body's, or a claim waiting for
+            // a lock) would hold the `ROLLBACK` back until it ends: cancel
+            // it, as psql's Ctrl-C does, on a connection of its own. Best
+            // effort: it needs a tokio runtime, and it is sent without TLS
+            // (as libpq sends cancel requests).
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                let token = self.cancel_token();
+                runtime.spawn(async move {
+                    let _ = token.cancel_query(tokio_postgres::NoTls).await;
+                });
+            }
+            <Self as AsyncConnection>::TransactionManager::transaction_manager_status_mut(self)
+                .set_in_error();
+        }
+
+        pg_statements!(
+            [async] [.await] [::diesel_async::RunQueryDsl],
+            AsyncIdempotentConnection
+        );
+    }
 }

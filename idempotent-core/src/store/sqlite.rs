@@ -5,26 +5,45 @@
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
+use diesel::query_builder::{AstPass, QueryFragment};
 use diesel::sql_types::{BigInt, Timestamp};
-use diesel::sqlite::SqliteConnection;
+use diesel::sqlite::{Sqlite, SqliteConnection};
 use diesel_migrations::{EmbeddedMigrations, embed_migrations};
 
-use super::{IdempotentConnection, on_conflict_claim, shared_statements};
+use super::{Claim, IdempotentConnection, Load, push_insert_values};
 
 const MIGRATIONS: EmbeddedMigrations = embed_migrations!("migrations/sqlite");
 
+impl QueryFragment<Sqlite> for Claim<'_> {
+    fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Sqlite>) -> QueryResult<()> {
+        out.push_sql("INSERT INTO idempotency_records");
+        push_insert_values(&mut out, self.record)?;
+        out.push_sql(" ON CONFLICT DO NOTHING");
+        Ok(())
+    }
+}
+
+/// The `BEGIN` of the library's level: `BEGIN IMMEDIATE` at the top, so the
+/// database lock is taken before the claim; a savepoint inside a caller's
+/// transaction.
+fn begin_sql(depth: Option<std::num::NonZeroU32>) -> Option<&'static str> {
+    depth.is_none().then_some("BEGIN IMMEDIATE")
+}
+
 impl IdempotentConnection for SqliteConnection {
-    fn idempotent_transaction<R, E, F>(&mut self, f: F) -> Result<R, E>
-    where
-        F: FnOnce(&mut Self) -> Result<R, E>,
-        E: From<diesel::result::Error>,
-    {
-        if self.in_transaction().map_err(E::from)? {
-            self.transaction(f)
-        } else {
-            self.immediate_transaction(f)
+    fn begin_idempotent(&mut self) -> QueryResult<()> {
+        use diesel::connection::{AnsiTransactionManager, TransactionManager};
+        let depth =
+            AnsiTransactionManager::transaction_manager_status_mut(self).transaction_depth()?;
+        match begin_sql(depth) {
+            Some(sql) => AnsiTransactionManager::begin_transaction_sql(self, sql),
+            None => AnsiTransactionManager::begin_transaction(self),
         }
     }
+
+    super::claim_then_load!([] [] [::diesel::RunQueryDsl], IdempotentConnection);
+    super::record_statements!([] [] [::diesel::RunQueryDsl], load: Load);
+    super::migrate_statement!(MIGRATIONS);
 
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize> {
         diesel::sql_query(
@@ -57,7 +76,76 @@ impl IdempotentConnection for SqliteConnection {
         indexes.extend(super::group_index_columns(primary_key));
         Ok(indexes)
     }
+}
 
-    on_conflict_claim!();
-    shared_statements!(MIGRATIONS);
+#[cfg(feature = "async")]
+mod nonblocking {
+    use std::time::Duration;
+
+    use diesel::QueryResult;
+    use diesel::connection::{AnsiTransactionManager, TransactionManager};
+    use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
+
+    use diesel::sqlite::SqliteConnection;
+
+    use crate::store::driver::LockWaits;
+    use crate::store::nonblocking::AsyncIdempotentConnection;
+    use crate::store::{IdempotentConnection, Load};
+
+    /// Rolls back every level of `conn` above `depth`.
+    fn roll_back_to(conn: &mut SqliteConnection, depth: u32) -> QueryResult<()> {
+        while AnsiTransactionManager::transaction_manager_status_mut(conn)
+            .transaction_depth()?
+            .is_some_and(|now| now.get() > depth)
+        {
+            AnsiTransactionManager::rollback_transaction(conn)?;
+        }
+        Ok(())
+    }
+
+    impl AsyncIdempotentConnection for SyncConnectionWrapper<SqliteConnection> {
+        async fn begin_idempotent(&mut self, _: Option<Duration>) -> QueryResult<()> {
+            self.spawn_blocking(|conn| conn.begin_idempotent()).await
+        }
+
+        async fn disable_lock_waits(&mut self) -> QueryResult<LockWaits> {
+            Ok(None)
+        }
+
+        async fn restore_lock_waits(&mut self, _: LockWaits, _: bool) -> QueryResult<()> {
+            Ok(())
+        }
+
+        async fn reads_from_snapshot(&mut self) -> QueryResult<bool> {
+            Ok(false)
+        }
+
+        fn abandon(&mut self, depth: u32) {
+            // The wrapper's own dropped futures wait for their statement on
+            // a blocking thread (tokio's `block_in_place`, which a
+            // current-thread runtime refuses); this waits for the rollback
+            // the same way, so the connection is usable when the drop
+            // returns. During a panic, or on a current-thread runtime, the
+            // rollback is left to run without waiting for it.
+            let rollback = self.spawn_blocking(move |conn| roll_back_to(conn, depth));
+            let may_block = !std::thread::panicking()
+                && tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
+                    runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+                });
+            if may_block {
+                drop(rollback);
+            } else {
+                std::mem::forget(rollback);
+            }
+        }
+
+        crate::store::claim_then_load!(
+            [async] [.await] [::diesel_async::RunQueryDsl],
+            AsyncIdempotentConnection
+        );
+        crate::store::record_statements!(
+            [async] [.await] [::diesel_async::RunQueryDsl],
+            load: Load
+        );
+    }
 }

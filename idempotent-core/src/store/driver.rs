@@ -1,0 +1,307 @@
+//! One procedure, two drivers.
+//!
+//! The patterns are written once, as `async` code over [`Driver`]: the few
+//! statements they send and the transaction they hold. [`Blocking`] drives
+//! a Diesel connection: each statement runs when it is called and returns a
+//! ready future, so [`block_on`] finishes the whole procedure in one poll.
+//! The non-blocking driver (feature `async`) awaits diesel-async's futures
+//! and adds what only async code needs: a guard for a call whose future is
+//! dropped mid-way.
+
+use std::any::Any;
+use std::future::{Future, Ready, poll_fn, ready};
+use std::num::NonZeroU32;
+use std::panic::{self, AssertUnwindSafe};
+use std::pin::pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::thread::{self, Thread};
+
+use chrono::NaiveDateTime;
+use diesel::QueryResult;
+use diesel::connection::{AnsiTransactionManager, TransactionManager};
+
+use super::{Claimed, IdempotentConnection, StoredState, Unwound};
+use crate::record::{NewRecord, RecordId};
+
+/// A connection as the patterns use it: its transaction and the record
+/// statements. Every future is `Send` when the connection is, so an
+/// `async fn` under `#[idempotent]` is `Send` when its body is.
+pub(crate) trait Driver {
+    /// The connection the function body receives.
+    type Conn;
+
+    /// Whether a plain `SELECT` can take and wait for row locks (InnoDB
+    /// inside a SERIALIZABLE transaction).
+    const PLAIN_READS_MAY_LOCK: bool;
+
+    fn conn(&mut self) -> &mut Self::Conn;
+
+    /// The transaction depth (0 outside a transaction).
+    fn depth(&mut self) -> QueryResult<u32>;
+
+    /// Begins the library's level: a transaction (SQLite: `BEGIN
+    /// IMMEDIATE`), or a savepoint inside the caller's transaction.
+    fn begin(&mut self) -> impl Future<Output = QueryResult<()>> + Send;
+
+    /// Commits (releases) the innermost level.
+    fn commit(&mut self) -> impl Future<Output = QueryResult<()>> + Send;
+
+    /// Rolls back the innermost level.
+    fn rollback(&mut self) -> impl Future<Output = QueryResult<()>> + Send;
+
+    fn claim_or_load(
+        &mut self,
+        record: &NewRecord<'_>,
+    ) -> impl Future<Output = QueryResult<Claimed>> + Send;
+
+    fn load(
+        &mut self,
+        id: RecordId<'_>,
+    ) -> impl Future<Output = QueryResult<Option<StoredState>>> + Send;
+
+    fn read_committed(
+        &mut self,
+        id: RecordId<'_>,
+    ) -> impl Future<Output = QueryResult<Option<StoredState>>> + Send;
+
+    fn take_over(
+        &mut self,
+        record: &NewRecord<'_>,
+        now: NaiveDateTime,
+    ) -> impl Future<Output = QueryResult<bool>> + Send;
+
+    fn complete(
+        &mut self,
+        id: RecordId<'_>,
+        response: &str,
+    ) -> impl Future<Output = QueryResult<usize>> + Send;
+
+    /// Turns row-lock waits off; returns what [`Driver::restore_lock_waits`]
+    /// needs to turn them back on.
+    fn disable_lock_waits(&mut self) -> impl Future<Output = QueryResult<LockWaits>> + Send;
+
+    /// Turns row-lock waits back on after the statements in between
+    /// succeeded (`failed = false`) or failed.
+    fn restore_lock_waits(
+        &mut self,
+        saved: LockWaits,
+        failed: bool,
+    ) -> impl Future<Output = QueryResult<()>> + Send;
+
+    fn reads_from_snapshot(&mut self) -> impl Future<Output = QueryResult<bool>> + Send;
+}
+
+/// A dialect's lock-wait setting from before [`Driver::disable_lock_waits`].
+pub(crate) type LockWaits = Option<String>;
+
+/// A blocking Diesel connection as a [`Driver`].
+pub(crate) struct Blocking<'c, C>(pub(crate) &'c mut C);
+
+// Each future is ready when returned: the statement ran in the call.
+#[allow(refining_impl_trait)]
+impl<C: IdempotentConnection> Driver for Blocking<'_, C> {
+    type Conn = C;
+    const PLAIN_READS_MAY_LOCK: bool = C::PLAIN_READS_MAY_LOCK;
+
+    fn conn(&mut self) -> &mut C {
+        self.0
+    }
+
+    fn depth(&mut self) -> QueryResult<u32> {
+        AnsiTransactionManager::transaction_manager_status_mut(self.0)
+            .transaction_depth()
+            .map(|depth| depth.map_or(0, NonZeroU32::get))
+    }
+
+    fn begin(&mut self) -> Ready<QueryResult<()>> {
+        ready(self.0.begin_idempotent())
+    }
+
+    fn commit(&mut self) -> Ready<QueryResult<()>> {
+        ready(AnsiTransactionManager::commit_transaction(self.0))
+    }
+
+    fn rollback(&mut self) -> Ready<QueryResult<()>> {
+        ready(AnsiTransactionManager::rollback_transaction(self.0))
+    }
+
+    fn claim_or_load(&mut self, record: &NewRecord<'_>) -> Ready<QueryResult<Claimed>> {
+        ready(self.0.claim_or_load(record))
+    }
+
+    fn load(&mut self, id: RecordId<'_>) -> Ready<QueryResult<Option<StoredState>>> {
+        ready(self.0.load(id))
+    }
+
+    fn read_committed(&mut self, id: RecordId<'_>) -> Ready<QueryResult<Option<StoredState>>> {
+        ready(self.0.read_committed(id))
+    }
+
+    fn take_over(
+        &mut self,
+        record: &NewRecord<'_>,
+        now: NaiveDateTime,
+    ) -> Ready<QueryResult<bool>> {
+        ready(self.0.take_over(record, now))
+    }
+
+    fn complete(&mut self, id: RecordId<'_>, response: &str) -> Ready<QueryResult<usize>> {
+        ready(self.0.complete(id, response))
+    }
+
+    fn disable_lock_waits(&mut self) -> Ready<QueryResult<LockWaits>> {
+        ready(self.0.disable_lock_waits())
+    }
+
+    fn restore_lock_waits(&mut self, saved: LockWaits, failed: bool) -> Ready<QueryResult<()>> {
+        ready(self.0.restore_lock_waits(saved, failed))
+    }
+
+    fn reads_from_snapshot(&mut self) -> Ready<QueryResult<bool>> {
+        ready(self.0.reads_from_snapshot())
+    }
+}
+
+/// Runs a future to completion on this thread. The blocking driver's
+/// futures are ready when created, so its procedures finish in one poll;
+/// anything else parks the thread until woken.
+pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
+    struct Unpark(Thread);
+
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+
+        fn wake_by_ref(self: &Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let mut future = pin!(future);
+    let waker = Waker::from(Arc::new(Unpark(thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(output) = future.as_mut().poll(&mut cx) {
+            return output;
+        }
+        thread::park();
+    }
+}
+
+/// Awaits `future`, returning a panic inside it as a value.
+pub(crate) async fn catch_unwind<F: Future>(
+    future: F,
+) -> Result<F::Output, Box<dyn Any + Send + 'static>> {
+    let mut future = pin!(future);
+    poll_fn(
+        |cx| match panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(output)) => Poll::Ready(Ok(output)),
+            Err(payload) => Poll::Ready(Err(payload)),
+        },
+    )
+    .await
+}
+
+/// Rolls back every transaction level above `depth` (savepoints the code
+/// inside left open, e.g. a `conn.transaction(..)` that a panic unwound).
+async fn roll_back_to<D: Driver>(driver: &mut D, depth: u32) -> QueryResult<()> {
+    while driver.depth()? > depth {
+        driver.rollback().await?;
+    }
+    Ok(())
+}
+
+/// The error of a body that returned with `levels` transaction levels of its
+/// own still open.
+fn left_open(levels: u32) -> diesel::result::Error {
+    diesel::result::Error::DatabaseError(
+        diesel::result::DatabaseErrorKind::Unknown,
+        Box::new(format!(
+            "the function returned with {levels} transaction level(s) of its own still open \
+             (a panic caught inside a nested transaction, or a transaction begun and never \
+             ended); everything the call did was rolled back and nothing was stored: end \
+             every transaction the function begins"
+        )),
+    )
+}
+
+/// Fails when a transaction level above `depth` is still open: code that
+/// returned normally left it open, and nothing more may be sent inside it.
+pub(crate) fn ensure_closed_above<D: Driver>(driver: &mut D, depth: u32) -> QueryResult<()> {
+    match driver.depth()? {
+        now if now > depth => Err(left_open(now - depth)),
+        _ => Ok(()),
+    }
+}
+
+/// Runs user code the library calls outside its own transaction (a
+/// getOrCreate lookup): if it panics, every transaction level it opened is
+/// rolled back before the panic goes on.
+pub(crate) async fn restoring_depth<D, R, F>(driver: &mut D, f: F) -> R
+where
+    D: Driver,
+    F: AsyncFnOnce(&mut D::Conn) -> R,
+{
+    let Ok(depth) = driver.depth() else {
+        return f(driver.conn()).await;
+    };
+    // The call itself inside the catch: a blocking lookup runs when called.
+    match catch_unwind(async { f(driver.conn()).await }).await {
+        Ok(result) => result,
+        Err(payload) => {
+            let _ = roll_back_to(driver, depth).await;
+            panic::resume_unwind(payload)
+        }
+    }
+}
+
+/// Runs `f` in the library's transaction ([`Driver::begin`]: a transaction,
+/// or a savepoint inside the caller's) and leaves the connection at exactly
+/// the depth it had before, whatever `f` does:
+///
+/// - `Ok`: committed (released), unless `f` returned with a level of its own
+///   still open (it caught a panic inside a nested transaction, or began
+///   one by hand): then everything is rolled back and the call fails with a
+///   database error that says so, since committing would have stored a
+///   result for effects that were never committed;
+/// - `Err`: every level `f` opened and the library's own are rolled back;
+/// - a panic anywhere in `f` (the body, a nested `conn.transaction(..)`,
+///   a `Serialize` or `Deserialize` impl) is caught, every level above the
+///   caller's is rolled back, and the panic is returned to be resumed.
+///
+/// Diesel's own `transaction` does not catch panics: without this, a panic
+/// inside a nested transaction leaves the outer levels open, with the claim
+/// and its locks held.
+pub(crate) async fn guarded_transaction<D, R, E, F>(driver: &mut D, f: F) -> Result<R, Unwound<E>>
+where
+    D: Driver,
+    E: From<diesel::result::Error>,
+    F: AsyncFnOnce(&mut D) -> Result<R, E>,
+{
+    let outside = driver.depth()?;
+    let inside = outside + 1;
+    driver.begin().await?;
+    // The call itself inside the catch: a blocking body runs when called.
+    let result = match catch_unwind(async { f(driver).await }).await {
+        Ok(Ok(value)) => match ensure_closed_above(driver, inside) {
+            Ok(()) => match driver.commit().await {
+                Ok(()) => Ok(value),
+                Err(e) => Err(Unwound::Failed(E::from(e))),
+            },
+            Err(left_open) => Err(Unwound::Failed(E::from(left_open))),
+        },
+        Ok(Err(e)) => Err(Unwound::Failed(e)),
+        Err(payload) => Err(Unwound::Panicked(payload)),
+    };
+    if result.is_err() {
+        // Best effort: the error or panic matters more than a failed
+        // rollback, after which Diesel marks the connection broken and its
+        // next use reports it. A failed commit has usually closed the
+        // level already (Diesel rolls back a commit that failed).
+        let _ = roll_back_to(driver, outside).await;
+    }
+    result
+}

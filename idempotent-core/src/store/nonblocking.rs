@@ -1,0 +1,292 @@
+//! diesel-async connections (feature `async`): the same statements,
+//! awaited, and a guard for a call whose future is dropped mid-way.
+
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use chrono::NaiveDateTime;
+use diesel::QueryResult;
+use diesel_async::{AsyncConnection, TransactionManager};
+
+use super::driver::{Driver, LockWaits};
+use super::{Claimed, StoredState};
+use crate::record::{NewRecord, RecordId};
+
+/// A diesel-async connection the `#[idempotent]` attribute can keep records
+/// on, under an `async fn` (feature `async`).
+///
+/// Implemented for `AsyncPgConnection` (with `postgres`),
+/// `AsyncMysqlConnection` (with `mysql`) and
+/// `SyncConnectionWrapper<SqliteConnection>` (with `sqlite`). A pooled
+/// connection from diesel-async's deadpool or bb8 pool dereferences to one:
+/// pass `&mut conn` to a function that takes the connection type, or
+/// `&mut *conn` to one generic over this trait.
+///
+/// # A call whose future is dropped
+///
+/// A future dropped before it finishes (a client disconnect, a
+/// `tokio::time::timeout`, a `select!`) stores nothing, and leaves no
+/// connection inside the call's transaction for a pool to hand out again:
+///
+/// - PostgreSQL: the drop sends `ROLLBACK` (queued behind a statement still
+///   running, which it cancels with a cancel request on a connection of
+///   its own) and marks the connection broken. The key is free as soon as
+///   the server runs the `ROLLBACK`; a pool discards the connection, and a
+///   plain connection's next transaction fails with
+///   `BrokenTransactionManager`. `abandon_after` is a server-side backstop
+///   (`SET LOCAL idle_in_transaction_session_timeout`) for a transaction
+///   that no statement reaches any more.
+/// - MySQL / MariaDB: the drop marks the connection broken (the driver
+///   cannot send a statement without being polled) and kills a statement
+///   still running (`KILL QUERY` from a connection of its own). bb8 closes
+///   it when it is returned, and the server rolls back; deadpool discards it at its
+///   next checkout, so the key stays held until then; a plain connection
+///   holds it until it is dropped, and its next transaction fails with
+///   `BrokenTransactionManager`. `abandon_after` sets the session's
+///   `wait_timeout` (whole seconds, rounded up) for the call, restored
+///   after it: the server closes a connection left idle that long, in a
+///   pool or not, which bounds how long a dropped call holds its key.
+/// - SQLite (`SyncConnectionWrapper`): the drop rolls the call's levels back
+///   before it returns (on a blocking thread, as the wrapper runs every
+///   statement; this needs tokio's multi-threaded runtime, as the wrapper's
+///   own dropped futures do), and the connection stays usable.
+///
+/// The methods are the library's storage statements; they are not part of
+/// the stable API and are hidden from the documentation.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a diesel-async connection that `#[idempotent]` can use in an `async fn`",
+    label = "an `async fn` under `#[idempotent]` takes a diesel-async connection",
+    note = "use `diesel_async::AsyncPgConnection`, `diesel_async::AsyncMysqlConnection` or \
+            `diesel_async::sync_connection_wrapper::SyncConnectionWrapper<SqliteConnection>` \
+            (feature `async` of diesel-idempotent with the backend's feature)",
+    note = "a blocking Diesel connection (`PgConnection`, `MysqlConnection`, `SqliteConnection`) \
+            goes with a plain `fn`: remove `async`"
+)]
+pub trait AsyncIdempotentConnection: AsyncConnection + Send + Sized {
+    /// Whether a plain `SELECT` can take and wait for row locks: InnoDB
+    /// turns it into a locking read inside a SERIALIZABLE transaction.
+    #[doc(hidden)]
+    const PLAIN_READS_MAY_LOCK: bool = false;
+
+    /// Begins the library's level (see `IdempotentConnection`); with
+    /// `abandon_after`, PostgreSQL also sets the idle timeout, in the same
+    /// round trip at the top level.
+    #[doc(hidden)]
+    fn begin_idempotent(
+        &mut self,
+        abandon_after: Option<Duration>,
+    ) -> impl Future<Output = QueryResult<()>> + Send;
+
+    /// Called once the library's level has ended (committed or rolled
+    /// back), with the `abandon_after` its `begin_idempotent` got: undoes
+    /// what that set for the session (MySQL's `wait_timeout`).
+    #[doc(hidden)]
+    fn end_idempotent(
+        &mut self,
+        abandon_after: Option<Duration>,
+    ) -> impl Future<Output = QueryResult<()>> + Send {
+        let _ = abandon_after;
+        std::future::ready(Ok(()))
+    }
+
+    #[doc(hidden)]
+    fn claim_or_load(
+        &mut self,
+        record: &NewRecord<'_>,
+    ) -> impl Future<Output = QueryResult<Claimed>> + Send;
+
+    #[doc(hidden)]
+    fn load(
+        &mut self,
+        id: RecordId<'_>,
+    ) -> impl Future<Output = QueryResult<Option<StoredState>>> + Send;
+
+    #[doc(hidden)]
+    fn read_committed(
+        &mut self,
+        id: RecordId<'_>,
+    ) -> impl Future<Output = QueryResult<Option<StoredState>>> + Send;
+
+    #[doc(hidden)]
+    fn take_over(
+        &mut self,
+        record: &NewRecord<'_>,
+        now: NaiveDateTime,
+    ) -> impl Future<Output = QueryResult<bool>> + Send;
+
+    #[doc(hidden)]
+    fn complete(
+        &mut self,
+        id: RecordId<'_>,
+        response: &str,
+    ) -> impl Future<Output = QueryResult<usize>> + Send;
+
+    #[doc(hidden)]
+    fn disable_lock_waits(&mut self) -> impl Future<Output = QueryResult<LockWaits>> + Send;
+
+    #[doc(hidden)]
+    fn restore_lock_waits(
+        &mut self,
+        saved: LockWaits,
+        failed: bool,
+    ) -> impl Future<Output = QueryResult<()>> + Send;
+
+    #[doc(hidden)]
+    fn reads_from_snapshot(&mut self) -> impl Future<Output = QueryResult<bool>> + Send;
+
+    /// Called when a call's future is dropped while the library's level,
+    /// begun at `depth`, is open: whatever the connection can do without
+    /// being awaited so that the level ends and the connection is not
+    /// reused inside it.
+    #[doc(hidden)]
+    fn abandon(&mut self, depth: u32);
+}
+
+/// The transaction depth of `conn` (0 outside a transaction).
+pub(crate) fn depth<C: AsyncIdempotentConnection>(conn: &mut C) -> QueryResult<u32> {
+    C::TransactionManager::transaction_manager_status_mut(conn)
+        .transaction_depth()
+        .map(|depth| depth.map_or(0, NonZeroU32::get))
+}
+
+/// A diesel-async connection as a [`Driver`], with the guard for a dropped
+/// call: while the library's level is open, dropping the driver (the call's
+/// future was dropped) calls [`AsyncIdempotentConnection::abandon`].
+pub(crate) struct NonBlocking<'c, C: AsyncIdempotentConnection> {
+    conn: &'c mut C,
+    abandon_after: Option<Duration>,
+    /// The depth the library's level was begun at, while it is open.
+    open_above: Option<u32>,
+}
+
+impl<'c, C: AsyncIdempotentConnection> NonBlocking<'c, C> {
+    pub(crate) fn new(conn: &'c mut C, abandon_after: Option<Duration>) -> Self {
+        NonBlocking {
+            conn,
+            abandon_after,
+            open_above: None,
+        }
+    }
+
+    /// Forgets the open level once the connection is back at its depth;
+    /// `true` when it did.
+    fn settle_guard(&mut self) -> bool {
+        if let Some(outside) = self.open_above
+            && depth(self.conn).is_ok_and(|now| now <= outside)
+        {
+            self.open_above = None;
+            return true;
+        }
+        false
+    }
+
+    /// After a commit or rollback: once the level is closed, undoes the
+    /// session settings of `abandon_after`. The commit's or rollback's own
+    /// error comes first.
+    async fn after_level(&mut self, ended: QueryResult<()>) -> QueryResult<()> {
+        if self.settle_guard() && self.abandon_after.is_some() {
+            let restored = self.conn.end_idempotent(self.abandon_after).await;
+            return ended.and(restored);
+        }
+        ended
+    }
+}
+
+impl<C: AsyncIdempotentConnection> Drop for NonBlocking<'_, C> {
+    fn drop(&mut self) {
+        if let Some(outside) = self.open_above.take() {
+            self.conn.abandon(outside);
+        }
+    }
+}
+
+impl<C: AsyncIdempotentConnection> Driver for NonBlocking<'_, C> {
+    type Conn = C;
+    const PLAIN_READS_MAY_LOCK: bool = C::PLAIN_READS_MAY_LOCK;
+
+    fn conn(&mut self) -> &mut C {
+        self.conn
+    }
+
+    fn depth(&mut self) -> QueryResult<u32> {
+        depth(self.conn)
+    }
+
+    async fn begin(&mut self) -> QueryResult<()> {
+        let outside = depth(self.conn)?;
+        // Armed before the `BEGIN` is sent: a drop while it is on its way
+        // leaves the connection's state unknown.
+        if self.open_above.is_none() {
+            self.open_above = Some(outside);
+        }
+        let begun = self.conn.begin_idempotent(self.abandon_after).await;
+        if begun.is_err() {
+            return self.after_level(begun).await;
+        }
+        begun
+    }
+
+    async fn commit(&mut self) -> QueryResult<()> {
+        let committed = C::TransactionManager::commit_transaction(self.conn).await;
+        self.after_level(committed).await
+    }
+
+    async fn rollback(&mut self) -> QueryResult<()> {
+        let rolled_back = C::TransactionManager::rollback_transaction(self.conn).await;
+        self.after_level(rolled_back).await
+    }
+
+    fn claim_or_load(
+        &mut self,
+        record: &NewRecord<'_>,
+    ) -> impl Future<Output = QueryResult<Claimed>> + Send {
+        AsyncIdempotentConnection::claim_or_load(self.conn, record)
+    }
+
+    fn load(
+        &mut self,
+        id: RecordId<'_>,
+    ) -> impl Future<Output = QueryResult<Option<StoredState>>> + Send {
+        AsyncIdempotentConnection::load(self.conn, id)
+    }
+
+    fn read_committed(
+        &mut self,
+        id: RecordId<'_>,
+    ) -> impl Future<Output = QueryResult<Option<StoredState>>> + Send {
+        AsyncIdempotentConnection::read_committed(self.conn, id)
+    }
+
+    fn take_over(
+        &mut self,
+        record: &NewRecord<'_>,
+        now: NaiveDateTime,
+    ) -> impl Future<Output = QueryResult<bool>> + Send {
+        AsyncIdempotentConnection::take_over(self.conn, record, now)
+    }
+
+    fn complete(
+        &mut self,
+        id: RecordId<'_>,
+        response: &str,
+    ) -> impl Future<Output = QueryResult<usize>> + Send {
+        AsyncIdempotentConnection::complete(self.conn, id, response)
+    }
+
+    fn disable_lock_waits(&mut self) -> impl Future<Output = QueryResult<LockWaits>> + Send {
+        AsyncIdempotentConnection::disable_lock_waits(self.conn)
+    }
+
+    fn restore_lock_waits(
+        &mut self,
+        saved: LockWaits,
+        failed: bool,
+    ) -> impl Future<Output = QueryResult<()>> + Send {
+        AsyncIdempotentConnection::restore_lock_waits(self.conn, saved, failed)
+    }
+
+    fn reads_from_snapshot(&mut self) -> impl Future<Output = QueryResult<bool>> + Send {
+        AsyncIdempotentConnection::reads_from_snapshot(self.conn)
+    }
+}
