@@ -3,7 +3,9 @@
 //!
 //! The `.stderr` files are pinned to the toolchain the README names (rustc 1.95.0);
 //! after an intended change of a message, regenerate them with
-//! `TRYBUILD=overwrite cargo test --test ui` and review the diff.
+//! `TRYBUILD=overwrite cargo test --all-features --test ui` (`ui/async`) and
+//! `TRYBUILD=overwrite cargo test --test ui` (`ui/no_async`), and review the
+//! diff.
 
 #[cfg(feature = "sqlite")]
 #[test]
@@ -11,6 +13,20 @@ fn ui() {
     let cases = trybuild::TestCases::new();
     cases.pass("tests/ui/pass/*.rs");
     cases.compile_fail("tests/ui/fail/*.rs");
+    // `async fn` takes the `async` feature; its cases name the diesel-async
+    // connections of every backend (and their errors list them), so they run
+    // with all backends. Without the feature, the attribute says it is needed.
+    if cfg!(all(
+        feature = "async",
+        feature = "postgres",
+        feature = "mysql"
+    )) {
+        cases.pass("tests/ui/async/pass/*.rs");
+        cases.compile_fail("tests/ui/async/fail/*.rs");
+    }
+    if cfg!(not(feature = "async")) {
+        cases.compile_fail("tests/ui/no_async/*.rs");
+    }
 }
 
 #[cfg(not(feature = "sqlite"))]

@@ -23,6 +23,7 @@ const OPTIONS: &[&str] = &[
     "hash",
     "get_or_create",
     "ttl",
+    "abandon_after",
     "name",
     "scope",
     "conn",
@@ -37,6 +38,8 @@ const OPTIONS: &[&str] = &[
 
 /// The longest TTL accepted (366 days), as in the runtime's `Ttl::MAX`.
 const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
+/// The longest `abandon_after` accepted.
+const MAX_ABANDON_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
 /// The longest namespace the record table holds, as in the runtime.
 pub(crate) const MAX_NAME_LEN: usize = 255;
 
@@ -50,6 +53,9 @@ pub(crate) struct Options {
     /// `hash` (every argument) or `hash(a, b.c)` (the named values).
     pub(crate) hash: Option<(Span, Option<Vec<Expr>>)>,
     pub(crate) ttl: Option<(Span, Duration)>,
+    /// `abandon_after = "30s"`: how long the transaction of an `async fn`
+    /// call may sit idle before the server ends the session.
+    pub(crate) abandon_after: Option<(Span, Duration)>,
     pub(crate) name: Option<LitStr>,
     pub(crate) scope: Option<(Span, Expr)>,
     pub(crate) conn: Option<Ident>,
@@ -239,6 +245,13 @@ impl Options {
                 let expr: Expr = value(input, &name, "ttl = \"24h\"")?;
                 match parse_ttl(&expr) {
                     Ok(ttl) => once(&mut self.ttl, (name.span(), ttl), &name, errors),
+                    Err(e) => errors.push(e),
+                }
+            }
+            "abandon_after" => {
+                let expr: Expr = value(input, &name, "abandon_after = \"30s\"")?;
+                match parse_abandon_after(&expr) {
+                    Ok(after) => once(&mut self.abandon_after, (name.span(), after), &name, errors),
                     Err(e) => errors.push(e),
                 }
             }
@@ -476,20 +489,49 @@ fn parse_limit(expr: &Expr) -> syn::Result<u64> {
     })
 }
 
-fn parse_ttl(expr: &Expr) -> syn::Result<Duration> {
+/// The string literal of a duration option, parsed with humantime.
+/// `not_literal` is the error when the value is not a string literal;
+/// `examples` shows how the duration is written.
+fn parse_duration(
+    expr: &Expr,
+    option: &str,
+    not_literal: &str,
+    examples: &str,
+) -> syn::Result<(LitStr, Duration)> {
     let Some(lit) = string_literal(expr) else {
-        return Err(syn::Error::new(
-            expr.span(),
-            "`ttl` must be a string literal such as `ttl = \"24h\"`, `\"15m\"` or `\"7d\"`",
-        ));
+        return Err(syn::Error::new(expr.span(), not_literal));
     };
     let text = lit.value();
-    let ttl = humantime::parse_duration(&text).map_err(|e| {
+    let duration = humantime::parse_duration(&text).map_err(|e| {
         syn::Error::new(
             lit.span(),
-            format!("invalid ttl {text:?}: {e}; write it like \"30s\", \"15m\", \"24h\" or \"7d\""),
+            format!("invalid {option} {text:?}: {e}; write it like {examples}"),
         )
     })?;
+    Ok((lit.clone(), duration))
+}
+
+/// The runtime counts durations in milliseconds.
+fn whole_milliseconds(lit: &LitStr, option: &str, duration: Duration) -> syn::Result<Duration> {
+    if !duration.subsec_nanos().is_multiple_of(1_000_000) {
+        return Err(syn::Error::new(
+            lit.span(),
+            format!(
+                "{option} {:?} is finer than a millisecond; round it to whole milliseconds",
+                lit.value()
+            ),
+        ));
+    }
+    Ok(duration)
+}
+
+fn parse_ttl(expr: &Expr) -> syn::Result<Duration> {
+    let (lit, ttl) = parse_duration(
+        expr,
+        "ttl",
+        "`ttl` must be a string literal such as `ttl = \"24h\"`, `\"15m\"` or `\"7d\"`",
+        "\"30s\", \"15m\", \"24h\" or \"7d\"",
+    )?;
     if ttl < Duration::from_secs(1) {
         return Err(syn::Error::new(
             lit.span(),
@@ -503,13 +545,33 @@ fn parse_ttl(expr: &Expr) -> syn::Result<Duration> {
              grow the table; purge them with `diesel_idempotent::purge_expired`",
         ));
     }
-    if ttl.subsec_nanos() % 1_000_000 != 0 {
+    whole_milliseconds(&lit, "ttl", ttl)
+}
+
+fn parse_abandon_after(expr: &Expr) -> syn::Result<Duration> {
+    let (lit, after) = parse_duration(
+        expr,
+        "abandon_after",
+        "`abandon_after` must be a string literal such as `abandon_after = \"30s\"` or `\"5m\"`",
+        "\"30s\", \"5m\" or \"1h\"",
+    )?;
+    if after.is_zero() {
         return Err(syn::Error::new(
             lit.span(),
-            format!("ttl {text:?} is finer than a millisecond; round it to whole milliseconds"),
+            "`abandon_after` must be longer than zero: it is how long the call's transaction may \
+             sit idle before the server ends the session and frees the key; make it longer than \
+             the body's longest pause between statements, e.g. \"30s\"",
         ));
     }
-    Ok(ttl)
+    if after > MAX_ABANDON_AFTER {
+        return Err(syn::Error::new(
+            lit.span(),
+            "`abandon_after` must be at most 24 hours: until it passes, the key of a dropped or \
+             stalled call stays held and its retries wait (or get `Error::InFlight`); write it \
+             like \"30s\" or \"5m\"",
+        ));
+    }
+    whole_milliseconds(&lit, "abandon_after", after)
 }
 
 fn parse_crate_path(expr: &Expr) -> syn::Result<syn::Path> {
@@ -596,15 +658,21 @@ mod tests {
         let krate = fragment(quote!("::app::idem"));
         let key = fragment(quote!(key));
         let conn = fragment(quote!(db));
+        let after = fragment(quote!("45s"));
         let options = parse(quote!(
             name = #name, ttl = #ttl, on_conflict = #conflict,
-            max_response_bytes = #limit, crate = #krate, key = #key, conn = #conn
+            max_response_bytes = #limit, crate = #krate, key = #key, conn = #conn,
+            abandon_after = #after
         ));
         assert_eq!(
             options.name.as_ref().map(LitStr::value).as_deref(),
             Some("svc.create")
         );
         assert_eq!(options.ttl.map(|t| t.1), Some(Duration::from_millis(1500)));
+        assert_eq!(
+            options.abandon_after.map(|a| a.1),
+            Some(Duration::from_secs(45))
+        );
         assert_eq!(options.reject.map(|r| r.1), Some(true));
         assert_eq!(options.max_response_bytes.map(|m| m.1), Some(4096));
         assert_eq!(
@@ -691,6 +759,31 @@ mod tests {
         assert_eq!(closest("retries"), None);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
         assert_eq!(edit_distance("", "key"), 3);
+    }
+
+    #[test]
+    fn abandon_after_is_a_bounded_duration() {
+        let options = parse(quote!(key = k, abandon_after = "1m 30s"));
+        assert_eq!(
+            options.abandon_after.map(|a| a.1),
+            Some(Duration::from_secs(90))
+        );
+        for (value, expected) in [
+            (quote!("0s"), "must be longer than zero"),
+            (quote!("25h"), "must be at most 24 hours"),
+            (quote!("soon"), "invalid abandon_after \"soon\""),
+            (quote!("1s 500us"), "is finer than a millisecond"),
+            (quote!(30), "must be a string literal"),
+        ] {
+            let messages = messages(parse(quote!(abandon_after = #value)));
+            assert!(
+                messages.len() == 1 && messages[0].contains(expected),
+                "{value}: {messages:?}"
+            );
+        }
+        assert!(messages(parse(quote!(abandon_after = "24h"))).is_empty());
+        assert_eq!(closest("abandon"), Some("abandon_after"));
+        assert_eq!(closest("abandon_afer"), Some("abandon_after"));
     }
 
     #[test]

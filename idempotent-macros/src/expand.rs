@@ -1,5 +1,6 @@
 //! Code generation: the function keeps its signature; its body becomes a call
-//! into the runtime with the original body as a closure over the connection.
+//! into the runtime with the original body as a closure over the connection
+//! (for an `async fn`, an async closure, and the call is awaited).
 
 use std::time::Duration;
 
@@ -106,6 +107,9 @@ struct Plan<'f> {
     /// Const parameters whose values join the fingerprint.
     named_consts: Vec<&'f Ident>,
     output: &'f Type,
+    /// The `async` token of an `async fn`.
+    asyncness: Option<&'f syn::token::Async>,
+    abandon_after: Option<Duration>,
     krate: Option<&'f syn::Path>,
     reject: bool,
     optimistic: bool,
@@ -121,13 +125,6 @@ impl<'f> Plan<'f> {
     ) -> syn::Result<Plan<'f>> {
         let sig = &function.sig;
 
-        if let Some(token) = &sig.asyncness {
-            errors.push(syn::Error::new_spanned(
-                token,
-                "`#[idempotent]` does not support `async fn` yet: Diesel connections are \
-                 blocking; make the function synchronous (run it on a blocking thread pool)",
-            ));
-        }
         if let Some(token) = &sig.constness {
             errors.push(syn::Error::new_spanned(
                 token,
@@ -229,6 +226,22 @@ impl<'f> Plan<'f> {
             if let Some((span, _)) = &options.max_response_bytes {
                 errors.push(pointless(*span, "max_response_bytes", "nothing is stored"));
             }
+            if let Some((span, _)) = &options.abandon_after {
+                errors.push(pointless(
+                    *span,
+                    "abandon_after",
+                    "no key is held, so a dropped call leaves none behind",
+                ));
+            }
+        } else if let Some((span, _)) = &options.abandon_after
+            && sig.asyncness.is_none()
+        {
+            errors.push(syn::Error::new(
+                *span,
+                "`abandon_after` bounds how long the key of a dropped `async fn` call stays \
+                 held; a blocking call cannot be dropped mid-way: remove it or make the \
+                 function `async`",
+            ));
         }
         let identity = match (&options.key, &options.hash) {
             _ if options.get_or_create.is_some() => None,
@@ -292,8 +305,11 @@ impl<'f> Plan<'f> {
                 None => {
                     errors.push(syn::Error::new_spanned(
                         &sig.ident,
-                        "no connection parameter: name it `conn` (`conn: &mut PgConnection`) \
-                         or point to it with `conn = <parameter>`",
+                        format!(
+                            "no connection parameter: name it `conn` (`conn: &mut {}`) \
+                             or point to it with `conn = <parameter>`",
+                            connection_example(sig)
+                        ),
                     ));
                     None
                 }
@@ -305,8 +321,13 @@ impl<'f> Plan<'f> {
         {
             errors.push(syn::Error::new_spanned(
                 ty,
-                "the connection must be a `&mut` reference to a Diesel connection, \
-                 e.g. `&mut PgConnection`",
+                if sig.asyncness.is_some() {
+                    "the connection of an `async fn` must be a `&mut` reference to a \
+                     diesel-async connection, e.g. `&mut AsyncPgConnection`"
+                } else {
+                    "the connection must be a `&mut` reference to a Diesel connection, \
+                     e.g. `&mut PgConnection`"
+                },
             ));
         }
 
@@ -345,6 +366,15 @@ impl<'f> Plan<'f> {
             }
         }
 
+        if sig.asyncness.is_some()
+            && let Some(Expr::Await(awaited)) = options.get_or_create.as_ref().map(ungroup)
+        {
+            let (dot, keyword) = (&awaited.dot_token, &awaited.await_token);
+            errors.push(syn::Error::new_spanned(
+                quote! { #dot #keyword },
+                "`get_or_create` awaits the lookup itself: remove this `.await`",
+            ));
+        }
         let identity = match (&options.get_or_create, identity) {
             (Some(lookup), _) => Some(Identity::GetOrCreate(lookup)),
             (None, identity) => identity,
@@ -473,6 +503,8 @@ impl<'f> Plan<'f> {
             named_types,
             named_consts,
             output,
+            asyncness: sig.asyncness.as_ref(),
+            abandon_after: options.abandon_after.map(|(_, after)| after),
             krate: options.krate.as_ref(),
             reject: options.reject.is_some_and(|(_, reject)| reject),
             optimistic: options.optimistic.is_some_and(|(_, optimistic)| optimistic),
@@ -525,16 +557,57 @@ impl<'f> Plan<'f> {
         let conn = self.conn;
         let output = self.output;
         let closure = format_ident!("{}", conn, span = conn.span());
+        let run = |sync: &str| {
+            let name = match self.asyncness {
+                Some(_) => format!("{sync}_async"),
+                None => sync.to_owned(),
+            };
+            // Type errors about the result (not a `Result`, `T` not
+            // serializable, `E` without `From<Error>`) point at the return
+            // type; those about the connection, at its parameter.
+            Ident::new(&name, output.span())
+        };
+        // An `async fn` keeps its signature: its body awaits the same call
+        // made with async closures, inside `require_async!`, which without
+        // the `async` feature replaces it with the error that says so, at
+        // the `async` token (and nothing else is reported).
+        let asyncness = self.asyncness;
+        let require_async = |body: TokenStream| match asyncness {
+            Some(token) => {
+                let private = respan(private.clone(), token.span);
+                quote_spanned! {token.span=> #private::require_async!{ #body } }
+            }
+            None => body,
+        };
+        // Awaiting the call's future checks the call's bounds again. The
+        // awaited call is spanned at the return type, so a result that fails
+        // them is reported once, there; a connection that fails them is
+        // reported at its parameter (and once more at the return type).
+        let at_output = respan(private.clone(), output.span());
         if let Identity::GetOrCreate(lookup) = self.identity {
-            let run = quote_spanned! {output.span()=> get_or_create };
-            return quote! {
-                #(#attrs)*
-                #vis #sig {
+            let run = run("get_or_create");
+            let call = if self.asyncness.is_some() {
+                // A lookup that is not a future is reported at the lookup.
+                let awaited = quote_spanned! {lookup.span()=> (#lookup).await? };
+                let lookup = quote! {
+                    async |#closure| ::core::result::Result::Ok(#awaited)
+                };
+                let body = quote! { async |#closure| -> #output #block };
+                quote_spanned! {output.span()=> #at_output::#run(#conn, #lookup, #body).await }
+            } else {
+                quote! {
                     #private::#run(
                         #conn,
                         |#closure| ::core::result::Result::Ok((#lookup)?),
                         |#closure| -> #output #block,
                     )
+                }
+            };
+            let body = require_async(call);
+            return quote! {
+                #(#attrs)*
+                #vis #sig {
+                    #body
                 }
             };
         }
@@ -598,6 +671,10 @@ impl<'f> Plan<'f> {
             let limit = proc_macro2::Literal::u64_unsuffixed(limit);
             quote! { .max_response_bytes(#limit) }
         });
+        let abandon_call = self.abandon_after.map(|after| {
+            let millis = Literal::u128_unsuffixed(after.as_millis());
+            quote! { .abandon_after(::core::time::Duration::from_millis(#millis)) }
+        });
         let namespace = &self.namespace;
         let namespace_check = &self.namespace_check;
         let ttl = if self.ttl.subsec_nanos() == 0 {
@@ -608,33 +685,77 @@ impl<'f> Plan<'f> {
             let millis = Literal::u128_unsuffixed(self.ttl.as_millis());
             quote! { #private::Ttl::from_millis(#millis) }
         };
-        // Type errors about the result (not a `Result`, `T` not serializable,
-        // `E` without `From<Error>`) point at the return type.
-        let run = quote_spanned! {output.span()=> run_response };
+        let run = run("run_response");
 
+        let builder = quote! {
+            #private::Call::new(#namespace, &#key_var)
+                #scope_call
+                .ttl(#ttl)
+                #clock_call
+                #reject_call
+                #mode_call
+                #replay_call
+                #limit_call
+                #abandon_call
+                .fingerprint(#fingerprint_var)
+        };
+        let call = if self.asyncness.is_some() {
+            let call_var = local("__idempotent_call");
+            let body = quote! { async |#closure| -> #output #block };
+            let awaited = quote_spanned! {output.span()=>
+                #at_output::Call::#run(#call_var, #conn, #body).await
+            };
+            quote! {
+                let #call_var = #builder;
+                #awaited
+            }
+        } else {
+            quote! { #builder.#run(#conn, |#closure| -> #output #block) }
+        };
+
+        let body = require_async(quote! {
+            #namespace_check
+            let #fingerprint_var = #private::Fingerprint::builder();
+            #fingerprint_stmts
+            #type_name_stmts
+            let #fingerprint_var = #fingerprint_var.finish();
+            #key_stmt
+            #scope_stmt
+            #call
+        });
         quote! {
             #(#attrs)*
             #vis #sig {
-                #namespace_check
-                let #fingerprint_var = #private::Fingerprint::builder();
-                #fingerprint_stmts
-                #type_name_stmts
-                let #fingerprint_var = #fingerprint_var.finish();
-                #key_stmt
-                #scope_stmt
-                #private::Call::new(#namespace, &#key_var)
-                    #scope_call
-                    .ttl(#ttl)
-                    #clock_call
-                    #reject_call
-                    #mode_call
-                    #replay_call
-                    #limit_call
-                    .fingerprint(#fingerprint_var)
-                    .#run(#conn, |#closure| -> #output #block)
+                #body
             }
         }
     }
+}
+
+/// How a connection parameter is written, in errors about a missing one.
+fn connection_example(sig: &syn::Signature) -> &'static str {
+    if sig.asyncness.is_some() {
+        "AsyncPgConnection"
+    } else {
+        "PgConnection"
+    }
+}
+
+/// `tokens`, every one of them at `span`.
+fn respan(tokens: TokenStream, span: Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let TokenTree::Group(group) = &token {
+                let mut respanned =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                respanned.set_span(span);
+                token = TokenTree::Group(respanned);
+            }
+            token.set_span(span);
+            token
+        })
+        .collect()
 }
 
 /// The parameter at the root of `a`, `a.b` or `a.0.c`.

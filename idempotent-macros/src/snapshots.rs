@@ -195,3 +195,86 @@ fn generic_arguments_add_their_stable_names() {
         },
     );
 }
+
+#[test]
+fn async_free_fn() {
+    check(
+        "async_free_fn",
+        quote!(key = key, ttl = "24h", name = "payments.create"),
+        quote! {
+            /// Creates a payment.
+            pub async fn create_payment(
+                conn: &mut AsyncPgConnection,
+                key: &str,
+                req: &NewPayment,
+            ) -> Result<Payment, AppError> {
+                let payment = insert(conn, req).await?;
+                Ok(payment)
+            }
+        },
+    );
+}
+
+#[test]
+fn async_method_with_every_option() {
+    check(
+        "async_method_with_every_option",
+        quote!(
+            key = req.idempotency_key.as_str(),
+            scope = tenant,
+            conn = db,
+            clock = self.clock,
+            skip(trace),
+            ttl = "15m",
+            abandon_after = "1m 30s",
+            name = "svc.charge",
+            on_conflict = "reject",
+            mode = "optimistic",
+            replay = "read_first",
+            max_response_bytes = 65_536
+        ),
+        quote! {
+            pub(crate) async fn charge(
+                &self,
+                db: &mut AsyncPgConnection,
+                tenant: TenantId,
+                req: ChargeRequest,
+                trace: &Span,
+            ) -> Result<Outcome<Receipt>, AppError> {
+                if req.amount == 0 {
+                    return Err(AppError::Empty);
+                }
+                self.gateway.charge(db, &req).await.map(Into::into)
+            }
+        },
+    );
+}
+
+#[test]
+fn async_hash_of_arguments() {
+    check(
+        "async_hash_of_arguments",
+        quote!(hash, ttl = "7d", name = "analytics.click", skip(trace)),
+        quote! {
+            async fn record_click<C>(conn: &mut C, event: &ClickEvent, trace: TraceId) -> Result<(), AppError>
+            where
+                C: AsyncIdempotentConnection,
+            {
+                Ok(())
+            }
+        },
+    );
+}
+
+#[test]
+fn async_get_or_create() {
+    check(
+        "async_get_or_create",
+        quote!(get_or_create = find_account(conn, customer.id, params.bank_id)),
+        quote! {
+            async fn open_account(conn: &mut AsyncPgConnection, customer: &Customer, params: &NewAccount) -> QueryResult<Account> {
+                insert_account(conn, customer, params).await
+            }
+        },
+    );
+}

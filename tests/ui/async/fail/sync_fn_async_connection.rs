@@ -1,4 +1,4 @@
-use diesel::prelude::*;
+use diesel_async::AsyncPgConnection;
 use diesel_idempotent::idempotent;
 
 #[derive(Debug)]
@@ -10,7 +10,7 @@ impl From<diesel_idempotent::Error> for AppError {
 }
 
 #[idempotent(key = key)]
-async fn f(conn: &mut SqliteConnection, key: &str) -> Result<u32, AppError> {
+fn f(conn: &mut AsyncPgConnection, key: &str) -> Result<u32, AppError> {
     let _ = (conn, key);
     Ok(1)
 }
