@@ -2,6 +2,10 @@
 //! [`Backend`], and instantiated per backend with `conformance!`.
 #![allow(dead_code)]
 
+#[cfg(feature = "async")]
+pub mod async_backends;
+#[cfg(feature = "async")]
+pub mod async_suite;
 pub mod backends;
 pub mod edges;
 pub mod hardening;
