@@ -89,6 +89,9 @@ fi
 log "cargo test --workspace --all-features $*"
 cargo test --workspace --all-features "$@"
 
+log "cargo test --test ui (default features: \`async fn\` without the \`async\` feature is a compile error)"
+cargo test --test ui
+
 log "fingerprints: serde_json feature matrix and the lowest dependency versions"
 ./scripts/fingerprint-compat.sh
 
@@ -109,3 +112,6 @@ cargo run --example analytics_consumer
 
 log "cargo run --example bank_accounts"
 cargo run --example bank_accounts
+
+log "cargo run --example async_quickstart --features async"
+cargo run --example async_quickstart --features async
