@@ -6,6 +6,8 @@
 //! cargo run --release --example idempotent_load -- --clients 8 --keys hot --duration 10s
 //! cargo run --release --features postgres --example idempotent_load -- \
 //!     --backend postgres --url postgres://user@host/db --clients 16 --count 8000
+//! cargo run --release --features postgres,async --example idempotent_load -- \
+//!     --backend postgres --async --clients 16 --count 8000
 //! ```
 //!
 //! Options (`--option value` or `--option=value`):
@@ -20,6 +22,7 @@
 //! | `--duration D` | instead of `--count`: run each workload for `D` (`500ms`, `10s`, `2m`) |
 //! | `--mode claim_first\|optimistic` | the wrapped function's `mode` (default `claim_first`) |
 //! | `--replay in_transaction\|read_first` | the wrapped function's `replay` (default `in_transaction`) |
+//! | `--async` | PostgreSQL on diesel-async (build with `--features postgres,async`): the clients are tokio tasks, the functions `async fn`s (see below) |
 //!
 //! The body is one INSERT into `payments`. Two runs with the same clients,
 //! keys and count (or duration) are made one after the other:
@@ -33,6 +36,14 @@
 //! wrapped run commits the body once and every other call replays its
 //! result (`mode = "optimistic"`: a replay that the read of
 //! `replay = "read_first"` does not answer runs the body and rolls it back).
+//! With `--async` both runs go through diesel-async instead: each client is
+//! a tokio task on a multi-threaded runtime, every call checks a connection
+//! out of one deadpool pool of `--clients` `AsyncPgConnection`s (opened
+//! before the runs; recycled without a ping) and returns it, the wrapped
+//! functions are the same `async fn`s under the same attribute, and the
+//! unwrapped body runs in diesel-async's `conn.transaction(..)`. A call's
+//! latency includes its checkout; the checks and the report are the same.
+//!
 //! For each run the tool prints the calls, the replays, the wall time, the
 //! throughput and the p50, p99 and maximum latency of a call, then the
 //! ratios wrapped / unwrapped. A progress bar is drawn to stderr when it is
@@ -62,7 +73,7 @@ use diesel_idempotent::{
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 const USAGE: &str = "\
-usage: cargo run --release [--features postgres] --example idempotent_load -- [OPTIONS]
+usage: cargo run --release [--features postgres[,async]] --example idempotent_load -- [OPTIONS]
 
   --backend sqlite|postgres  SQLite on a temporary file in WAL mode (default), or
                              PostgreSQL (build with --features postgres)
@@ -78,6 +89,8 @@ usage: cargo run --release [--features postgres] --example idempotent_load -- [O
                              the wrapped function's mode (default claim_first)
   --replay in_transaction|read_first
                              the wrapped function's replay (default in_transaction)
+  --async                    PostgreSQL on diesel-async: tokio tasks, async fns, one
+                             deadpool pool (build with --features postgres,async)
   -h, --help                 print this";
 
 /// Where `--backend postgres` finds its server when `--url` is not given.
@@ -294,7 +307,7 @@ enum BackendKind {
     Postgres,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Backend {
     /// A temporary file.
     Sqlite,
@@ -353,13 +366,15 @@ impl fmt::Display for Limit {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Options {
     backend: Backend,
     clients: usize,
     keys: Keys,
     limit: Limit,
     annotation: Annotation,
+    /// `--async`: diesel-async connections and tokio tasks.
+    asynchronous: bool,
 }
 
 enum Command {
@@ -376,6 +391,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
     let mut count = None;
     let mut duration = None;
     let mut annotation = Annotation::default();
+    let mut asynchronous = false;
 
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -405,6 +421,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
                 }
             }
             "--url" => url = Some(value()?),
+            "--async" if inline.is_none() => asynchronous = true,
             "--clients" => {
                 let text = value()?;
                 clients = text
@@ -495,12 +512,23 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             }
         }
     };
+    if asynchronous {
+        if !matches!(backend, Backend::Postgres(_)) {
+            return Err("--async runs against PostgreSQL: add --backend postgres".to_owned());
+        }
+        if !cfg!(all(feature = "async", feature = "postgres")) {
+            return Err(
+                "this build has no async support: run with --features postgres,async".to_owned(),
+            );
+        }
+    }
     Ok(Command::Run(Options {
         backend,
         clients,
         keys,
         limit,
         annotation,
+        asynchronous,
     }))
 }
 
@@ -694,6 +722,111 @@ fn ratio(wrapped: f64, unwrapped: f64) -> String {
     }
 }
 
+/// One client's calls during one run: which comes next, and what the
+/// finished ones returned. Shared by the threads of the blocking runs and
+/// the tasks of `--async`.
+struct Client<'a> {
+    id: usize,
+    run: Run,
+    opts: &'a Options,
+    tickets: &'a AtomicU64,
+    done: &'a AtomicU64,
+    deadline: Option<Instant>,
+    next: u64,
+    hot_key: String,
+    stats: ClientStats,
+}
+
+impl<'a> Client<'a> {
+    /// Starts the client's clock: call it once every client is ready.
+    fn start(
+        id: usize,
+        run: Run,
+        opts: &'a Options,
+        tickets: &'a AtomicU64,
+        done: &'a AtomicU64,
+    ) -> Self {
+        let latencies = match opts.limit {
+            Limit::Count(n) => {
+                Vec::with_capacity(usize::try_from(n).unwrap_or(0) / opts.clients + 1)
+            }
+            Limit::Duration(_) => Vec::new(),
+        };
+        let started = Instant::now();
+        Client {
+            id,
+            run,
+            opts,
+            tickets,
+            done,
+            deadline: match opts.limit {
+                Limit::Duration(d) => Some(started + d),
+                Limit::Count(_) => None,
+            },
+            next: 0,
+            hot_key: format!("{}-hot", run.name()),
+            stats: ClientStats {
+                started,
+                finished: started,
+                latencies,
+                replays: 0,
+                retryable: 0,
+                failed: 0,
+                first_retryable: None,
+                first_failure: None,
+                answers: BTreeSet::new(),
+            },
+        }
+    }
+
+    /// The next call's key, or `None` once the run's calls or time are used
+    /// up.
+    fn next_key(&mut self) -> Option<String> {
+        let more = match (self.opts.limit, self.deadline) {
+            (_, Some(deadline)) => Instant::now() < deadline,
+            (Limit::Count(n), None) => self.tickets.fetch_add(1, Ordering::Relaxed) < n,
+            (Limit::Duration(_), None) => false,
+        };
+        if !more {
+            return None;
+        }
+        let key = match self.opts.keys {
+            Keys::Distinct => format!("{}-{}-{}", self.run.name(), self.id, self.next),
+            Keys::Hot => self.hot_key.clone(),
+        };
+        self.next += 1;
+        Some(key)
+    }
+
+    /// Counts a finished call.
+    fn record(&mut self, result: Result<(i64, bool), LoadError>, latency: Duration) {
+        let stats = &mut self.stats;
+        match result {
+            Ok((answer, replayed)) => {
+                stats.latencies.push(latency);
+                stats.replays += u64::from(replayed);
+                if self.run == Run::Wrapped && self.opts.keys == Keys::Hot {
+                    stats.answers.insert(answer);
+                }
+            }
+            Err(e) if e.is_retryable() => {
+                stats.retryable += 1;
+                stats.first_retryable.get_or_insert_with(|| e.to_string());
+            }
+            Err(e) => {
+                stats.failed += 1;
+                stats.first_failure.get_or_insert_with(|| e.to_string());
+            }
+        }
+        self.done.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn finish(mut self) -> ClientStats {
+        self.stats.finished = Instant::now();
+        self.stats
+    }
+}
+
 /// One client: its own thread and connection, calls until the tickets or
 /// the time run out.
 fn client<C: LoadConn>(
@@ -705,67 +838,14 @@ fn client<C: LoadConn>(
     tickets: &AtomicU64,
     done: &AtomicU64,
 ) -> ClientStats {
-    let mut latencies = match opts.limit {
-        Limit::Count(n) => Vec::with_capacity(usize::try_from(n).unwrap_or(0) / opts.clients + 1),
-        Limit::Duration(_) => Vec::new(),
-    };
-    let (mut replays, mut retryable, mut failed) = (0, 0, 0);
-    let (mut first_retryable, mut first_failure) = (None, None);
-    let mut answers = BTreeSet::new();
-    let hot_key = format!("{}-hot", run.name());
-
     start.wait();
-    let started = Instant::now();
-    let deadline = match opts.limit {
-        Limit::Duration(d) => Some(started + d),
-        Limit::Count(_) => None,
-    };
-    for i in 0u64.. {
-        let more = match (opts.limit, deadline) {
-            (_, Some(deadline)) => Instant::now() < deadline,
-            (Limit::Count(n), None) => tickets.fetch_add(1, Ordering::Relaxed) < n,
-            (Limit::Duration(_), None) => false,
-        };
-        if !more {
-            break;
-        }
-        let key = match opts.keys {
-            Keys::Distinct => format!("{}-{id}-{i}", run.name()),
-            Keys::Hot => hot_key.clone(),
-        };
+    let mut client = Client::start(id, run, opts, tickets, done);
+    while let Some(key) = client.next_key() {
         let call_started = Instant::now();
         let result = run.call(conn, &key, opts.annotation);
-        let latency = call_started.elapsed();
-        match result {
-            Ok((answer, replayed)) => {
-                latencies.push(latency);
-                replays += u64::from(replayed);
-                if run == Run::Wrapped && opts.keys == Keys::Hot {
-                    answers.insert(answer);
-                }
-            }
-            Err(e) if e.is_retryable() => {
-                retryable += 1;
-                first_retryable.get_or_insert_with(|| e.to_string());
-            }
-            Err(e) => {
-                failed += 1;
-                first_failure.get_or_insert_with(|| e.to_string());
-            }
-        }
-        done.fetch_add(1, Ordering::Relaxed);
+        client.record(result, call_started.elapsed());
     }
-    ClientStats {
-        started,
-        finished: Instant::now(),
-        latencies,
-        replays,
-        retryable,
-        failed,
-        first_retryable,
-        first_failure,
-        answers,
-    }
+    client.finish()
 }
 
 /// A progress bar on stderr, hidden when stderr is not a terminal.
@@ -782,6 +862,22 @@ fn progress_bar(run: Run, limit: Limit) -> Result<ProgressBar, BoxError> {
             .with_style(ProgressStyle::with_template(template)?)
             .with_prefix(run.name()),
     )
+}
+
+/// Shows `calls` finished calls of a run that started at `started`.
+fn show_progress(bar: &ProgressBar, limit: Limit, started: Instant, calls: u64) {
+    match limit {
+        Limit::Count(_) => bar.set_position(calls),
+        Limit::Duration(d) => {
+            let elapsed = started.elapsed().min(d);
+            bar.set_position(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+            bar.set_message(format!(
+                "{calls} calls, {:.1}s/{:.1}s",
+                elapsed.as_secs_f64(),
+                d.as_secs_f64()
+            ));
+        }
+    }
 }
 
 /// Runs one workload on every connection at once.
@@ -811,19 +907,7 @@ fn run_workload<C: LoadConn>(
             .all(std::thread::ScopedJoinHandle::is_finished)
         {
             std::thread::sleep(Duration::from_millis(20));
-            let calls = done.load(Ordering::Relaxed);
-            match opts.limit {
-                Limit::Count(_) => bar.set_position(calls),
-                Limit::Duration(d) => {
-                    let elapsed = started.elapsed().min(d);
-                    bar.set_position(u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
-                    bar.set_message(format!(
-                        "{calls} calls, {:.1}s/{:.1}s",
-                        elapsed.as_secs_f64(),
-                        d.as_secs_f64()
-                    ));
-                }
-            }
+            show_progress(&bar, opts.limit, started, done.load(Ordering::Relaxed));
         }
         handles
             .into_iter()
@@ -847,16 +931,11 @@ fn load<C: LoadConn>(
     mut admin: C,
     connect: impl Fn() -> Result<C, BoxError>,
 ) -> Result<Report, BoxError> {
-    diesel_idempotent::migrate(&mut admin)?;
-    admin.create_payments()?;
+    prepare(&mut admin)?;
     let mut conns = (0..opts.clients)
         .map(|_| connect())
         .collect::<Result<Vec<_>, _>>()?;
-    let plural = if opts.clients == 1 { "" } else { "s" };
-    println!(
-        "{} client{plural}, {}, {}; wrapped: {}",
-        opts.clients, opts.keys, opts.limit, opts.annotation
-    );
+    print_intro(opts);
 
     print_header();
     let unwrapped = run_workload(&mut conns, Run::Unwrapped, opts)?;
@@ -864,7 +943,32 @@ fn load<C: LoadConn>(
     let wrapped = run_workload(&mut conns, Run::Wrapped, opts)?;
     print_run(&wrapped);
     drop(conns);
+    check(opts, &mut admin, &unwrapped, &wrapped)
+}
 
+/// The record table and `payments`.
+fn prepare<C: LoadConn>(admin: &mut C) -> Result<(), BoxError> {
+    diesel_idempotent::migrate(admin)?;
+    admin.create_payments()?;
+    Ok(())
+}
+
+fn print_intro(opts: &Options) {
+    let plural = if opts.clients == 1 { "" } else { "s" };
+    println!(
+        "{} client{plural}, {}, {}; wrapped: {}",
+        opts.clients, opts.keys, opts.limit, opts.annotation
+    );
+}
+
+/// Prints the ratios, then counts the wrapped run's effects on `admin` and
+/// checks them against what its calls answered.
+fn check<C: LoadConn>(
+    opts: &Options,
+    admin: &mut C,
+    unwrapped: &RunStats,
+    wrapped: &RunStats,
+) -> Result<Report, BoxError> {
     println!(
         "\nwrapped / unwrapped: throughput {}, p50 {}, p99 {}",
         ratio(wrapped.throughput(), unwrapped.throughput()),
@@ -879,7 +983,7 @@ fn load<C: LoadConn>(
     );
 
     let mut problems = Vec::new();
-    for stats in [&unwrapped, &wrapped] {
+    for stats in [unwrapped, wrapped] {
         if let Some(e) = &stats.first_failure {
             problems.push(format!(
                 "{} call(s) of the {} run failed with an error that is not retryable; the first: {e}",
@@ -1055,6 +1159,217 @@ fn run_postgres(_admin_url: &str, _opts: &Options) -> Result<Report, BoxError> {
     Err("this build has no PostgreSQL support: run with --features postgres".into())
 }
 
+/// `--async`: the same load on diesel-async, one tokio task per client and a
+/// deadpool pool of `AsyncPgConnection`s.
+#[cfg(all(feature = "async", feature = "postgres"))]
+mod nonblocking {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::time::{Duration, Instant};
+
+    use diesel::{Connection as _, ExpressionMethods as _, PgConnection, QueryResult};
+    use diesel_async::pooled_connection::deadpool::Pool;
+    use diesel_async::pooled_connection::{
+        AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+    };
+    use diesel_async::{AsyncConnection as _, AsyncPgConnection};
+    use diesel_idempotent::{Mode, Outcome, Replay, idempotent};
+
+    use super::{
+        AMOUNT, Annotation, BoxError, Client, LoadError, Options, PgDatabase, Report, Run,
+        RunStats, check, payments, prepare, print_header, print_intro, print_run, progress_bar,
+        show_progress,
+    };
+
+    async fn insert_payment(
+        conn: &mut AsyncPgConnection,
+        key: &str,
+        amount: i64,
+    ) -> QueryResult<i64> {
+        // In this function only: its methods would shadow others' (`load`).
+        use diesel_async::RunQueryDsl as _;
+        diesel::insert_into(payments::table)
+            .values((payments::key.eq(key), payments::amount.eq(amount)))
+            .returning(payments::id)
+            .get_result(conn)
+            .await
+    }
+
+    #[idempotent(key = key, name = "load.pay", ttl = "1h")]
+    async fn pay(
+        conn: &mut AsyncPgConnection,
+        key: &str,
+        amount: i64,
+    ) -> Result<Outcome<i64>, LoadError> {
+        Ok(insert_payment(conn, key, amount).await?.into())
+    }
+
+    #[idempotent(key = key, name = "load.pay", ttl = "1h", mode = "optimistic")]
+    async fn pay_optimistic(
+        conn: &mut AsyncPgConnection,
+        key: &str,
+        amount: i64,
+    ) -> Result<Outcome<i64>, LoadError> {
+        Ok(insert_payment(conn, key, amount).await?.into())
+    }
+
+    #[idempotent(key = key, name = "load.pay", ttl = "1h", replay = "read_first")]
+    async fn pay_read_first(
+        conn: &mut AsyncPgConnection,
+        key: &str,
+        amount: i64,
+    ) -> Result<Outcome<i64>, LoadError> {
+        Ok(insert_payment(conn, key, amount).await?.into())
+    }
+
+    #[idempotent(
+        key = key,
+        name = "load.pay",
+        ttl = "1h",
+        mode = "optimistic",
+        replay = "read_first"
+    )]
+    async fn pay_optimistic_read_first(
+        conn: &mut AsyncPgConnection,
+        key: &str,
+        amount: i64,
+    ) -> Result<Outcome<i64>, LoadError> {
+        Ok(insert_payment(conn, key, amount).await?.into())
+    }
+
+    /// One call of `run`: the payment's id, and whether it was replayed.
+    async fn call(
+        run: Run,
+        conn: &mut AsyncPgConnection,
+        key: &str,
+        options: Annotation,
+    ) -> Result<(i64, bool), LoadError> {
+        let outcome = match (run, options.mode, options.replay) {
+            (Run::Unwrapped, _, _) => {
+                return conn
+                    .transaction(
+                        async |conn: &mut AsyncPgConnection| -> Result<i64, LoadError> {
+                            Ok(insert_payment(conn, key, AMOUNT).await?)
+                        },
+                    )
+                    .await
+                    .map(|id| (id, false));
+            }
+            (Run::Wrapped, Mode::ClaimFirst, Replay::InTransaction) => pay(conn, key, AMOUNT).await,
+            (Run::Wrapped, Mode::Optimistic, Replay::InTransaction) => {
+                pay_optimistic(conn, key, AMOUNT).await
+            }
+            (Run::Wrapped, Mode::ClaimFirst, Replay::ReadFirst) => {
+                pay_read_first(conn, key, AMOUNT).await
+            }
+            (Run::Wrapped, Mode::Optimistic, Replay::ReadFirst) => {
+                pay_optimistic_read_first(conn, key, AMOUNT).await
+            }
+        }?;
+        Ok((*outcome, outcome.is_replayed()))
+    }
+
+    /// Runs one workload: a task per client, each call on a connection
+    /// checked out of `pool` for it.
+    async fn run_workload(
+        pool: &Pool<AsyncPgConnection>,
+        run: Run,
+        opts: &Arc<Options>,
+    ) -> Result<RunStats, BoxError> {
+        // Calls handed out, calls finished.
+        let counters = Arc::new((AtomicU64::new(0), AtomicU64::new(0)));
+        let start = Arc::new(tokio::sync::Barrier::new(opts.clients + 1));
+        let bar = progress_bar(run, opts.limit)?;
+        let tasks: Vec<_> = (0..opts.clients)
+            .map(|id| {
+                let (pool, opts) = (pool.clone(), Arc::clone(opts));
+                let (counters, start) = (Arc::clone(&counters), Arc::clone(&start));
+                tokio::spawn(async move {
+                    start.wait().await;
+                    let mut client = Client::start(id, run, &opts, &counters.0, &counters.1);
+                    while let Some(key) = client.next_key() {
+                        let call_started = Instant::now();
+                        let mut conn = pool.get().await.map_err(|e| {
+                            format!("client {id}: no connection from the pool: {e}")
+                        })?;
+                        let result = call(run, &mut conn, &key, opts.annotation).await;
+                        drop(conn);
+                        client.record(result, call_started.elapsed());
+                    }
+                    Ok::<_, String>(client.finish())
+                })
+            })
+            .collect();
+        start.wait().await;
+        let started = Instant::now();
+        while !tasks.iter().all(tokio::task::JoinHandle::is_finished) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            show_progress(
+                &bar,
+                opts.limit,
+                started,
+                counters.1.load(Ordering::Relaxed),
+            );
+        }
+        bar.finish_and_clear();
+        let mut clients = Vec::with_capacity(tasks.len());
+        for (id, task) in tasks.into_iter().enumerate() {
+            clients.push(task.await.map_err(|_| format!("client {id} panicked"))??);
+        }
+        Ok(RunStats::merge(run, clients))
+    }
+
+    pub(super) fn run_postgres(admin_url: &str, opts: &Options) -> Result<Report, BoxError> {
+        let db = PgDatabase::create(admin_url)?;
+        println!(
+            "PostgreSQL database {} (created for this run, dropped at the end)",
+            db.name
+        );
+        let mut admin = PgConnection::establish(&db.url)?;
+        prepare(&mut admin)?;
+        let opts = Arc::new(opts.clone());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?;
+        let workers = rt.metrics().num_workers();
+        let (unwrapped, wrapped) = rt.block_on(async {
+            let mut config = ManagerConfig::default();
+            config.recycling_method = RecyclingMethod::Fast;
+            let manager = AsyncDieselConnectionManager::new_with_config(db.url.clone(), config);
+            let pool = Pool::builder(manager).max_size(opts.clients).build()?;
+            // Every connection opened before the runs, as the blocking
+            // clients' are.
+            let mut opened = Vec::with_capacity(opts.clients);
+            for _ in 0..opts.clients {
+                opened.push(pool.get().await?);
+            }
+            drop(opened);
+            println!(
+                "async: {} tokio task(s) on {workers} worker thread(s), a deadpool pool of {} \
+                 AsyncPgConnection(s), one checkout per call",
+                opts.clients, opts.clients
+            );
+            print_intro(&opts);
+            print_header();
+            let unwrapped = run_workload(&pool, Run::Unwrapped, &opts).await?;
+            print_run(&unwrapped);
+            let wrapped = run_workload(&pool, Run::Wrapped, &opts).await?;
+            print_run(&wrapped);
+            Ok::<_, BoxError>((unwrapped, wrapped))
+        })?;
+        drop(rt);
+        check(&opts, &mut admin, &unwrapped, &wrapped)
+    }
+}
+
+#[cfg(all(feature = "async", feature = "postgres"))]
+use nonblocking::run_postgres as run_postgres_async;
+
+#[cfg(not(all(feature = "async", feature = "postgres")))]
+fn run_postgres_async(_admin_url: &str, _opts: &Options) -> Result<Report, BoxError> {
+    Err("this build has no async support: run with --features postgres,async".into())
+}
+
 fn main() -> ExitCode {
     let opts = match parse_args(std::env::args().skip(1)) {
         Ok(Command::Run(opts)) => opts,
@@ -1069,6 +1384,7 @@ fn main() -> ExitCode {
     };
     let report = match &opts.backend {
         Backend::Sqlite => run_sqlite(&opts),
+        Backend::Postgres(url) if opts.asynchronous => run_postgres_async(url, &opts),
         Backend::Postgres(url) => run_postgres(url, &opts),
     };
     match report {

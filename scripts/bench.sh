@@ -9,17 +9,22 @@
 #    the library would cost if it took no time of its own.
 # 2. Runs `benches/overhead.rs` (Criterion, PostgreSQL cases only): the
 #    library ratio is the wrapped call's median over the unwrapped body's
-#    (the long run: the median of three runs' ratios).
+#    (the long run: the median of three runs' ratios). Then, the same way
+#    and in the same runs, `benches/async_overhead.rs` (`async_postgres/`
+#    cases: the same functions as `async fn`s on diesel-async's
+#    `AsyncPgConnection`): the async library ratio.
 # 3. Runs the load tool (`examples/idempotent_load.rs`) with 16 clients,
 #    distinct keys and one hot key, for the modes that matter to each, and
+#    once with `--async` (tokio tasks on a diesel-async deadpool pool), and
 #    the same path's statements with pgbench and 16 clients next to the
 #    body's: the throughput floor.
 #
 # It prints one markdown table (path, statements, floor ratio, library
-# ratio, library / floor, target, met or missed), then the load figures, and
-# saves them to $CARGO_TARGET_DIR/bench-report.md (target/bench-report.md by
-# default). Everything runs on the same server in the same run; absolute
-# times are this machine's, the ratios are the result.
+# ratio, async library ratio, library / floor, target, met or missed), then
+# the load figures, and saves them to $CARGO_TARGET_DIR/bench-report.md
+# (target/bench-report.md by default). Everything runs on the same server
+# in the same run; absolute times are this machine's, the ratios are the
+# result.
 #
 # The server: a throwaway PostgreSQL started the way scripts/test.sh starts
 # it (loopback TCP, fsync=off, synchronous_commit=off, as the `postgres`
@@ -38,10 +43,10 @@
 #   --no-pin  no CPU pinning (see above); always so with DIESEL_IDEMPOTENT_PG_URL
 #   --quick   the short run for CI: pgbench 3 s per script, Criterion
 #             `--warm-up-time 1 --measurement-time 2` with 10 samples and no
-#             purge, 2000 calls per load run (about 3 minutes, build aside)
+#             purge, 2000 calls per load run (about 4 minutes, build aside)
 #   (none)    the long run: pgbench 10 s per script, three Criterion runs
-#             with the bench's defaults (20 samples, 1 s warm-up, 3 s
-#             measurement), 16000 calls per load run (about 10 minutes)
+#             of each bench with their defaults (20 samples, 1 s warm-up,
+#             3 s measurement), 16000 calls per load run (about 14 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -99,17 +104,17 @@ fi
 bindir=$(pg_bindir "${server_tools[@]}") || { log "no PostgreSQL with ${server_tools[*]} found"; exit 1; }
 
 # Build first: a compile error should not wait for a server.
-log "cargo build (the overhead bench and the load tool, release)"
+log "cargo build (the overhead benches and the load tool, release)"
 # DIESEL_IDEMPOTENT_BENCH_ALL_FEATURES=1 builds with every feature, as
 # scripts/test.sh's `cargo bench --no-run --all-features` already did (its
-# quick run reuses that build); by default only PostgreSQL's, so that no
-# MySQL client library is needed.
+# quick run reuses that build); by default only PostgreSQL's and `async`,
+# so that no MySQL client library is needed.
 if [ "${DIESEL_IDEMPOTENT_BENCH_ALL_FEATURES:-0}" = 1 ]; then
   features=(--all-features)
 else
-  features=(--features postgres)
+  features=(--features postgres,async)
 fi
-cargo bench "${features[@]}" --bench overhead --no-run
+cargo bench "${features[@]}" --bench overhead --bench async_overhead --no-run
 cargo build --release "${features[@]}" --example idempotent_load
 load_tool="$target_dir/release/examples/idempotent_load"
 
@@ -187,27 +192,35 @@ log "pgbench -M prepared -c 1 -j 1 -T $pgbench_total -n -r: $script_count script
 
 # --- 2. The library: Criterion --------------------------------------------
 cases="first_call|replay|mismatch|optimistic_first_call|optimistic_replay|read_first_replay|read_first_first_call|hash_first_call|hash_replay|hash_read_first_replay|get_or_create_hit|get_or_create_miss"
+# Each run's medians (ns) of one bench's groups `<prefix>/<case>`: run,
+# prefix, case, wrapped, unwrapped.
+criterion_medians() {
+  python3 - "$target_dir/criterion" "$1" "$2" "${cases//|/ }" <<'PY'
+import json, sys
+root, run, prefix, cases = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4].split()
+def median(case, fn):
+    try:
+        with open(f"{root}/{prefix}_{case}/{fn}/new/estimates.json") as f:
+            return str(json.load(f)["median"]["point_estimate"])
+    except (OSError, KeyError, ValueError):
+        return "-"
+for case in cases:
+    print("\t".join([run, prefix, case, median(case, "wrapped"), median(case, "unwrapped")]))
+PY
+}
 : >"$work/criterion.tsv"
 for run in $(seq 1 "$criterion_runs"); do
-  rm -rf "$target_dir"/criterion/postgres_*
+  rm -rf "$target_dir"/criterion/postgres_* "$target_dir"/criterion/async_postgres_*
   log "Criterion run $run/$criterion_runs: cargo bench ${features[*]} --bench overhead -- '^postgres/($cases)/' ${criterion_args[*]}"
   rm -f "$work/counts.tsv"
   DIESEL_IDEMPOTENT_BENCH_COUNTS="$work/counts.tsv" \
     "${pinned[@]}" cargo bench "${features[@]}" --bench overhead -- "^postgres/($cases)/" "${criterion_args[@]}" \
     >"$work/criterion.txt" 2>&1 || { tail -50 "$work/criterion.txt" >&2; log "the overhead bench failed"; exit 1; }
-  # Each run's medians (ns): run, case, wrapped, unwrapped.
-  python3 - "$target_dir/criterion" "$run" "${cases//|/ }" >>"$work/criterion.tsv" <<'PY'
-import json, sys
-root, run, cases = sys.argv[1], sys.argv[2], sys.argv[3].split()
-def median(case, fn):
-    try:
-        with open(f"{root}/postgres_{case}/{fn}/new/estimates.json") as f:
-            return str(json.load(f)["median"]["point_estimate"])
-    except (OSError, KeyError, ValueError):
-        return "-"
-for case in cases:
-    print("\t".join([run, case, median(case, "wrapped"), median(case, "unwrapped")]))
-PY
+  criterion_medians "$run" postgres >>"$work/criterion.tsv"
+  log "Criterion run $run/$criterion_runs: cargo bench ${features[*]} --bench async_overhead -- '^async_postgres/($cases)/' ${criterion_args[*]}"
+  "${pinned[@]}" cargo bench "${features[@]}" --bench async_overhead -- "^async_postgres/($cases)/" "${criterion_args[@]}" \
+    >"$work/criterion_async.txt" 2>&1 || { tail -50 "$work/criterion_async.txt" >&2; log "the async overhead bench failed"; exit 1; }
+  criterion_medians "$run" async_postgres >>"$work/criterion.tsv"
 done
 
 # --- 3. Under load --------------------------------------------------------
@@ -216,12 +229,14 @@ if [ "$pin" -eq 1 ]; then
   "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -l "$pg_dir/server.log" -w -t 60 -m fast restart >/dev/null \
     || { cat "$pg_dir/server.log" >&2; exit 1; }
 fi
-# keys, mode, replay, and the pgbench script of the same statements.
+# keys, mode, replay, the pgbench script of the same statements, and the
+# driver (`async`: the load tool's --async, tokio tasks on diesel-async).
 loads=(
-  "distinct|claim_first|in_transaction|claim_first_first_call"
-  "distinct|optimistic|in_transaction|optimistic_first_call"
-  "hot|claim_first|in_transaction|claim_first_replay"
-  "hot|claim_first|read_first|read_first_replay"
+  "distinct|claim_first|in_transaction|claim_first_first_call|blocking"
+  "distinct|optimistic|in_transaction|optimistic_first_call|blocking"
+  "hot|claim_first|in_transaction|claim_first_replay|blocking"
+  "hot|claim_first|read_first|read_first_replay|blocking"
+  "distinct|claim_first|in_transaction|claim_first_first_call|async"
 )
 load_threads=$(nproc)
 [ "$load_threads" -gt "$load_clients" ] && load_threads=$load_clients
@@ -233,15 +248,17 @@ load_floor() {
 }
 : >"$work/loads.txt"
 for load in "${loads[@]}"; do
-  IFS='|' read -r keys mode replay script <<<"$load"
-  log "load: $load_clients clients, $keys keys, $load_count calls, mode $mode, replay $replay; floor: pgbench body.sql, $script.sql"
+  IFS='|' read -r keys mode replay script driver <<<"$load"
+  driver_args=()
+  [ "$driver" = async ] && driver_args=(--async)
+  log "load ($driver): $load_clients clients, $keys keys, $load_count calls, mode $mode, replay $replay; floor: pgbench body.sql, $script.sql"
   rc=0
   "$load_tool" --backend postgres --url "$admin_url" --clients "$load_clients" --count "$load_count" \
-    --keys "$keys" --mode "$mode" --replay "$replay" >"$work/load.txt" 2>&1 || rc=$?
+    --keys "$keys" --mode "$mode" --replay "$replay" "${driver_args[@]}" >"$work/load.txt" 2>&1 || rc=$?
   body_tps=$(load_floor body)
   path_tps=$(load_floor "$script")
   {
-    printf '@@ %s %s %s %s %s %s\n' "$keys" "$mode" "$replay" "$rc" "${body_tps:--}" "${path_tps:--}"
+    printf '@@ %s %s %s %s %s %s %s\n' "$keys" "$mode" "$replay" "$rc" "${body_tps:--}" "${path_tps:--}" "$driver"
     cat "$work/load.txt"
   } >>"$work/loads.txt"
 done
@@ -278,16 +295,16 @@ def script_statements(name):
             n += 1
     return n
 
-# Criterion medians (ns) per run; a case's result is the run with the
-# median ratio.
+# Criterion medians (ns) per run, per bench (`postgres`: the blocking one,
+# `async_postgres`); a case's result is the run with the median ratio.
 runs = {}
 for line in open(f"{work}/criterion.tsv"):
-    run, case, w, u = line.rstrip("\n").split("\t")
+    run, prefix, case, w, u = line.rstrip("\n").split("\t")
     if w != "-" and u != "-":
-        runs.setdefault(case, []).append((float(w) / float(u), float(w), float(u)))
+        runs.setdefault((prefix, case), []).append((float(w) / float(u), float(w), float(u)))
 
-def criterion(case):
-    results = sorted(runs.get(case, []))
+def criterion(case, prefix="postgres"):
+    results = sorted(runs.get((prefix, case), []))
     return results[(len(results) - 1) // 2] if results else (None, None, None)
 
 # Statements and round trips per call, outside a caller's transaction.
@@ -331,13 +348,16 @@ say(f"- Floor: `pgbench -M prepared -c 1 -j 1 -n -r`, every script of `benches/p
 n_runs = max((len(r) for r in runs.values()), default=0)
 say("- Library: `benches/overhead.rs` (Criterion), wrapped median / unwrapped median, same case, same run"
     + (f"; the median of {n_runs} runs' ratios." if n_runs > 1 else "."))
+say("- Async library: `benches/async_overhead.rs`, the same functions as `async fn`s on diesel-async's "
+    "`AsyncPgConnection` (one pooled connection), wrapped / unwrapped in diesel-async's `transaction`, "
+    "measured the same way; library / floor, target and met? are the blocking library's.")
 say("- Statements: the wrapped call's / the unwrapped body's, outside a caller's transaction "
     "(Diesel instrumentation); round trips on the wire are named where they differ.")
 say("- library / floor: in parentheses, the call's time beyond its statements "
     "(wrapped − floor ratio × unwrapped).")
 say("")
-say("| path | statements | SQL floor ratio | library ratio | library / floor | target | met? |")
-say("|---|---|---|---|---|---|---|")
+say("| path | statements | SQL floor ratio | library ratio | async library ratio | library / floor | target | met? |")
+say("|---|---|---|---|---|---|---|---|")
 met_all = True
 for label, case, script, body, goal in paths:
     c = counts.get(case)
@@ -365,11 +385,13 @@ for label, case, script, body, goal in paths:
     met_all &= ok
     verdict = "met" if ok else f"**missed** ({', '.join(reasons)})"
     lib_cell = "n/a" if lib_ratio is None else f"{lib_ratio:.2f} ({w / 1000:.0f} / {u / 1000:.0f} µs)"
+    a_ratio, aw, au = criterion(case, "async_postgres")
+    async_cell = "n/a" if a_ratio is None else f"{a_ratio:.2f} ({aw / 1000:.0f} / {au / 1000:.0f} µs)"
     floor_cell = "n/a" if floor_ratio is None else f"{floor_ratio:.2f} ({fp * 1000:.0f} / {fb * 1000:.0f} µs)"
     # What the call costs beyond its statements: its time less the floor's
     # for the same body time.
     over_cell = "n/a" if over is None else f"{over:.2f} ({(w - floor_ratio * u) / 1000:+.0f} µs)"
-    say(f"| {label} | {statements} | {floor_cell} | {lib_cell} | {over_cell} | {', '.join(wanted)} | {verdict} |")
+    say(f"| {label} | {statements} | {floor_cell} | {lib_cell} | {async_cell} | {over_cell} | {', '.join(wanted)} | {verdict} |")
 
 # The load tool.
 say("")
@@ -377,14 +399,15 @@ say(f"### Under load: {os.environ['BENCH_LOAD_CLIENTS']} clients, {os.environ['B
     "wrapped / unwrapped (unwrapped run first)")
 say("")
 say("Floor: the same statements with `pgbench -M prepared`, the same clients, run right after, "
-    "path tps / body tps.")
+    "path tps / body tps. `async`: the load tool's `--async` (tokio tasks, one diesel-async "
+    "deadpool pool, a checkout per call).")
 say("")
 say("| keys | mode, replay | throughput | SQL floor | throughput / floor | p50 | p99 | replays | exactly once | target | met? |")
 say("|---|---|---|---|---|---|---|---|---|---|---|")
 text = open(f"{work}/loads.txt").read()
 for block in text.split("@@ ")[1:]:
     head, _, body = block.partition("\n")
-    keys, mode, replay, rc, body_tps, path_tps = head.split()
+    keys, mode, replay, rc, body_tps, path_tps, driver = head.split()
     load_floor = float(path_tps) / float(body_tps) if "-" not in (body_tps, path_tps) and float(body_tps) else None
     ratios = re.search(r"throughput ([0-9.]+)x, p50 ([0-9.]+)x, p99 ([0-9.]+)x", body)
     replays = re.search(r"(\d+) replay\(s\)", body)
@@ -394,7 +417,8 @@ for block in text.split("@@ ")[1:]:
     met_all &= ok
     once = "yes" if rc == "0" else "**FAILED** (see the load tool's output)"
     vs_floor = thr / load_floor if thr is not None and load_floor else None
-    say(f"| {keys} | {mode}, {replay} | {fmt(thr)}× | {fmt(load_floor)}× | {fmt(vs_floor)} | "
+    driver_note = ", async" if driver == "async" else ""
+    say(f"| {keys} | {mode}, {replay}{driver_note} | {fmt(thr)}× | {fmt(load_floor)}× | {fmt(vs_floor)} | "
         f"{ratios.group(2) + '×' if ratios else 'n/a'} | "
         f"{ratios.group(3) + '×' if ratios else 'n/a'} | {replays.group(1) if replays else 'n/a'} | {once} | "
         f"≥ {goal:g}× | {'met' if ok else '**missed**'} |")
