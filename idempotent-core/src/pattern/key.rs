@@ -313,8 +313,10 @@ impl<'a> Call<'a> {
     /// between two statements, so it must exceed the longest pause of the
     /// body. Ignored by blocking calls and on SQLite (see
     /// `AsyncIdempotentConnection`).
+    ///
+    /// `Duration::ZERO` sets no timeout.
     pub fn abandon_after(mut self, after: Duration) -> Self {
-        self.abandon_after = Some(after);
+        self.abandon_after = Some(after).filter(|after| !after.is_zero());
         self
     }
 

@@ -176,7 +176,7 @@ mod nonblocking {
         DISABLE_LOCK_WAITS, ISOLATION_VARIABLES, Level, LockingLoad, RESTORE_LOCK_WAITS,
         snapshot_level,
     };
-    use crate::store::nonblocking::AsyncIdempotentConnection;
+    use crate::store::nonblocking::{AsyncIdempotentConnection, depth};
 
     /// `wait_timeout` in whole seconds, rounded up (at least 1; MySQL's
     /// maximum is 31 536 000).
@@ -192,8 +192,11 @@ mod nonblocking {
         // `end_idempotent` puts the previous value back.
         async fn begin_idempotent(&mut self, abandon_after: Option<Duration>) -> QueryResult<()> {
             if let Some(after) = abandon_after {
+                // One variable per level: a call nested in another restores
+                // the outer call's value, not the session's.
+                let level = depth(self)?;
                 self.batch_execute(&format!(
-                    "SET @diesel_idempotent_wait_timeout = @@session.wait_timeout, \
+                    "SET @diesel_idempotent_wait_timeout_{level} = @@session.wait_timeout, \
                      SESSION wait_timeout = {}",
                     wait_timeout_secs(after)
                 ))
@@ -206,8 +209,11 @@ mod nonblocking {
             if abandon_after.is_none() {
                 return Ok(());
             }
-            self.batch_execute("SET SESSION wait_timeout = @diesel_idempotent_wait_timeout")
-                .await
+            let level = depth(self)?;
+            self.batch_execute(&format!(
+                "SET SESSION wait_timeout = @diesel_idempotent_wait_timeout_{level}"
+            ))
+            .await
         }
 
         fn abandon(&mut self, _depth: u32) {

@@ -29,28 +29,31 @@ use crate::record::{NewRecord, RecordId};
 /// `tokio::time::timeout`, a `select!`) stores nothing, and leaves no
 /// connection inside the call's transaction for a pool to hand out again:
 ///
-/// - PostgreSQL: the drop sends `ROLLBACK` (queued behind a statement still
-///   running, which it cancels with a cancel request on a connection of
-///   its own) and marks the connection broken. The key is free as soon as
-///   the server runs the `ROLLBACK`; a pool discards the connection, and a
-///   plain connection's next transaction fails with
-///   `BrokenTransactionManager`. `abandon_after` is a server-side backstop
-///   (`SET LOCAL idle_in_transaction_session_timeout`) for a transaction
-///   that no statement reaches any more.
+/// - PostgreSQL: the drop sends `ROLLBACK` (inside a caller's transaction,
+///   `ROLLBACK TO SAVEPOINT` of the call's level), queued behind a
+///   statement still running, which at the top it cancels with a cancel
+///   request on a connection of its own; and it marks the connection
+///   broken. The key is free as soon as the server runs the rollback; a
+///   pool discards the connection; a plain connection's next transaction
+///   (a caller's commit included) fails with `BrokenTransactionManager`.
+///   `abandon_after` is a server-side backstop (`SET LOCAL
+///   idle_in_transaction_session_timeout`) for a transaction that no
+///   statement reaches any more.
 /// - MySQL / MariaDB: the drop marks the connection broken (the driver
 ///   cannot send a statement without being polled) and kills a statement
 ///   still running (`KILL QUERY` from a connection of its own). bb8 closes
-///   it when it is returned, and the server rolls back; deadpool discards it at its
-///   next checkout, so the key stays held until then; a plain connection
-///   holds it until it is dropped, and its next transaction fails with
-///   `BrokenTransactionManager`. `abandon_after` sets the session's
-///   `wait_timeout` (whole seconds, rounded up) for the call, restored
-///   after it: the server closes a connection left idle that long, in a
-///   pool or not, which bounds how long a dropped call holds its key.
+///   it when it is returned, and the server rolls back; deadpool discards it
+///   at its next checkout, so the key stays held until then; a plain
+///   connection holds it until it is dropped, and its next transaction
+///   fails with `BrokenTransactionManager` (a statement sent outside a
+///   transaction would run inside the abandoned one: drop the connection).
+///   `abandon_after` sets the session's `wait_timeout` (whole seconds,
+///   rounded up) for the call, restored after it: the server closes a
+///   connection left idle that long, in a pool or not, which bounds how
+///   long a dropped call holds its key.
 /// - SQLite (`SyncConnectionWrapper`): the drop rolls the call's levels back
-///   before it returns (on a blocking thread, as the wrapper runs every
-///   statement; this needs tokio's multi-threaded runtime, as the wrapper's
-///   own dropped futures do), and the connection stays usable.
+///   on the wrapper's blocking thread and waits for it, on any runtime; the
+///   connection stays usable at its depth before the call.
 ///
 /// The methods are the library's storage statements; they are not part of
 /// the stable API and are hidden from the documentation.

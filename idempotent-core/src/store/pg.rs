@@ -288,30 +288,42 @@ mod nonblocking {
             }
         }
 
-        fn abandon(&mut self, _depth: u32) {
-            // The first poll hands `ROLLBACK` to the connection's
+        fn abandon(&mut self, depth: u32) {
+            // The first poll hands the rollback to the connection's
             // background task, which sends it after any statement already
-            // queued; the reply is not awaited. The whole transaction goes,
-            // a caller's around this call included: its level is doomed
-            // with the connection marked broken below.
+            // queued; the reply is not awaited. At the top, the whole
+            // transaction; inside a caller's transaction, only the call's
+            // savepoint, so that nothing the caller sends afterwards runs
+            // outside the caller's transaction (and commits on its own).
+            let rollback = match depth {
+                0 => "ROLLBACK".to_owned(),
+                _ => format!("ROLLBACK TO SAVEPOINT diesel_savepoint_{depth}"),
+            };
             {
                 let mut shared: &AsyncPgConnection = self;
-                let mut rollback = pin!(shared.batch_execute("ROLLBACK"));
+                let mut rollback = pin!(shared.batch_execute(&rollback));
                 let _ = rollback
                     .as_mut()
                     .poll(&mut Context::from_waker(Waker::noop()));
             }
-            // A statement still running (the body's, or a claim waiting for
-            // a lock) would hold the `ROLLBACK` back until it ends: cancel
-            // it, as psql's Ctrl-C does, on a connection of its own. Best
-            // effort: it needs a tokio runtime, and it is sent without TLS
-            // (as libpq sends cancel requests).
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            // At the top, a statement still running (the body's, or a claim
+            // waiting for a lock) would hold the `ROLLBACK` back until it
+            // ends: cancel it, as psql's Ctrl-C does, on a connection of
+            // its own. Best effort: it needs a tokio runtime, and it is sent
+            // without TLS (as libpq sends cancel requests). Inside a
+            // caller's transaction the rollback waits instead: a cancel
+            // could reach the caller's next statement.
+            if depth == 0
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
                 let token = self.cancel_token();
                 runtime.spawn(async move {
                     let _ = token.cancel_query(tokio_postgres::NoTls).await;
                 });
             }
+            // Broken: a pool discards the connection, and the next
+            // transaction on it (a caller's commit included) fails instead
+            // of going on from a state the drop left unknown.
             <Self as AsyncConnection>::TransactionManager::transaction_manager_status_mut(self)
                 .set_in_error();
         }

@@ -121,22 +121,15 @@ mod nonblocking {
         }
 
         fn abandon(&mut self, depth: u32) {
-            // The wrapper's own dropped futures wait for their statement on
-            // a blocking thread (tokio's `block_in_place`, which a
-            // current-thread runtime refuses); this waits for the rollback
-            // the same way, so the connection is usable when the drop
-            // returns. During a panic, or on a current-thread runtime, the
-            // rollback is left to run without waiting for it.
+            // The rollback runs on the wrapper's blocking thread, like every
+            // statement, and the drop waits for it to finish (this thread
+            // parks; the blocking thread wakes it): the connection is usable,
+            // and no longer shared with a running task, when the drop
+            // returns. Dropping the wrapper's future unfinished instead
+            // would wait with tokio's `block_in_place`, which panics on a
+            // current-thread runtime.
             let rollback = self.spawn_blocking(move |conn| roll_back_to(conn, depth));
-            let may_block = !std::thread::panicking()
-                && tokio::runtime::Handle::try_current().is_ok_and(|runtime| {
-                    runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
-                });
-            if may_block {
-                drop(rollback);
-            } else {
-                std::mem::forget(rollback);
-            }
+            let _ = crate::store::driver::block_on(rollback);
         }
 
         crate::store::claim_then_load!(
