@@ -2373,6 +2373,70 @@ pub async fn connection_lost_between_calls_is_a_retryable_error<
     assert_eq!(payments(&mut db.connect()), 2);
 }
 
+/// What `abandon_after` costs in round trips: nothing on PostgreSQL, where
+/// its `SET LOCAL` travels with the `BEGIN` in one query; two statements
+/// on MySQL (the session's `wait_timeout` set before the call and restored
+/// after it); nothing on SQLite, where it does nothing. Each query the
+/// connection sends is one round trip.
+pub async fn abandon_after_round_trips<B: AsyncSuiteBackend, P: PoolKind>() {
+    let db = B::fresh();
+    let pool = P::pool(&db, 1).await;
+    let mut pooled = pool.checkout().await;
+    let conn: &mut B::AsyncConn = &mut pooled;
+    let req = NewPayment::eur(1);
+    let first_call = async |conn: &mut B::AsyncConn, key: &str, after: Option<Duration>| {
+        let call = Call::new("tests.round_trips", key).request(&req);
+        let call = match after {
+            Some(after) => call.abandon_after(after),
+            None => call,
+        };
+        call.run_async(
+            conn,
+            async |conn: &mut B::AsyncConn| -> Result<i64, AppError> {
+                Ok(conn.insert_payment(req.amount).await?)
+            },
+        )
+        .await
+        .expect("a first call")
+    };
+    // Every statement prepared and cached, as after a connection's first call.
+    first_call(conn, "warm-up", Some(Duration::from_secs(30))).await;
+    let mut sent = Vec::new();
+    for (key, after) in [
+        ("plain", None),
+        ("abandon-after", Some(Duration::from_secs(30))),
+    ] {
+        let (log, instrumentation) = recorder();
+        conn.set_instrumentation(instrumentation);
+        first_call(conn, key, after).await;
+        conn.set_instrumentation(diesel::connection::get_default_instrumentation());
+        sent.push(taken(&log));
+    }
+    let (plain, with) = (&sent[0], &sent[1]);
+    let extra = match B::NAME {
+        "mysql" => 2,
+        _ => 0,
+    };
+    assert_eq!(
+        with.statements.len(),
+        plain.statements.len() + extra,
+        "{}: queries of a first call without and with abandon_after:\n    {}\n    {}",
+        B::NAME,
+        plain.shapes(),
+        with.shapes()
+    );
+    if B::NAME == "postgres" {
+        assert!(
+            with.statements.iter().any(|q| q.starts_with(
+                "BEGIN; SET LOCAL \
+                 idle_in_transaction_session_timeout = 30000"
+            )),
+            "the timeout travels with the BEGIN: {}",
+            with.shapes()
+        );
+    }
+}
+
 /// Instantiates every async conformance test for one backend and pool.
 #[macro_export]
 macro_rules! async_conformance {
@@ -2410,6 +2474,7 @@ macro_rules! async_conformance {
             concurrent_creators_get_one_row,
             blocking_and_async_calls_share_records,
             statements_match_the_blocking_path,
+            abandon_after_round_trips,
         );
     };
     (@tests $backend:ty, $pool:ty; $($test:ident),* $(,)?) => {
