@@ -32,7 +32,9 @@ where
     type Conn = C;
 
     async fn checkout(&self) -> impl DerefMut<Target = C> + Send + '_ {
-        self.get().await.expect("a connection from the deadpool pool")
+        self.get()
+            .await
+            .expect("a connection from the deadpool pool")
     }
 }
 
