@@ -107,41 +107,67 @@ macro_rules! shared_statements {
     };
 }
 
-#[cfg(feature = "postgres")]
-impl AsyncTestConn for diesel_async::AsyncPgConnection {
-    async fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
-        diesel::sql_query("INSERT INTO payments (amount) VALUES ($1) RETURNING id")
+/// The account lookup, with the dialect's two placeholders.
+macro_rules! find_account {
+    ($customer:literal, $bank:literal) => {
+        async fn find_account(
+            &mut self,
+            customer_id: i64,
+            bank_id: i64,
+        ) -> QueryResult<Option<Account>> {
+            diesel::sql_query(concat!(
+                "SELECT id, customer_id, bank_id FROM accounts WHERE customer_id = ",
+                $customer,
+                " AND bank_id = ",
+                $bank
+            ))
+            .bind::<BigInt, _>(customer_id)
+            .bind::<BigInt, _>(bank_id)
+            .get_result(self)
+            .await
+            .optional()
+        }
+    };
+}
+
+/// The body's inserts and the account lookup of the dialects with
+/// `RETURNING` (PostgreSQL, SQLite), with their two placeholders.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+macro_rules! returning_statements {
+    ($first:literal, $second:literal) => {
+        async fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
+            diesel::sql_query(concat!(
+                "INSERT INTO payments (amount) VALUES (",
+                $first,
+                ") RETURNING id"
+            ))
             .bind::<BigInt, _>(amount)
             .get_result::<Id>(self)
             .await
             .map(|row| row.id)
-    }
+        }
 
-    async fn find_account(
-        &mut self,
-        customer_id: i64,
-        bank_id: i64,
-    ) -> QueryResult<Option<Account>> {
-        diesel::sql_query(
-            "SELECT id, customer_id, bank_id FROM accounts WHERE customer_id = $1 AND bank_id = $2",
-        )
-        .bind::<BigInt, _>(customer_id)
-        .bind::<BigInt, _>(bank_id)
-        .get_result(self)
-        .await
-        .optional()
-    }
+        async fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
+            diesel::sql_query(concat!(
+                "INSERT INTO accounts (customer_id, bank_id) VALUES (",
+                $first,
+                ", ",
+                $second,
+                ") RETURNING id, customer_id, bank_id"
+            ))
+            .bind::<BigInt, _>(customer_id)
+            .bind::<BigInt, _>(bank_id)
+            .get_result(self)
+            .await
+        }
 
-    async fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
-        diesel::sql_query(
-            "INSERT INTO accounts (customer_id, bank_id) VALUES ($1, $2) \
-             RETURNING id, customer_id, bank_id",
-        )
-        .bind::<BigInt, _>(customer_id)
-        .bind::<BigInt, _>(bank_id)
-        .get_result(self)
-        .await
-    }
+        find_account!($first, $second);
+    };
+}
+
+#[cfg(feature = "postgres")]
+impl AsyncTestConn for diesel_async::AsyncPgConnection {
+    returning_statements!("$1", "$2");
 
     async fn use_isolation(&mut self, level: Isolation) -> QueryResult<()> {
         diesel_async::SimpleAsyncConnection::batch_execute(
@@ -189,20 +215,7 @@ impl AsyncTestConn for diesel_async::AsyncMysqlConnection {
             .map(|row| row.id)
     }
 
-    async fn find_account(
-        &mut self,
-        customer_id: i64,
-        bank_id: i64,
-    ) -> QueryResult<Option<Account>> {
-        diesel::sql_query(
-            "SELECT id, customer_id, bank_id FROM accounts WHERE customer_id = ? AND bank_id = ?",
-        )
-        .bind::<BigInt, _>(customer_id)
-        .bind::<BigInt, _>(bank_id)
-        .get_result(self)
-        .await
-        .optional()
-    }
+    find_account!("?", "?");
 
     async fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
         diesel::sql_query("INSERT INTO accounts (customer_id, bank_id) VALUES (?, ?)")
@@ -247,39 +260,7 @@ impl AsyncTestConn for diesel_async::AsyncMysqlConnection {
 
 #[cfg(feature = "sqlite")]
 impl AsyncTestConn for super::async_backends::AsyncSqlite {
-    async fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
-        diesel::sql_query("INSERT INTO payments (amount) VALUES (?) RETURNING id")
-            .bind::<BigInt, _>(amount)
-            .get_result::<Id>(self)
-            .await
-            .map(|row| row.id)
-    }
-
-    async fn find_account(
-        &mut self,
-        customer_id: i64,
-        bank_id: i64,
-    ) -> QueryResult<Option<Account>> {
-        diesel::sql_query(
-            "SELECT id, customer_id, bank_id FROM accounts WHERE customer_id = ? AND bank_id = ?",
-        )
-        .bind::<BigInt, _>(customer_id)
-        .bind::<BigInt, _>(bank_id)
-        .get_result(self)
-        .await
-        .optional()
-    }
-
-    async fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
-        diesel::sql_query(
-            "INSERT INTO accounts (customer_id, bank_id) VALUES (?, ?) \
-             RETURNING id, customer_id, bank_id",
-        )
-        .bind::<BigInt, _>(customer_id)
-        .bind::<BigInt, _>(bank_id)
-        .get_result(self)
-        .await
-    }
+    returning_statements!("?", "?");
 
     async fn use_isolation(&mut self, level: Isolation) -> QueryResult<()> {
         assert_eq!(
