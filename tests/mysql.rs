@@ -8,6 +8,12 @@ mod common;
 #[cfg(feature = "mysql")]
 conformance!(common::Mysql);
 
+/// The same tests on the backend's diesel-async connection.
+#[cfg(all(feature = "mysql", feature = "async"))]
+mod nonblocking {
+    crate::conformance!(nonblocking crate::common::Mysql);
+}
+
 #[cfg(not(feature = "mysql"))]
 #[test]
 fn mysql_backend_skipped_feature_disabled() {

@@ -8,6 +8,12 @@ mod common;
 #[cfg(feature = "postgres")]
 conformance!(common::Postgres);
 
+/// The same tests on the backend's diesel-async connection.
+#[cfg(all(feature = "postgres", feature = "async"))]
+mod nonblocking {
+    crate::conformance!(nonblocking crate::common::Postgres);
+}
+
 #[cfg(not(feature = "postgres"))]
 #[test]
 fn postgres_backend_skipped_feature_disabled() {

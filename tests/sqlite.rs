@@ -8,6 +8,12 @@ mod common;
 #[cfg(feature = "sqlite")]
 conformance!(common::Sqlite);
 
+/// The same tests on the backend's diesel-async connection.
+#[cfg(all(feature = "sqlite", feature = "async"))]
+mod nonblocking {
+    crate::conformance!(nonblocking crate::common::Sqlite);
+}
+
 #[cfg(not(feature = "sqlite"))]
 #[test]
 fn sqlite_backend_skipped_feature_disabled() {

@@ -4,14 +4,17 @@
 use std::ops::DerefMut;
 use std::time::Duration;
 
-use diesel::QueryResult;
+use diesel::sql_types::BigInt;
+use diesel::{
+    ExpressionMethods, OptionalExtension, QueryDsl, QueryResult, QueryableByName, SelectableHelper,
+};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, PoolError, bb8, deadpool,
 };
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use diesel_idempotent::AsyncIdempotentConnection;
+use diesel_idempotent::{AsyncIdempotentConnection, IdempotencyRecord, idempotency_records};
 
-use super::{Backend, DatabaseUrl};
+use super::{Account, Backend, DatabaseUrl, Isolation};
 
 /// A pool of async connections, whatever its crate.
 pub trait TestPool: Send + Sync + Clone + 'static {
@@ -67,6 +70,11 @@ pub trait AsyncBackend: Backend + DatabaseUrl + Send {
 
     /// A new connection to this test's database.
     fn connect_async(&self) -> impl Future<Output = Self::AsyncConn> + Send;
+
+    /// [`Backend::wait_for_lock_waiters`], off the task's worker thread.
+    fn wait_for_lock_waiters_async(&self, n: usize) -> impl Future<Output = ()> + Send {
+        async move { tokio::task::block_in_place(|| self.wait_for_lock_waiters(n)) }
+    }
 
     /// A deadpool pool of at most `size` connections.
     fn deadpool(&self, size: usize) -> Self::Deadpool;
@@ -203,3 +211,386 @@ impl AsyncBackend for super::Sqlite {
 
     pools!();
 }
+
+/// What the async test functions need from a diesel-async connection: the
+/// statements of [`TestConn`] that a body or a caller's transaction sends.
+pub trait AsyncTestConn: AsyncIdempotentConnection + 'static {
+    /// Inserts a payment and returns its id (the same statements as
+    /// [`TestConn::insert_payment`]).
+    fn insert_payment(&mut self, amount: i64) -> impl Future<Output = QueryResult<i64>> + Send;
+    /// Rows in `payments`, as this connection sees them.
+    fn count_payments(&mut self) -> impl Future<Output = QueryResult<i64>> + Send;
+    /// Rows in `idempotency_records`, as this connection sees them.
+    fn count_records(&mut self) -> impl Future<Output = QueryResult<i64>> + Send;
+    /// Rows in `accounts`.
+    fn count_accounts(&mut self) -> impl Future<Output = QueryResult<i64>> + Send;
+    /// One record, read through the exported `idempotency_records` table.
+    fn load_record(
+        &mut self,
+        namespace: &str,
+        key: &str,
+    ) -> impl Future<Output = QueryResult<IdempotencyRecord>> + Send;
+    /// Overwrites one record's stored fingerprint.
+    fn set_record_fingerprint(
+        &mut self,
+        namespace: &str,
+        key: &str,
+        fingerprint: &str,
+    ) -> impl Future<Output = QueryResult<usize>> + Send;
+    /// Every record's key, sorted.
+    fn record_keys(&mut self) -> impl Future<Output = QueryResult<Vec<String>>> + Send;
+    /// As [`TestConn::short_lock_waits`](super::TestConn::short_lock_waits).
+    fn short_lock_waits(&mut self) -> impl Future<Output = QueryResult<()>> + Send;
+    /// Updates one payment (takes its row lock).
+    fn touch_payment(&mut self, id: i64) -> impl Future<Output = QueryResult<()>> + Send;
+    /// `SELECT .. FOR UPDATE NOWAIT` of one payment (not on SQLite).
+    fn lock_payment_nowait(&mut self, id: i64) -> impl Future<Output = QueryResult<()>> + Send;
+    /// The account of a customer at a bank.
+    fn find_account(
+        &mut self,
+        customer_id: i64,
+        bank_id: i64,
+    ) -> impl Future<Output = QueryResult<Option<Account>>> + Send;
+    /// Inserts an account (fails with a unique violation if it exists).
+    fn insert_account(
+        &mut self,
+        customer_id: i64,
+        bank_id: i64,
+    ) -> impl Future<Output = QueryResult<Account>> + Send;
+    /// Makes `level` the isolation level of this session's next
+    /// transactions.
+    fn use_isolation(&mut self, level: Isolation) -> impl Future<Output = QueryResult<()>> + Send;
+    /// This connection's session on the server (PostgreSQL's backend pid,
+    /// MySQL's connection id; not on SQLite).
+    fn session_id(&mut self) -> impl Future<Output = QueryResult<i64>> + Send;
+    /// Ends the server session `id` from this connection.
+    fn kill_session(&mut self, id: i64) -> impl Future<Output = QueryResult<()>> + Send;
+}
+
+#[derive(QueryableByName)]
+struct Id {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[cfg(feature = "postgres")]
+#[derive(QueryableByName)]
+struct Count32 {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    n: i32,
+}
+
+/// The statements every dialect writes the same way.
+macro_rules! shared_statements {
+    () => {
+        async fn count_payments(&mut self) -> QueryResult<i64> {
+            diesel::sql_query("SELECT COUNT(*) AS n FROM payments")
+                .get_result::<Count>(self)
+                .await
+                .map(|row| row.n)
+        }
+
+        async fn count_records(&mut self) -> QueryResult<i64> {
+            idempotency_records::table
+                .count()
+                .get_result::<i64>(self)
+                .await
+        }
+
+        async fn count_accounts(&mut self) -> QueryResult<i64> {
+            diesel::sql_query("SELECT COUNT(*) AS n FROM accounts")
+                .get_result::<Count>(self)
+                .await
+                .map(|row| row.n)
+        }
+
+        async fn load_record(
+            &mut self,
+            namespace: &str,
+            key: &str,
+        ) -> QueryResult<IdempotencyRecord> {
+            idempotency_records::table
+                .filter(idempotency_records::namespace.eq(namespace))
+                .filter(idempotency_records::key.eq(key))
+                .select(IdempotencyRecord::as_select())
+                .first(self)
+                .await
+        }
+
+        async fn set_record_fingerprint(
+            &mut self,
+            namespace: &str,
+            key: &str,
+            fingerprint: &str,
+        ) -> QueryResult<usize> {
+            diesel::update(
+                idempotency_records::table
+                    .filter(idempotency_records::namespace.eq(namespace))
+                    .filter(idempotency_records::key.eq(key)),
+            )
+            .set(idempotency_records::fingerprint.eq(fingerprint))
+            .execute(self)
+            .await
+        }
+
+        async fn record_keys(&mut self) -> QueryResult<Vec<String>> {
+            idempotency_records::table
+                .select(idempotency_records::key)
+                .order(idempotency_records::key)
+                .load(self)
+                .await
+        }
+    };
+}
+
+/// The account lookup, with the dialect's two placeholders.
+macro_rules! find_account {
+    ($customer:literal, $bank:literal) => {
+        async fn find_account(
+            &mut self,
+            customer_id: i64,
+            bank_id: i64,
+        ) -> QueryResult<Option<Account>> {
+            diesel::sql_query(concat!(
+                "SELECT id, customer_id, bank_id FROM accounts WHERE customer_id = ",
+                $customer,
+                " AND bank_id = ",
+                $bank
+            ))
+            .bind::<BigInt, _>(customer_id)
+            .bind::<BigInt, _>(bank_id)
+            .get_result(self)
+            .await
+            .optional()
+        }
+    };
+}
+
+/// The body's inserts and the account lookup of the dialects with
+/// `RETURNING` (PostgreSQL, SQLite), with their two placeholders.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+macro_rules! returning_statements {
+    ($first:literal, $second:literal) => {
+        async fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
+            diesel::sql_query(concat!(
+                "INSERT INTO payments (amount) VALUES (",
+                $first,
+                ") RETURNING id"
+            ))
+            .bind::<BigInt, _>(amount)
+            .get_result::<Id>(self)
+            .await
+            .map(|row| row.id)
+        }
+
+        async fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
+            diesel::sql_query(concat!(
+                "INSERT INTO accounts (customer_id, bank_id) VALUES (",
+                $first,
+                ", ",
+                $second,
+                ") RETURNING id, customer_id, bank_id"
+            ))
+            .bind::<BigInt, _>(customer_id)
+            .bind::<BigInt, _>(bank_id)
+            .get_result(self)
+            .await
+        }
+
+        find_account!($first, $second);
+    };
+}
+
+/// The session statements and the payment row lock, with the dialect's
+/// lock-wait setting and placeholder.
+macro_rules! lock_statements {
+    ($short_waits:literal, $placeholder:literal) => {
+        async fn short_lock_waits(&mut self) -> QueryResult<()> {
+            diesel::sql_query($short_waits)
+                .execute(self)
+                .await
+                .map(drop)
+        }
+
+        async fn touch_payment(&mut self, id: i64) -> QueryResult<()> {
+            diesel::sql_query(concat!(
+                "UPDATE payments SET amount = amount + 1 WHERE id = ",
+                $placeholder
+            ))
+            .bind::<BigInt, _>(id)
+            .execute(self)
+            .await
+            .map(drop)
+        }
+
+        async fn lock_payment_nowait(&mut self, id: i64) -> QueryResult<()> {
+            diesel::sql_query(concat!(
+                "SELECT id FROM payments WHERE id = ",
+                $placeholder,
+                " FOR UPDATE NOWAIT"
+            ))
+            .bind::<BigInt, _>(id)
+            .get_result::<Id>(self)
+            .await
+            .map(drop)
+        }
+    };
+}
+
+#[cfg(feature = "postgres")]
+impl AsyncTestConn for diesel_async::AsyncPgConnection {
+    returning_statements!("$1", "$2");
+    lock_statements!("SET lock_timeout = '200ms'", "$1");
+
+    async fn use_isolation(&mut self, level: Isolation) -> QueryResult<()> {
+        diesel_async::SimpleAsyncConnection::batch_execute(
+            self,
+            &format!(
+                "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL {}",
+                isolation_sql(level)
+            ),
+        )
+        .await
+    }
+
+    async fn session_id(&mut self) -> QueryResult<i64> {
+        diesel::sql_query("SELECT CAST(pg_backend_pid() AS BIGINT) AS id")
+            .get_result::<Id>(self)
+            .await
+            .map(|row| row.id)
+    }
+
+    async fn kill_session(&mut self, id: i64) -> QueryResult<()> {
+        // Returns once the backend is gone (waits up to 10 s).
+        let killed = diesel::sql_query(
+            "SELECT CAST(pg_terminate_backend(CAST($1 AS INTEGER), 10000) AS INTEGER) AS n",
+        )
+        .bind::<BigInt, _>(id)
+        .get_result::<Count32>(self)
+        .await?;
+        assert_eq!(killed.n, 1, "backend {id} terminated");
+        Ok(())
+    }
+
+    shared_statements!();
+}
+
+#[cfg(feature = "mysql")]
+impl AsyncTestConn for diesel_async::AsyncMysqlConnection {
+    async fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
+        diesel::sql_query("INSERT INTO payments (amount) VALUES (?)")
+            .bind::<BigInt, _>(amount)
+            .execute(self)
+            .await?;
+        diesel::sql_query("SELECT CAST(LAST_INSERT_ID() AS SIGNED) AS id")
+            .get_result::<Id>(self)
+            .await
+            .map(|row| row.id)
+    }
+
+    find_account!("?", "?");
+    lock_statements!("SET SESSION innodb_lock_wait_timeout = 1", "?");
+
+    async fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
+        diesel::sql_query("INSERT INTO accounts (customer_id, bank_id) VALUES (?, ?)")
+            .bind::<BigInt, _>(customer_id)
+            .bind::<BigInt, _>(bank_id)
+            .execute(self)
+            .await?;
+        diesel::sql_query(
+            "SELECT id, customer_id, bank_id FROM accounts WHERE id = LAST_INSERT_ID()",
+        )
+        .get_result(self)
+        .await
+    }
+
+    async fn use_isolation(&mut self, level: Isolation) -> QueryResult<()> {
+        // The session's level, which the library reads (as the blocking
+        // suite sets it).
+        diesel_async::SimpleAsyncConnection::batch_execute(
+            self,
+            &format!(
+                "SET SESSION TRANSACTION ISOLATION LEVEL {}",
+                isolation_sql(level)
+            ),
+        )
+        .await
+    }
+
+    async fn session_id(&mut self) -> QueryResult<i64> {
+        diesel::sql_query("SELECT CAST(CONNECTION_ID() AS SIGNED) AS id")
+            .get_result::<Id>(self)
+            .await
+            .map(|row| row.id)
+    }
+
+    async fn kill_session(&mut self, id: i64) -> QueryResult<()> {
+        diesel_async::SimpleAsyncConnection::batch_execute(self, &format!("KILL CONNECTION {id}"))
+            .await
+    }
+
+    shared_statements!();
+}
+
+#[cfg(feature = "sqlite")]
+impl AsyncTestConn for AsyncSqlite {
+    returning_statements!("?", "?");
+
+    async fn short_lock_waits(&mut self) -> QueryResult<()> {
+        diesel::sql_query("PRAGMA busy_timeout = 0")
+            .execute(self)
+            .await
+            .map(drop)
+    }
+
+    async fn touch_payment(&mut self, id: i64) -> QueryResult<()> {
+        diesel::sql_query("UPDATE payments SET amount = amount + 1 WHERE id = ?")
+            .bind::<BigInt, _>(id)
+            .execute(self)
+            .await
+            .map(drop)
+    }
+
+    async fn lock_payment_nowait(&mut self, _id: i64) -> QueryResult<()> {
+        unreachable!("SQLite has no row locks")
+    }
+
+    async fn use_isolation(&mut self, level: Isolation) -> QueryResult<()> {
+        assert_eq!(
+            level,
+            Isolation::Serializable,
+            "SQLite is always serializable"
+        );
+        Ok(())
+    }
+
+    async fn session_id(&mut self) -> QueryResult<i64> {
+        unreachable!("SQLite has no server sessions")
+    }
+
+    async fn kill_session(&mut self, _id: i64) -> QueryResult<()> {
+        unreachable!("SQLite has no server sessions")
+    }
+
+    shared_statements!();
+}
+
+fn isolation_sql(level: Isolation) -> &'static str {
+    match level {
+        Isolation::ReadCommitted => "READ COMMITTED",
+        Isolation::RepeatableRead => "REPEATABLE READ",
+        Isolation::Serializable => "SERIALIZABLE",
+    }
+}
+
+/// A backend the async suite runs on: its diesel-async connection has the
+/// test statements.
+pub trait AsyncSuiteBackend: AsyncBackend<AsyncConn: AsyncTestConn> {}
+
+impl<B: AsyncBackend<AsyncConn: AsyncTestConn>> AsyncSuiteBackend for B {}

@@ -829,3 +829,35 @@ pub fn nowait_lock_failures_are_retryable<B: Backend>() {
         .expect_err("the row is locked");
     assert!(Retryable::is_retryable(&err), "[{}] {err:?}", B::NAME);
 }
+
+/// Instantiates this file's tests for one backend in one flavour (see
+/// `conformance!`).
+#[macro_export]
+macro_rules! hardening_tests {
+    (blocking $backend:ty) => {
+        $crate::hardening_tests!(@both blocking $backend);
+        // Not written once for both flavours.
+        $crate::conformance!(@plain $backend; hardening;
+            panic_in_nested_transaction_releases_the_claim,
+            panic_in_nested_transaction_keeps_the_callers_transaction,
+            body_leaving_a_transaction_open_is_rolled_back,
+            panics_around_the_body_release_everything,
+            get_or_create_panic_in_nested_transaction_releases,
+            results_that_cannot_replay_are_refused,
+            ordinary_results_replay_exactly,
+            get_or_create_unrelated_violation_at_read_committed_is_unchanged,
+            reject_answers_after_one_claim,
+            lock_wait_timeout_is_retryable_and_waited_once,
+            get_or_create_invisible_winner_is_retryable,
+            unique_index_covers_only_plain_immediate_indexes,
+            deadlocks_are_retryable,
+            nowait_lock_failures_are_retryable,
+        );
+    };
+    (nonblocking $backend:ty) => {
+        $crate::hardening_tests!(@both nonblocking $backend);
+    };
+    (@both $flavour:ident $backend:ty) => {
+
+    };
+}

@@ -1007,3 +1007,35 @@ pub fn optimistic_duplicate_failing_on_the_first_calls_effects_replays<B: Backen
     });
     assert_eq!(db.connect().count_accounts().unwrap(), 1, "one account");
 }
+
+/// Instantiates this file's tests for one backend in one flavour (see
+/// `conformance!`).
+#[macro_export]
+macro_rules! modes_tests {
+    (blocking $backend:ty) => {
+        $crate::modes_tests!(@both blocking $backend);
+        // Not written once for both flavours.
+        $crate::conformance!(@plain $backend; modes;
+            shapes_first_call_runs_body_and_stores,
+            shapes_replay_returns_stored_result_without_a_second_effect,
+            shapes_mismatch_has_no_second_effect,
+            shapes_expired_record_is_taken_over,
+            shapes_body_error_and_panic_leave_nothing,
+            shapes_caller_rollback_removes_record_and_effect,
+            shapes_in_caller_transaction_commit,
+            shapes_concurrent_duplicates_run_body_once,
+            shapes_duplicate_waits_for_held_first_call,
+            shapes_reject_answers_in_flight,
+            read_first_never_replays_an_uncommitted_result,
+            read_first_respects_expiry_to_the_microsecond,
+            shapes_concurrent_takeover_runs_body_once,
+            optimistic_duplicate_failing_on_the_first_calls_effects_replays,
+        );
+    };
+    (nonblocking $backend:ty) => {
+        $crate::modes_tests!(@both nonblocking $backend);
+    };
+    (@both $flavour:ident $backend:ty) => {
+
+    };
+}

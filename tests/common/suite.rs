@@ -1,4 +1,9 @@
 //! The behaviour tests, each generic over the backend.
+//!
+//! Written once, as async code over diesel-async connections, in
+//! [`nonblocking`]; `#[dual::blocking]` derives [`blocking`], the same tests
+//! over Diesel's blocking connections, threads for tasks. The tests of
+//! blocking-only APIs (purge, migrations) follow the module.
 
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::Barrier;
@@ -19,48 +24,154 @@ fn naive(at: DateTime<Utc>) -> chrono::NaiveDateTime {
     at.naive_utc()
 }
 
-pub fn first_call_runs_body_and_stores_result<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let payment = create_payment(
-        &mut conn,
-        &clock,
-        "k-1",
-        &NewPayment::eur(1200),
-        Then::Succeed,
-    )
-    .expect("first call");
-    assert_eq!(payment.amount, 1200);
-    assert_eq!(conn.count_payments().unwrap(), 1);
-    let rec = record(&mut conn, "tests.create_payment", "k-1");
-    assert_eq!(rec.scope, "");
-    assert!(rec.fingerprint.starts_with("v2:"), "{}", rec.fingerprint);
-    let stored: Payment =
-        serde_json::from_str(rec.response.as_deref().expect("a response")).unwrap();
-    assert_eq!(stored, payment);
-    assert_eq!(rec.created_at, naive(clock.now()));
-    assert_eq!(
-        rec.expires_at,
-        naive(clock.now()) + chrono::Duration::hours(1)
-    );
+#[dual::blocking]
+#[cfg(feature = "async")]
+pub mod nonblocking {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use chrono::{DateTime, Utc};
+    use diesel_idempotent::{Clock, IdempotencyRecord};
+
+    use crate::common::functions::nonblocking::*;
+    use crate::common::rt::nonblocking as rt;
+    use crate::common::{
+        AppError, AsyncSuiteBackend, AsyncTestConn, NewPayment, Payment, Then, clock,
+    };
+
+    async fn record<C: AsyncTestConn>(
+        conn: &mut C,
+        namespace: &str,
+        key: &str,
+    ) -> IdempotencyRecord {
+        conn.load_record(namespace, key).await.expect("the record")
+    }
+
+    fn naive(at: DateTime<Utc>) -> chrono::NaiveDateTime {
+        at.naive_utc()
+    }
+
+    pub async fn first_call_runs_body_and_stores_result<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let payment = create_payment(
+            &mut conn,
+            &clock,
+            "k-1",
+            &NewPayment::eur(1200),
+            Then::Succeed,
+        )
+        .await
+        .expect("first call");
+        assert_eq!(payment.amount, 1200);
+        assert_eq!(conn.count_payments().await.unwrap(), 1);
+        let rec = record(&mut conn, "tests.create_payment", "k-1").await;
+        assert_eq!(rec.scope, "");
+        assert!(rec.fingerprint.starts_with("v2:"), "{}", rec.fingerprint);
+        let stored: Payment =
+            serde_json::from_str(rec.response.as_deref().expect("a response")).unwrap();
+        assert_eq!(stored, payment);
+        assert_eq!(rec.created_at, naive(clock.now()));
+        assert_eq!(
+            rec.expires_at,
+            naive(clock.now()) + chrono::Duration::hours(1)
+        );
+    }
+
+    pub async fn replay_returns_stored_result_without_running_body<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let req = NewPayment::eur(500);
+        let first = create_payment(&mut conn, &clock, "k-2", &req, Then::Succeed)
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(59 * 60));
+        // A retry whose body would fail still gets the stored success.
+        let again = create_payment(&mut conn, &clock, "k-2", &req, Then::Fail)
+            .await
+            .unwrap();
+        let mut other = db.connect_async().await;
+        let third = create_payment(&mut other, &clock, "k-2", &req, Then::Panic)
+            .await
+            .unwrap();
+        assert_eq!(first, again);
+        assert_eq!(first, third);
+        assert_eq!(conn.count_payments().await.unwrap(), 1, "the body ran once");
+        assert_eq!(conn.count_records().await.unwrap(), 1);
+    }
+
+    /// A first call holds the key in an open transaction; a duplicate on
+    /// another connection waits for it, then replays its result (or, when
+    /// it rolls back, runs the body).
+    pub async fn duplicate_waits_for_first_and_replays<B: AsyncSuiteBackend>() {
+        held_first_call::<B>(true).await;
+    }
+
+    /// As above, but the first call rolls back: the duplicate runs the body.
+    pub async fn duplicate_runs_body_when_first_rolls_back<B: AsyncSuiteBackend>() {
+        held_first_call::<B>(false).await;
+    }
+
+    async fn held_first_call<B: AsyncSuiteBackend>(commit: bool) {
+        let db = Arc::new(B::fresh());
+        let clock = Arc::new(clock());
+        let req = NewPayment::eur(77);
+        let (claimed_tx, claimed_rx) = rt::channel();
+        let (finish_tx, finish_rx) = rt::channel::<()>();
+        let first = rt::spawn({
+            let (db, clock, req) = (Arc::clone(&db), Arc::clone(&clock), req.clone());
+            move || async move {
+                let mut conn = db.connect_async().await;
+                rt::transaction(&mut conn, async |conn| {
+                    let p = create_payment(conn, &clock, "held", &req, Then::Succeed).await?;
+                    claimed_tx.send(()).unwrap();
+                    finish_rx.recv().await.unwrap();
+                    if commit {
+                        Ok(p)
+                    } else {
+                        Err(AppError::Declined)
+                    }
+                })
+                .await
+            }
+        });
+        claimed_rx
+            .recv_timeout(rt::DEADLINE)
+            .await
+            .expect("the first call holds the key");
+        let second = rt::spawn({
+            let (db, clock, req) = (Arc::clone(&db), Arc::clone(&clock), req.clone());
+            move || async move {
+                let mut conn = db.connect_async().await;
+                create_payment(&mut conn, &clock, "held", &req, Then::Succeed).await
+            }
+        });
+        db.wait_for_lock_waiters_async(1).await;
+        finish_tx.send(()).unwrap();
+        let first = rt::join(first).await;
+        let second = rt::join(second).await.expect("the duplicate succeeds");
+        if commit {
+            assert_eq!(
+                first.unwrap(),
+                second,
+                "the duplicate replayed the first result"
+            );
+        } else {
+            assert!(matches!(first, Err(AppError::Declined)));
+        }
+        let mut conn = db.connect_async().await;
+        assert_eq!(
+            conn.count_payments().await.unwrap(),
+            1,
+            "exactly one execution"
+        );
+        assert_eq!(conn.count_records().await.unwrap(), 1);
+    }
 }
 
-pub fn replay_returns_stored_result_without_running_body<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let req = NewPayment::eur(500);
-    let first = create_payment(&mut conn, &clock, "k-2", &req, Then::Succeed).unwrap();
-    clock.advance(Duration::from_secs(59 * 60));
-    // A retry whose body would fail still gets the stored success.
-    let again = create_payment(&mut conn, &clock, "k-2", &req, Then::Fail).unwrap();
-    let third = create_payment(&mut db.connect(), &clock, "k-2", &req, Then::Panic).unwrap();
-    assert_eq!(first, again);
-    assert_eq!(first, third);
-    assert_eq!(conn.count_payments().unwrap(), 1, "the body ran once");
-    assert_eq!(conn.count_records().unwrap(), 1);
-}
+// Not yet written once.
 
 pub fn outcome_tells_replays_apart<B: Backend>() {
     let db = B::fresh();
@@ -720,65 +831,6 @@ pub fn statements_added_per_call<B: Backend>() {
     assert!(wrong.is_empty(), "[{}] {}", B::NAME, wrong.join("\n"));
 }
 
-/// A first call holds the key in an open transaction; a duplicate on another
-/// connection must wait for it and then replay its committed result.
-pub fn duplicate_waits_for_first_and_replays<B: Backend>() {
-    held_first_call::<B>(true);
-}
-
-/// As above, but the first call rolls back: the duplicate runs the body.
-pub fn duplicate_runs_body_when_first_rolls_back<B: Backend>() {
-    held_first_call::<B>(false);
-}
-
-fn held_first_call<B: Backend>(commit: bool) {
-    let db = &B::fresh();
-    let clock = &clock();
-    let req = &NewPayment::eur(77);
-    let (claimed_tx, claimed_rx) = mpsc::channel();
-    let (finish_tx, finish_rx) = mpsc::channel::<()>();
-    std::thread::scope(|s| {
-        // Owned by this closure, so a failure below drops it and releases
-        // the first thread instead of leaving it waiting forever.
-        let finish_tx = finish_tx;
-        let first = s.spawn(move || {
-            let mut conn = db.connect();
-            let result: Result<Payment, AppError> = conn.transaction(|conn| {
-                let p = create_payment(conn, clock, "held", req, Then::Succeed)?;
-                claimed_tx.send(()).unwrap();
-                finish_rx.recv().unwrap();
-                if commit {
-                    Ok(p)
-                } else {
-                    Err(AppError::Declined)
-                }
-            });
-            result
-        });
-        claimed_rx.recv().unwrap();
-        let second = s.spawn(move || {
-            let mut conn = db.connect();
-            create_payment(&mut conn, clock, "held", req, Then::Succeed)
-        });
-        db.wait_for_lock_waiters(1);
-        finish_tx.send(()).unwrap();
-        let first = first.join().unwrap();
-        let second = second.join().unwrap().expect("the duplicate succeeds");
-        if commit {
-            assert_eq!(
-                first.unwrap(),
-                second,
-                "the duplicate replayed the first result"
-            );
-        } else {
-            assert!(matches!(first, Err(AppError::Declined)));
-        }
-    });
-    let mut conn = db.connect();
-    assert_eq!(conn.count_payments().unwrap(), 1, "exactly one execution");
-    assert_eq!(conn.count_records().unwrap(), 1);
-}
-
 /// 16 threads on 16 connections call with one key at once, 50 rounds: the
 /// body runs exactly once per round and all 16 get equal results.
 pub fn concurrent_duplicates_run_body_once<B: Backend>() {
@@ -1334,4 +1386,58 @@ pub fn isolation_levels_replay_or_retry<B: Backend>() {
         (ROUNDS * B::ISOLATION_LEVELS.len()) as i64,
         "exactly one execution per key at every level"
     );
+}
+
+/// Instantiates this file's tests for one backend in one flavour (see
+/// `conformance!`).
+#[macro_export]
+macro_rules! suite_tests {
+    (blocking $backend:ty) => {
+        $crate::suite_tests!(@both blocking $backend);
+        // Not written once for both flavours.
+        $crate::conformance!(@plain $backend; suite;
+            outcome_tells_replays_apart,
+            different_payload_is_a_mismatch,
+            records_of_the_v1_scheme_answer_by_key_until_they_expire,
+            invalid_keys_are_rejected_before_the_body,
+            body_error_leaves_no_record,
+            body_panic_leaves_no_record,
+            caller_rollback_removes_record,
+            caller_commit_keeps_record,
+            expired_record_is_treated_as_absent,
+            scopes_keep_tenants_apart,
+            functions_have_separate_namespaces,
+            unreadable_stored_result_is_a_typed_error,
+            purge_expired_deletes_in_batches,
+            migrate_is_idempotent,
+            generated_cli_migrations_apply,
+            runtime_call_api,
+            statements_added_per_call,
+            concurrent_duplicates_run_body_once,
+            concurrent_takeover_of_expired_record_runs_body_once,
+            hash_of_arguments_replays_repeats,
+            hash_of_named_values_ignores_other_fields,
+            webhook_dedup_by_id_or_body,
+            retried_batch_reruns_only_missing_items,
+            concurrent_redeliveries_run_hash_body_once,
+            get_or_create_returns_the_existing_row,
+            get_or_create_propagates_other_errors,
+            get_or_create_checks_unique_indexes,
+            concurrent_creators_get_one_row,
+            on_conflict_reject_answers_in_flight,
+            oversized_result_is_refused_and_nothing_stored,
+            isolation_levels_replay_or_retry,
+        );
+    };
+    (nonblocking $backend:ty) => {
+        $crate::suite_tests!(@both nonblocking $backend);
+    };
+    (@both $flavour:ident $backend:ty) => {
+        $crate::conformance!(@each $flavour $backend; suite;
+            first_call_runs_body_and_stores_result,
+            replay_returns_stored_result_without_running_body,
+            duplicate_waits_for_first_and_replays,
+            duplicate_runs_body_when_first_rolls_back,
+        );
+    };
 }
