@@ -26,6 +26,13 @@ mod postgres_deadpool {
     }
 }
 
+/// PostgreSQL: the `BEGIN` and the claim in one round trip.
+#[cfg(all(feature = "async", feature = "postgres"))]
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_begin_travels_with_the_claim() {
+    common::round_trips::postgres_begin_travels_with_the_claim().await;
+}
+
 #[cfg(all(feature = "async", feature = "postgres"))]
 mod postgres_bb8 {
     use crate::common::Postgres;

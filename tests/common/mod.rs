@@ -11,6 +11,8 @@ pub mod edges;
 pub mod functions;
 pub mod hardening;
 pub mod modes;
+#[cfg(all(feature = "async", feature = "postgres"))]
+pub mod round_trips;
 pub mod rt;
 pub mod suite;
 

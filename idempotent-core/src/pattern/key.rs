@@ -22,7 +22,9 @@ use crate::Error;
 use crate::clock::{Clock, SystemClock};
 use crate::fingerprint::Fingerprint;
 use crate::record::{NewRecord, RecordId};
-use crate::store::driver::{Blocking, Driver, block_on, ensure_closed_above, guarded_transaction};
+use crate::store::driver::{
+    Begin, Blocking, Driver, block_on, ensure_closed_above, guarded_level, guarded_transaction,
+};
 #[cfg(feature = "async")]
 use crate::store::nonblocking::{AsyncIdempotentConnection, NonBlocking};
 use crate::store::{Claimed, IdempotentConnection, StoredState, Unwound};
@@ -558,7 +560,13 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = guarded_transaction(conn, async |conn: &mut D| -> Result<O, Failure<E>> {
+        // The claim is the level's first statement: a driver may send the
+        // `BEGIN` with it.
+        let begin = match prepared.on_conflict {
+            OnConflict::Wait => Begin::BeforeClaim,
+            OnConflict::Reject => Begin::Now,
+        };
+        let result = guarded_level(conn, begin, async |conn: &mut D| -> Result<O, Failure<E>> {
             let claim = prepared.record(None);
             match settle(conn, prepared, &claim)
                 .await

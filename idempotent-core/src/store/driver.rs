@@ -44,6 +44,14 @@ pub(crate) trait Driver {
     /// IMMEDIATE`), or a savepoint inside the caller's transaction.
     fn begin(&mut self) -> impl Future<Output = QueryResult<()>> + Send;
 
+    /// Begins the library's level as [`Driver::begin`] does, when the next
+    /// statement is [`Driver::claim_or_load`]: a driver that can send both
+    /// in one round trip (diesel-async's PostgreSQL connection pipelines
+    /// them) may hold its `BEGIN` back until then.
+    fn begin_before_claim(&mut self) -> impl Future<Output = QueryResult<()>> + Send {
+        self.begin()
+    }
+
     /// Commits (releases) the innermost level.
     fn commit(&mut self) -> impl Future<Output = QueryResult<()>> + Send;
 
@@ -281,9 +289,35 @@ where
     E: From<diesel::result::Error>,
     F: AsyncFnOnce(&mut D) -> Result<R, E>,
 {
+    guarded_level(driver, Begin::Now, f).await
+}
+
+/// How [`guarded_level`] begins its level.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Begin {
+    /// [`Driver::begin`].
+    Now,
+    /// [`Driver::begin_before_claim`]: `f`'s first statement is the claim.
+    BeforeClaim,
+}
+
+/// [`guarded_transaction`], beginning the level as `begin` says.
+pub(crate) async fn guarded_level<D, R, E, F>(
+    driver: &mut D,
+    begin: Begin,
+    f: F,
+) -> Result<R, Unwound<E>>
+where
+    D: Driver,
+    E: From<diesel::result::Error>,
+    F: AsyncFnOnce(&mut D) -> Result<R, E>,
+{
     let outside = driver.depth()?;
     let inside = outside + 1;
-    driver.begin().await?;
+    match begin {
+        Begin::Now => driver.begin().await?,
+        Begin::BeforeClaim => driver.begin_before_claim().await?,
+    }
     // The call itself inside the catch: a blocking body runs when called.
     let result = match catch_unwind(async { f(driver).await }).await {
         Ok(Ok(value)) => match ensure_closed_above(driver, inside) {

@@ -99,6 +99,22 @@ pub trait AsyncIdempotentConnection: AsyncConnection + Send + Sized {
         record: &NewRecord<'_>,
     ) -> impl Future<Output = QueryResult<Claimed>> + Send;
 
+    /// Begins the library's level at the top (outside any transaction), as
+    /// `begin_idempotent` does, and sends the claim. The outer result is
+    /// the `BEGIN`'s (`Err`: no level was opened), the inner one the
+    /// claim's. PostgreSQL sends both in one round trip.
+    #[doc(hidden)]
+    fn begin_and_claim_or_load(
+        &mut self,
+        abandon_after: Option<Duration>,
+        record: &NewRecord<'_>,
+    ) -> impl Future<Output = QueryResult<QueryResult<Claimed>>> + Send {
+        async move {
+            self.begin_idempotent(abandon_after).await?;
+            Ok(self.claim_or_load(record).await)
+        }
+    }
+
     #[doc(hidden)]
     fn load(
         &mut self,
@@ -161,6 +177,9 @@ pub(crate) struct NonBlocking<'c, C: AsyncIdempotentConnection> {
     abandon_after: Option<Duration>,
     /// The depth the library's level was begun at, while it is open.
     open_above: Option<u32>,
+    /// The level is begun but its `BEGIN` not yet sent: it goes with the
+    /// claim (`Driver::begin_before_claim`).
+    begin_pending: bool,
 }
 
 impl<'c, C: AsyncIdempotentConnection> NonBlocking<'c, C> {
@@ -169,6 +188,7 @@ impl<'c, C: AsyncIdempotentConnection> NonBlocking<'c, C> {
             conn,
             abandon_after,
             open_above: None,
+            begin_pending: false,
         }
     }
 
@@ -182,6 +202,19 @@ impl<'c, C: AsyncIdempotentConnection> NonBlocking<'c, C> {
             return true;
         }
         false
+    }
+
+    /// Sends the held-back `BEGIN`, if any (for a statement other than
+    /// the claim).
+    async fn send_pending_begin(&mut self) -> QueryResult<()> {
+        if !std::mem::take(&mut self.begin_pending) {
+            return Ok(());
+        }
+        let begun = self.conn.begin_idempotent(self.abandon_after).await;
+        if begun.is_err() {
+            return self.after_level(begun).await;
+        }
+        begun
     }
 
     /// After a commit or rollback: once the level is closed, undoes the
@@ -198,6 +231,10 @@ impl<'c, C: AsyncIdempotentConnection> NonBlocking<'c, C> {
 
 impl<C: AsyncIdempotentConnection> Drop for NonBlocking<'_, C> {
     fn drop(&mut self) {
+        if self.begin_pending {
+            // The level's `BEGIN` was never sent.
+            return;
+        }
         if let Some(outside) = self.open_above.take() {
             self.conn.abandon(outside);
         }
@@ -209,11 +246,14 @@ impl<C: AsyncIdempotentConnection> Driver for NonBlocking<'_, C> {
     const PLAIN_READS_MAY_LOCK: bool = C::PLAIN_READS_MAY_LOCK;
 
     fn conn(&mut self) -> &mut C {
+        // The procedure hands the connection to the body only after the
+        // claim, which sent any held-back `BEGIN`.
         self.conn
     }
 
     fn depth(&mut self) -> QueryResult<u32> {
-        depth(self.conn)
+        // A held-back `BEGIN` counts: the level is open for the procedure.
+        Ok(depth(self.conn)? + u32::from(self.begin_pending))
     }
 
     async fn begin(&mut self) -> QueryResult<()> {
@@ -230,66 +270,86 @@ impl<C: AsyncIdempotentConnection> Driver for NonBlocking<'_, C> {
         begun
     }
 
+    async fn begin_before_claim(&mut self) -> QueryResult<()> {
+        if self.begin_pending || depth(self.conn)? != 0 {
+            // Inside a caller's transaction the savepoint goes first.
+            return self.begin().await;
+        }
+        if self.open_above.is_none() {
+            self.open_above = Some(0);
+        }
+        self.begin_pending = true;
+        Ok(())
+    }
+
     async fn commit(&mut self) -> QueryResult<()> {
+        if std::mem::take(&mut self.begin_pending) {
+            // Nothing was sent in the level: nothing to commit.
+            self.open_above = None;
+            return Ok(());
+        }
         let committed = C::TransactionManager::commit_transaction(self.conn).await;
         self.after_level(committed).await
     }
 
     async fn rollback(&mut self) -> QueryResult<()> {
+        if std::mem::take(&mut self.begin_pending) {
+            self.open_above = None;
+            return Ok(());
+        }
         let rolled_back = C::TransactionManager::rollback_transaction(self.conn).await;
         self.after_level(rolled_back).await
     }
 
-    fn claim_or_load(
-        &mut self,
-        record: &NewRecord<'_>,
-    ) -> impl Future<Output = QueryResult<Claimed>> + Send {
-        AsyncIdempotentConnection::claim_or_load(self.conn, record)
+    async fn claim_or_load(&mut self, record: &NewRecord<'_>) -> QueryResult<Claimed> {
+        if !std::mem::take(&mut self.begin_pending) {
+            return AsyncIdempotentConnection::claim_or_load(self.conn, record).await;
+        }
+        match self
+            .conn
+            .begin_and_claim_or_load(self.abandon_after, record)
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(not_begun) => match self.after_level(Err(not_begun)).await {
+                Err(e) => Err(e),
+                Ok(()) => Err(diesel::result::Error::BrokenTransactionManager),
+            },
+        }
     }
 
-    fn load(
-        &mut self,
-        id: RecordId<'_>,
-    ) -> impl Future<Output = QueryResult<Option<StoredState>>> + Send {
-        AsyncIdempotentConnection::load(self.conn, id)
+    async fn load(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>> {
+        self.send_pending_begin().await?;
+        AsyncIdempotentConnection::load(self.conn, id).await
     }
 
-    fn read_committed(
-        &mut self,
-        id: RecordId<'_>,
-    ) -> impl Future<Output = QueryResult<Option<StoredState>>> + Send {
-        AsyncIdempotentConnection::read_committed(self.conn, id)
+    async fn read_committed(&mut self, id: RecordId<'_>) -> QueryResult<Option<StoredState>> {
+        self.send_pending_begin().await?;
+        AsyncIdempotentConnection::read_committed(self.conn, id).await
     }
 
-    fn take_over(
-        &mut self,
-        record: &NewRecord<'_>,
-        now: NaiveDateTime,
-    ) -> impl Future<Output = QueryResult<bool>> + Send {
-        AsyncIdempotentConnection::take_over(self.conn, record, now)
+    async fn take_over(&mut self, record: &NewRecord<'_>, now: NaiveDateTime) -> QueryResult<bool> {
+        self.send_pending_begin().await?;
+        AsyncIdempotentConnection::take_over(self.conn, record, now).await
     }
 
-    fn complete(
-        &mut self,
-        id: RecordId<'_>,
-        response: &str,
-    ) -> impl Future<Output = QueryResult<usize>> + Send {
-        AsyncIdempotentConnection::complete(self.conn, id, response)
+    async fn complete(&mut self, id: RecordId<'_>, response: &str) -> QueryResult<usize> {
+        self.send_pending_begin().await?;
+        AsyncIdempotentConnection::complete(self.conn, id, response).await
     }
 
-    fn disable_lock_waits(&mut self) -> impl Future<Output = QueryResult<LockWaits>> + Send {
-        AsyncIdempotentConnection::disable_lock_waits(self.conn)
+    async fn disable_lock_waits(&mut self) -> QueryResult<LockWaits> {
+        self.send_pending_begin().await?;
+        AsyncIdempotentConnection::disable_lock_waits(self.conn).await
     }
 
-    fn restore_lock_waits(
-        &mut self,
-        saved: LockWaits,
-        failed: bool,
-    ) -> impl Future<Output = QueryResult<()>> + Send {
-        AsyncIdempotentConnection::restore_lock_waits(self.conn, saved, failed)
+    async fn restore_lock_waits(&mut self, saved: LockWaits, failed: bool) -> QueryResult<()> {
+        self.send_pending_begin().await?;
+        AsyncIdempotentConnection::restore_lock_waits(self.conn, saved, failed).await
     }
 
-    fn reads_from_snapshot(&mut self) -> impl Future<Output = QueryResult<bool>> + Send {
-        AsyncIdempotentConnection::reads_from_snapshot(self.conn)
+    async fn reads_from_snapshot(&mut self) -> QueryResult<bool> {
+        self.send_pending_begin().await?;
+        AsyncIdempotentConnection::reads_from_snapshot(self.conn).await
     }
 }

@@ -246,11 +246,16 @@ impl IdempotentConnection for PgConnection {
 #[cfg(feature = "async")]
 mod nonblocking {
     use std::future::Future;
+    use std::num::NonZeroU32;
     use std::pin::pin;
-    use std::task::{Context, Waker};
+    use std::task::{Context, Poll, Waker};
     use std::time::Duration;
 
     use diesel::QueryResult;
+    use diesel::connection::{
+        InstrumentationEvent, TransactionDepthChange, TransactionManagerStatus,
+    };
+    use diesel::result::Error;
     use diesel_async::{
         AnsiTransactionManager, AsyncConnection, AsyncPgConnection, SimpleAsyncConnection,
         TransactionManager,
@@ -263,6 +268,32 @@ mod nonblocking {
     use crate::record::NewRecord;
     use crate::store::nonblocking::{AsyncIdempotentConnection, depth};
     use crate::store::{Claimed, Load};
+
+    /// Runs two futures concurrently; both outputs.
+    async fn both<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+        let (mut a, mut b) = (pin!(a), pin!(b));
+        let (mut a_out, mut b_out) = (None, None);
+        std::future::poll_fn(|cx| {
+            if a_out.is_none()
+                && let Poll::Ready(out) = a.as_mut().poll(cx)
+            {
+                a_out = Some(out);
+            }
+            if b_out.is_none()
+                && let Poll::Ready(out) = b.as_mut().poll(cx)
+            {
+                b_out = Some(out);
+            }
+            match (a_out.take(), b_out.take()) {
+                (Some(a), Some(b)) => Poll::Ready((a, b)),
+                (a, b) => {
+                    (a_out, b_out) = (a, b);
+                    Poll::Pending
+                }
+            }
+        })
+        .await
+    }
 
     /// `idle_in_transaction_session_timeout`, in milliseconds (at least 1;
     /// the server's maximum is `i32::MAX`).
@@ -286,6 +317,80 @@ mod nonblocking {
                 AnsiTransactionManager::begin_transaction(self).await?;
                 self.batch_execute(&set).await
             }
+        }
+
+        async fn begin_and_claim_or_load(
+            &mut self,
+            abandon_after: Option<Duration>,
+            record: &NewRecord<'_>,
+        ) -> QueryResult<QueryResult<Claimed>> {
+            if depth(self)? != 0 {
+                self.begin_idempotent(abandon_after).await?;
+                return Ok(self.claim_or_load(record).await);
+            }
+            let begin = match abandon_after {
+                None => "BEGIN".to_owned(),
+                Some(after) => format!(
+                    "BEGIN; SET LOCAL idle_in_transaction_session_timeout = {}",
+                    idle_timeout_ms(after)
+                ),
+            };
+            // What `AnsiTransactionManager::begin_transaction` does, with
+            // the claim pipelined behind the `BEGIN`: both futures are
+            // polled together through shared references, so tokio-postgres
+            // writes both requests before either answer comes back.
+            if let TransactionManagerStatus::InError =
+                AnsiTransactionManager::transaction_manager_status_mut(self)
+            {
+                return Err(Error::BrokenTransactionManager);
+            }
+            self.instrumentation()
+                .on_connection_event(InstrumentationEvent::begin_transaction(NonZeroU32::MIN));
+            let (begun, row) = {
+                let (mut first, mut second): (&AsyncPgConnection, &AsyncPgConnection) =
+                    (self, self);
+                // The `BEGIN` is polled once before the claim's future is
+                // made (which records the claim's start): tokio-postgres
+                // queues the `BEGIN` first, and instrumentation sees the
+                // two in the order they are sent.
+                let mut begin = pin!(first.batch_execute(&begin));
+                let mut begun = None;
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(out) = begin.as_mut().poll(cx) {
+                        begun = Some(out);
+                    }
+                    Poll::Ready(())
+                })
+                .await;
+                let claim = diesel_async::RunQueryDsl::get_result::<ClaimOrLoadRow>(
+                    ClaimOrLoad { record },
+                    &mut second,
+                );
+                match begun {
+                    Some(begun) => (begun, claim.await),
+                    None => both(begin, claim).await,
+                }
+            };
+            // A `BEGIN` that failed opened nothing. (Its only failure with
+            // the session still alive would be an error in the same simple
+            // query, after which the claim fails too: the claim never
+            // commits on its own.)
+            begun?;
+            match AnsiTransactionManager::transaction_manager_status_mut(self) {
+                TransactionManagerStatus::Valid(status) => {
+                    status.change_transaction_depth(TransactionDepthChange::IncreaseDepth)?;
+                }
+                TransactionManagerStatus::InError => return Err(Error::BrokenTransactionManager),
+            }
+            Ok(match row {
+                Ok(row) => match claimed(row) {
+                    Some(claimed) => Ok(claimed),
+                    None => <Self as AsyncIdempotentConnection>::load(self, record.id())
+                        .await
+                        .map(|found| found.map_or(Claimed::Vanished, Claimed::Existing)),
+                },
+                Err(e) => Err(e),
+            })
         }
 
         fn abandon(&mut self, depth: u32) {
