@@ -495,57 +495,171 @@ fn mysql_sigkill_mid_body_leaves_no_record_and_the_retry_runs() {
 // ---------------------------------------------------------------------------
 // The connection is dropped in the middle of the body.
 
-/// A call whose session the server ended inside the body returns a typed
-/// error and stores nothing, whether the body returns `Ok` after that (the
-/// result cannot be stored) or runs another statement (which fails).
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-fn connection_dropped_mid_body<B: Killable>() {
-    let _serial = serial();
-    let db = B::fresh();
-    let mut admin = db.connect();
-    for (key, then_statement) in [("dropped-then-ok", false), ("dropped-then-insert", true)] {
-        let mut conn = db.connect();
-        let mut killed = None;
-        let result = pay(&mut conn, key, &NewPayment::eur(300), &mut |conn| {
-            let id = B::session_id(conn)?;
-            B::kill_session(&mut admin, id)?;
-            killed = Some(id);
-            if then_statement {
-                conn.insert_payment(301)?;
+/// The faults a diesel-async connection meets as well, written once as async
+/// code; `blocking_faults` is the same for Diesel's blocking connections.
+#[dual::blocking(mod = blocking_faults)]
+mod async_faults {
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    use super::Killable;
+    use super::is_database_error;
+    use crate::common::{AppError, AsyncSuiteBackend, AsyncTestConn, NewPayment, Payment};
+    use diesel_idempotent::{Error, idempotent};
+
+    /// What the body of [`pay`] does after its insert.
+    pub enum Then<'a> {
+        /// Returns the payment.
+        Pay,
+        /// Fails: only a replay succeeds.
+        Decline,
+        /// Hands its session's id to the closure (which ends the session
+        /// from another connection), then returns the payment or, with
+        /// `then_statement`, first sends one more statement.
+        EndSession {
+            end: &'a mut dyn FnMut(i64) -> diesel::QueryResult<()>,
+            then_statement: bool,
+        },
+    }
+
+    /// The function under test: one payment per key.
+    #[idempotent(key = key, name = "faults.pay", skip(then))]
+    pub async fn pay<C: AsyncTestConn>(
+        conn: &mut C,
+        key: &str,
+        req: &NewPayment,
+        then: Then<'_>,
+    ) -> Result<Payment, AppError> {
+        let id = conn.insert_payment(req.amount).await?;
+        match then {
+            Then::Pay => {}
+            Then::Decline => return Err(AppError::Declined),
+            Then::EndSession {
+                end,
+                then_statement,
+            } => {
+                end(conn.session_id().await?)?;
+                if then_statement {
+                    conn.insert_payment(req.amount + 1).await?;
+                }
             }
-            Ok(())
+        }
+        Ok(Payment {
+            id,
+            amount: req.amount,
+        })
+    }
+
+    /// A call whose session the server ended inside the body returns a
+    /// typed error and stores nothing, whether the body returns `Ok` after
+    /// that (the result cannot be stored) or runs another statement (which
+    /// fails).
+    #[cfg(any(feature = "postgres", feature = "mysql"))]
+    pub async fn connection_dropped_mid_body<B: AsyncSuiteBackend + Killable>() {
+        let _serial = super::serial();
+        let db = B::fresh();
+        let mut admin = db.connect();
+        for (key, then_statement) in [("dropped-then-ok", false), ("dropped-then-insert", true)] {
+            let mut conn = db.connect_async().await;
+            let mut ended = None;
+            let mut end = |id: i64| {
+                ended = Some(id);
+                B::kill_session(&mut admin, id)
+            };
+            let result = pay(
+                &mut conn,
+                key,
+                &NewPayment::eur(300),
+                Then::EndSession {
+                    end: &mut end,
+                    then_statement,
+                },
+            )
+            .await;
+            assert!(ended.is_some(), "{key}: the body ended its own session");
+            let err = result.expect_err("a call whose connection died cannot succeed");
+            println!(
+                "{}: {key}: {err:?} (retryable: {:?})",
+                B::NAME,
+                err.idempotency().map(Error::is_retryable)
+            );
+            assert!(is_database_error(&err), "{key}: a typed error: {err:?}");
+            let mut check = db.connect_async().await;
+            assert_eq!(check.count_records().await.unwrap(), 0, "{key}: no record");
+            assert_eq!(check.count_payments().await.unwrap(), 0, "{key}: no payment");
+        }
+        // Nothing lingers: the retries run their bodies at once (a lock left
+        // behind would fail them).
+        let mut conn = db.connect_async().await;
+        conn.short_lock_waits().await.unwrap();
+        for key in ["dropped-then-ok", "dropped-then-insert"] {
+            pay(&mut conn, key, &NewPayment::eur(300), Then::Pay)
+                .await
+                .expect("retry");
+        }
+        assert_eq!(conn.count_payments().await.unwrap(), 2);
+        assert_eq!(conn.count_records().await.unwrap(), 2);
+    }
+
+    /// The call after a restart fails on the old connection with a typed,
+    /// retryable error; on a new connection the first call's record
+    /// (committed before the restart) replays and a new key runs.
+    #[cfg(feature = "postgres")]
+    pub async fn restart_between_two_calls_is_a_typed_error_then_success<
+        B: AsyncSuiteBackend,
+    >() {
+        let _serial = super::serial();
+        let restart = std::env::var(super::PG_RESTART_VAR).unwrap_or_else(|_| {
+            panic!(
+                "{} is not set: this test restarts the PostgreSQL server and needs a shell \
+                 command that does it and returns once the server accepts connections again; \
+                 ./scripts/test.sh exports one for the server it starts",
+                super::PG_RESTART_VAR
+            )
         });
-        assert!(killed.is_some(), "{key}: the body ended its own session");
-        let err = result.expect_err("a call whose connection died cannot succeed");
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let first = pay(&mut conn, "before-restart", &NewPayment::eur(100), Then::Pay)
+            .await
+            .expect("first call");
+
+        super::restart(&restart);
+
+        let err = pay(&mut conn, "after-restart", &NewPayment::eur(200), Then::Pay)
+            .await
+            .expect_err("the old connection did not survive the restart");
         println!(
-            "{}: {key}: {err:?} (retryable: {:?})",
+            "{}: call on the old connection: {err:?} (retryable: {:?})",
             B::NAME,
             err.idempotency().map(Error::is_retryable)
         );
-        assert!(is_database_error(&err), "{key}: a typed error: {err:?}");
-        let mut check = db.connect();
-        assert_eq!(check.count_records().unwrap(), 0, "{key}: no record");
-        assert_eq!(check.count_payments().unwrap(), 0, "{key}: no payment");
+        assert!(
+            err.idempotency().is_some_and(Error::is_retryable),
+            "a lost connection is a retryable typed error: {err:?}"
+        );
+
+        let mut conn = db.connect_async().await;
+        let replayed = pay(&mut conn, "before-restart", &NewPayment::eur(100), Then::Decline)
+            .await
+            .expect("the record survived the restart");
+        assert_eq!(replayed, first);
+        let second = pay(&mut conn, "after-restart", &NewPayment::eur(200), Then::Pay)
+            .await
+            .expect("a new key runs");
+        assert_eq!(second.amount, 200);
+        assert_eq!(conn.count_payments().await.unwrap(), 2);
+        assert_eq!(conn.count_records().await.unwrap(), 2);
     }
-    // Nothing lingers: the retries run their bodies at once.
-    let mut conn = db.connect();
-    B::fail_fast_on_locks(&mut conn);
-    pay_ok(&mut conn, "dropped-then-ok", 300).expect("retry");
-    pay_ok(&mut conn, "dropped-then-insert", 300).expect("retry");
-    assert_eq!(conn.count_payments().unwrap(), 2);
-    assert_eq!(conn.count_records().unwrap(), 2);
 }
 
 #[cfg(feature = "postgres")]
 #[test]
 fn postgres_connection_dropped_mid_body_is_a_typed_error_and_stores_nothing() {
-    connection_dropped_mid_body::<common::Postgres>();
+    blocking_faults::connection_dropped_mid_body::<common::Postgres>();
 }
 
 #[cfg(feature = "mysql")]
 #[test]
 fn mysql_connection_dropped_mid_body_is_a_typed_error_and_stores_nothing() {
-    connection_dropped_mid_body::<common::Mysql>();
+    blocking_faults::connection_dropped_mid_body::<common::Mysql>();
 }
 
 // ---------------------------------------------------------------------------
@@ -556,53 +670,49 @@ fn mysql_connection_dropped_mid_body_is_a_typed_error_and_stores_nothing() {
 #[cfg(feature = "postgres")]
 const PG_RESTART_VAR: &str = "DIESEL_IDEMPOTENT_PG_RESTART";
 
-/// The call after a restart fails on the old connection with a typed error;
-/// on a new connection the first call's record (committed before the
-/// restart) replays and a new key runs.
+/// Runs the restart command; returns once the server accepts connections
+/// again.
 #[cfg(feature = "postgres")]
-#[test]
-fn postgres_restart_between_two_calls_is_a_typed_error_then_success() {
-    let _serial = serial();
-    let restart = std::env::var(PG_RESTART_VAR).unwrap_or_else(|_| {
-        panic!(
-            "{PG_RESTART_VAR} is not set: this test restarts the PostgreSQL server and needs a \
-             shell command that does it and returns once the server accepts connections again; \
-             ./scripts/test.sh exports one for the server it starts"
-        )
-    });
-    let db = common::Postgres::fresh();
-    let mut conn = db.connect();
-    let first = pay_ok(&mut conn, "before-restart", 100).expect("first call");
-
+fn restart(command: &str) {
     let started = Instant::now();
     let status = Command::new("sh")
-        .args(["-c", &restart])
+        .args(["-c", command])
         .stdout(Stdio::null())
         .status()
         .expect("run the restart command");
     assert!(status.success(), "{PG_RESTART_VAR} failed: {status}");
     println!("postgres: restart took {:?}", started.elapsed());
+}
 
-    let err = pay_ok(&mut conn, "after-restart", 200)
-        .expect_err("the old connection did not survive the restart");
-    println!(
-        "postgres: call on the old connection: {err:?} (retryable: {:?})",
-        err.idempotency().map(Error::is_retryable)
-    );
-    assert!(
-        err.idempotency().is_some_and(Error::is_retryable),
-        "a lost connection is a retryable typed error: {err:?}"
-    );
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_restart_between_two_calls_is_a_typed_error_then_success() {
+    blocking_faults::restart_between_two_calls_is_a_typed_error_then_success::<common::Postgres>();
+}
 
-    let mut conn = db.connect();
-    assert_eq!(
-        replay_only(&mut conn, "before-restart", 100).expect("the record survived the restart"),
-        first
-    );
-    let second = pay_ok(&mut conn, "after-restart", 200).expect("a new key runs");
-    assert_eq!(second.amount, 200);
-    assert_eq!(conn.count_payments().unwrap(), 2);
-    assert_eq!(conn.count_records().unwrap(), 2);
+/// The same faults on diesel-async connections.
+#[cfg(feature = "async")]
+mod nonblocking {
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_connection_dropped_mid_body_is_a_typed_error_and_stores_nothing() {
+        super::async_faults::connection_dropped_mid_body::<crate::common::Postgres>().await;
+    }
+
+    #[cfg(feature = "mysql")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn mysql_connection_dropped_mid_body_is_a_typed_error_and_stores_nothing() {
+        super::async_faults::connection_dropped_mid_body::<crate::common::Mysql>().await;
+    }
+
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_restart_between_two_calls_is_a_typed_error_then_success() {
+        super::async_faults::restart_between_two_calls_is_a_typed_error_then_success::<
+            crate::common::Postgres,
+        >()
+        .await;
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -349,6 +349,10 @@ impl TestConn for SqliteConnection {
         unreachable!("SQLite has no row locks")
     }
 
+    fn session_id(&mut self) -> QueryResult<i64> {
+        unreachable!("SQLite has no server sessions")
+    }
+
     fn create_tricky_index_tables(
         &mut self,
     ) -> QueryResult<Vec<(&'static str, &'static [&'static str], bool)>> {
@@ -495,6 +499,12 @@ impl TestConn for PgConnection {
             .map(drop)
     }
 
+    fn session_id(&mut self) -> QueryResult<i64> {
+        diesel::sql_query("SELECT CAST(pg_backend_pid() AS BIGINT) AS id")
+            .get_result::<Id>(self)
+            .map(|row| row.id)
+    }
+
     fn create_tricky_index_tables(
         &mut self,
     ) -> QueryResult<Vec<(&'static str, &'static [&'static str], bool)>> {
@@ -604,6 +614,12 @@ impl TestConn for MysqlConnection {
             .bind::<BigInt, _>(id)
             .get_result::<Id>(self)
             .map(drop)
+    }
+
+    fn session_id(&mut self) -> QueryResult<i64> {
+        diesel::sql_query("SELECT CAST(CONNECTION_ID() AS SIGNED) AS id")
+            .get_result::<Id>(self)
+            .map(|row| row.id)
     }
 
     fn create_tricky_index_tables(

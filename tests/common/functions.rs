@@ -3,7 +3,6 @@
 //! the same functions as `fn`s over [`TestConn`](super::TestConn).
 
 #[dual::blocking]
-#[cfg(feature = "async")]
 pub mod nonblocking {
     use diesel::QueryResult;
     use diesel_idempotent::{ManualClock, Outcome, idempotent};

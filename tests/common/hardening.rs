@@ -112,7 +112,6 @@ fn claims(log: &[String]) -> usize {
 }
 
 #[dual::blocking(rename(AsyncFnOnce = FnOnce))]
-#[cfg(feature = "async")]
 pub mod nonblocking {
     use std::cell::RefCell;
     use std::collections::{HashMap, HashSet};

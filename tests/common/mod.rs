@@ -120,6 +120,9 @@ pub trait TestConn: IdempotentConnection + Send {
     fn touch_payment(&mut self, id: i64) -> QueryResult<()>;
     /// `SELECT .. FOR UPDATE NOWAIT` of one payment (not on SQLite).
     fn lock_payment_nowait(&mut self, id: i64) -> QueryResult<()>;
+    /// This connection's session on the server (PostgreSQL's backend pid,
+    /// MySQL's connection id; not on SQLite).
+    fn session_id(&mut self) -> QueryResult<i64>;
     /// Tables whose unique indexes are not all guards for a lookup, and what
     /// `unique_index_covers` must answer: (table, columns, covered).
     fn create_tricky_index_tables(

@@ -25,7 +25,6 @@ fn naive(at: DateTime<Utc>) -> chrono::NaiveDateTime {
 }
 
 #[dual::blocking]
-#[cfg(feature = "async")]
 pub mod nonblocking {
     use std::sync::Arc;
     use std::time::Duration;

@@ -2,14 +2,15 @@
 //!
 //! ```text
 //! #[dual::blocking]
-//! #[cfg(feature = "async")]
 //! pub mod nonblocking {
 //!     pub async fn pays<C: AsyncTestConn>(conn: &mut C) {
 //!         conn.insert_payment(1).await.unwrap();
 //!     }
 //! }
 //! ```
-//! emits the module unchanged and, beside it, `pub mod blocking` (the same
+//! emits the module under `#[cfg(feature = "async")]` (the async code needs
+//! diesel-async and tokio; a `cfg` on the module itself would remove it
+//! before this attribute sees it) and, beside it, always, `pub mod blocking` (the same
 //! visibility and doc comments, none of its other attributes; another name
 //! with `#[dual::blocking(mod = name)]`) in which
 //! - `async fn` is `fn`, `async |x|` is `|x|`, `async move |x|` is
@@ -64,6 +65,10 @@ const RENAMES: &[(&str, &str)] = &[
     ("run_response_async", "run_response"),
     ("get_or_create_async", "get_or_create"),
     ("retry_async", "retry"),
+    // The language.
+    ("AsyncFnOnce", "FnOnce"),
+    ("AsyncFnMut", "FnMut"),
+    ("AsyncFn", "Fn"),
 ];
 
 struct Args {
@@ -141,6 +146,7 @@ fn expand(attr: TokenStream, item: TokenStream) -> syn::Result<TokenStream> {
     let name = &args.module;
     let body = rewrite(quote!(#(#items)*), &args.renames);
     Ok(quote! {
+        #[cfg(feature = "async")]
         #module
         #(#docs)*
         #vis mod #name {
