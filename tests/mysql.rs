@@ -23,7 +23,7 @@ fn mysql_backend_skipped_feature_disabled() {
 #[cfg(feature = "mysql")]
 #[test]
 fn edge_optimistic_body_deadlock_in_callers_transaction() {
-    common::edges::optimistic_body_deadlock_in_callers_transaction::<common::Mysql>(
+    common::edges::blocking::optimistic_body_deadlock_in_callers_transaction::<common::Mysql>(
         diesel_idempotent::Mode::Optimistic,
         true,
     );
@@ -32,7 +32,7 @@ fn edge_optimistic_body_deadlock_in_callers_transaction() {
 #[cfg(feature = "mysql")]
 #[test]
 fn edge_optimistic_body_deadlock_then_caller_rollback_keeps_later_writes() {
-    common::edges::optimistic_body_deadlock_in_callers_transaction::<common::Mysql>(
+    common::edges::blocking::optimistic_body_deadlock_in_callers_transaction::<common::Mysql>(
         diesel_idempotent::Mode::Optimistic,
         false,
     );
@@ -41,13 +41,14 @@ fn edge_optimistic_body_deadlock_then_caller_rollback_keeps_later_writes() {
 #[cfg(feature = "mysql")]
 #[test]
 fn edge_optimistic_after_error_read_never_replays_uncommitted() {
-    common::edges::optimistic_after_error_read_never_replays_uncommitted::<common::Mysql>();
+    common::edges::blocking::optimistic_after_error_read_never_replays_uncommitted::<common::Mysql>(
+    );
 }
 
 #[cfg(feature = "mysql")]
 #[test]
 fn edge_optimistic_repeat_too_large() {
-    common::edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
+    common::edges::blocking::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
         common::Mysql,
     >(diesel_idempotent::Mode::Optimistic);
 }
@@ -55,7 +56,7 @@ fn edge_optimistic_repeat_too_large() {
 #[cfg(feature = "mysql")]
 #[test]
 fn edge_claim_first_repeat_too_large() {
-    common::edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
+    common::edges::blocking::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
         common::Mysql,
     >(diesel_idempotent::Mode::ClaimFirst);
 }
@@ -71,21 +72,83 @@ fn edge_claim_first_duplicate_in_snapshot_transaction() {
 #[cfg(feature = "mysql")]
 #[test]
 fn edge_panics_on_replay_paths() {
-    common::edges::panics_on_replay_paths_leave_the_callers_transaction_usable::<common::Mysql>();
+    common::edges::blocking::panics_on_replay_paths_leave_the_callers_transaction_usable::<
+        common::Mysql,
+    >();
 }
 
 #[cfg(feature = "mysql")]
 #[test]
 fn edge_read_first_reject_in_callers_transaction() {
-    common::edges::read_first_reject_in_callers_transaction_answers_at_once::<common::Mysql>(
-        diesel_idempotent::Replay::ReadFirst,
-    );
+    common::edges::blocking::read_first_reject_in_callers_transaction_answers_at_once::<
+        common::Mysql,
+    >(diesel_idempotent::Replay::ReadFirst);
 }
 
 #[cfg(feature = "mysql")]
 #[test]
 fn edge_in_transaction_reject_in_callers_transaction() {
-    common::edges::read_first_reject_in_callers_transaction_answers_at_once::<common::Mysql>(
-        diesel_idempotent::Replay::InTransaction,
-    );
+    common::edges::blocking::read_first_reject_in_callers_transaction_answers_at_once::<
+        common::Mysql,
+    >(diesel_idempotent::Replay::InTransaction);
+}
+
+/// The edge cases on the backend's diesel-async connection.
+#[cfg(all(feature = "mysql", feature = "async"))]
+mod nonblocking_edges {
+    use crate::common::Mysql;
+    use crate::common::edges::nonblocking as edges;
+    use diesel_idempotent::{Mode, Replay};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_optimistic_body_deadlock_in_callers_transaction() {
+        edges::optimistic_body_deadlock_in_callers_transaction::<Mysql>(Mode::Optimistic, true)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_optimistic_body_deadlock_then_caller_rollback_keeps_later_writes() {
+        edges::optimistic_body_deadlock_in_callers_transaction::<Mysql>(Mode::Optimistic, false)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_optimistic_after_error_read_never_replays_uncommitted() {
+        edges::optimistic_after_error_read_never_replays_uncommitted::<Mysql>().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_optimistic_repeat_too_large() {
+        edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<Mysql>(
+            Mode::Optimistic,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_claim_first_repeat_too_large() {
+        edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<Mysql>(
+            Mode::ClaimFirst,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_panics_on_replay_paths() {
+        edges::panics_on_replay_paths_leave_the_callers_transaction_usable::<Mysql>().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_read_first_reject_in_callers_transaction() {
+        edges::read_first_reject_in_callers_transaction_answers_at_once::<Mysql>(Replay::ReadFirst)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_in_transaction_reject_in_callers_transaction() {
+        edges::read_first_reject_in_callers_transaction_answers_at_once::<Mysql>(
+            Replay::InTransaction,
+        )
+        .await;
+    }
 }

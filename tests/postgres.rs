@@ -29,7 +29,7 @@ fn get_or_create_under_repeatable_read_never_reports_not_found() {
 #[cfg(feature = "postgres")]
 #[test]
 fn edge_optimistic_repeat_too_large() {
-    common::edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
+    common::edges::blocking::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
         common::Postgres,
     >(diesel_idempotent::Mode::Optimistic);
 }
@@ -37,7 +37,7 @@ fn edge_optimistic_repeat_too_large() {
 #[cfg(feature = "postgres")]
 #[test]
 fn edge_claim_first_repeat_too_large() {
-    common::edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
+    common::edges::blocking::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
         common::Postgres,
     >(diesel_idempotent::Mode::ClaimFirst);
 }
@@ -53,40 +53,96 @@ fn edge_claim_first_duplicate_in_snapshot_transaction() {
 #[cfg(feature = "postgres")]
 #[test]
 fn edge_pg_claim_or_load_fallback_is_reached() {
-    use common::Backend;
-    let db = common::Postgres::fresh();
-    common::edges::pg_claim_or_load_fallback_is_reached(&db, diesel_idempotent::Mode::ClaimFirst);
-    let db = common::Postgres::fresh();
-    common::edges::pg_claim_or_load_fallback_is_reached(&db, diesel_idempotent::Mode::Optimistic);
+    common::edges::blocking::pg_claim_or_load_fallback_is_reached::<common::Postgres>(
+        diesel_idempotent::Mode::ClaimFirst,
+    );
+    common::edges::blocking::pg_claim_or_load_fallback_is_reached::<common::Postgres>(
+        diesel_idempotent::Mode::Optimistic,
+    );
 }
 
 #[cfg(feature = "postgres")]
 #[test]
 fn edge_pg_call_statements_are_cached() {
-    use common::Backend;
-    let db = common::Postgres::fresh();
-    common::edges::pg_call_statements_are_cached(&db);
+    common::edges::blocking::pg_call_statements_are_cached::<common::Postgres>();
 }
 
 #[cfg(feature = "postgres")]
 #[test]
 fn edge_panics_on_replay_paths() {
-    common::edges::panics_on_replay_paths_leave_the_callers_transaction_usable::<common::Postgres>(
-    );
+    common::edges::blocking::panics_on_replay_paths_leave_the_callers_transaction_usable::<
+        common::Postgres,
+    >();
 }
 
 #[cfg(feature = "postgres")]
 #[test]
 fn edge_read_first_reject_in_callers_transaction() {
-    common::edges::read_first_reject_in_callers_transaction_answers_at_once::<common::Postgres>(
-        diesel_idempotent::Replay::ReadFirst,
-    );
+    common::edges::blocking::read_first_reject_in_callers_transaction_answers_at_once::<
+        common::Postgres,
+    >(diesel_idempotent::Replay::ReadFirst);
 }
 
 #[cfg(feature = "postgres")]
 #[test]
 fn edge_in_transaction_reject_in_callers_transaction() {
-    common::edges::read_first_reject_in_callers_transaction_answers_at_once::<common::Postgres>(
-        diesel_idempotent::Replay::InTransaction,
-    );
+    common::edges::blocking::read_first_reject_in_callers_transaction_answers_at_once::<
+        common::Postgres,
+    >(diesel_idempotent::Replay::InTransaction);
+}
+
+/// The edge cases on the backend's diesel-async connection.
+#[cfg(all(feature = "postgres", feature = "async"))]
+mod nonblocking_edges {
+    use crate::common::Postgres;
+    use crate::common::edges::nonblocking as edges;
+    use diesel_idempotent::{Mode, Replay};
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_optimistic_repeat_too_large() {
+        edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<Postgres>(
+            Mode::Optimistic,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_claim_first_repeat_too_large() {
+        edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<Postgres>(
+            Mode::ClaimFirst,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_pg_claim_or_load_fallback_is_reached() {
+        edges::pg_claim_or_load_fallback_is_reached::<Postgres>(Mode::ClaimFirst).await;
+        edges::pg_claim_or_load_fallback_is_reached::<Postgres>(Mode::Optimistic).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_pg_call_statements_are_cached() {
+        edges::pg_call_statements_are_cached::<Postgres>().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_panics_on_replay_paths() {
+        edges::panics_on_replay_paths_leave_the_callers_transaction_usable::<Postgres>().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_read_first_reject_in_callers_transaction() {
+        edges::read_first_reject_in_callers_transaction_answers_at_once::<Postgres>(
+            Replay::ReadFirst,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_in_transaction_reject_in_callers_transaction() {
+        edges::read_first_reject_in_callers_transaction_answers_at_once::<Postgres>(
+            Replay::InTransaction,
+        )
+        .await;
+    }
 }

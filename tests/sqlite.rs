@@ -23,7 +23,7 @@ fn sqlite_backend_skipped_feature_disabled() {
 #[cfg(feature = "sqlite")]
 #[test]
 fn edge_optimistic_repeat_too_large() {
-    common::edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
+    common::edges::blocking::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
         common::Sqlite,
     >(diesel_idempotent::Mode::Optimistic);
 }
@@ -31,7 +31,7 @@ fn edge_optimistic_repeat_too_large() {
 #[cfg(feature = "sqlite")]
 #[test]
 fn edge_claim_first_repeat_too_large() {
-    common::edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
+    common::edges::blocking::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<
         common::Sqlite,
     >(diesel_idempotent::Mode::ClaimFirst);
 }
@@ -47,5 +47,36 @@ fn edge_claim_first_duplicate_in_snapshot_transaction() {
 #[cfg(feature = "sqlite")]
 #[test]
 fn edge_panics_on_replay_paths() {
-    common::edges::panics_on_replay_paths_leave_the_callers_transaction_usable::<common::Sqlite>();
+    common::edges::blocking::panics_on_replay_paths_leave_the_callers_transaction_usable::<
+        common::Sqlite,
+    >();
+}
+
+/// The edge cases on the backend's diesel-async connection.
+#[cfg(all(feature = "sqlite", feature = "async"))]
+mod nonblocking_edges {
+    use crate::common::Sqlite;
+    use crate::common::edges::nonblocking as edges;
+    use diesel_idempotent::Mode;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_optimistic_repeat_too_large() {
+        edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<Sqlite>(
+            Mode::Optimistic,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_claim_first_repeat_too_large() {
+        edges::optimistic_repeat_replays_even_if_its_own_result_would_be_too_large::<Sqlite>(
+            Mode::ClaimFirst,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_panics_on_replay_paths() {
+        edges::panics_on_replay_paths_leave_the_callers_transaction_usable::<Sqlite>().await;
+    }
 }
