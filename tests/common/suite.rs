@@ -7,6 +7,7 @@
 //! migrations, `unique_index_covers`, the pinned statement counts and
 //! PostgreSQL's REPEATABLE READ creators.
 
+#[cfg(feature = "postgres")]
 use std::sync::Barrier;
 use std::time::Duration;
 
@@ -1452,6 +1453,7 @@ pub fn statements_added_per_call<B: Backend>() {
     assert!(wrong.is_empty(), "[{}] {}", B::NAME, wrong.join("\n"));
 }
 
+/// `unique_index_covers` reads the catalog on a blocking connection only.
 pub fn get_or_create_checks_unique_indexes<B: Backend>() {
     let db = B::fresh();
     let mut conn = db.connect();
