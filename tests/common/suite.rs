@@ -2,26 +2,28 @@
 //!
 //! Written once, as async code over diesel-async connections, in
 //! [`nonblocking`]; `#[dual::blocking]` derives [`blocking`], the same tests
-//! over Diesel's blocking connections, threads for tasks. The tests of
-//! blocking-only APIs (purge, migrations) follow the module.
+//! over Diesel's blocking connections, threads for tasks. The tests that
+//! only the blocking connections can run follow the module: purge,
+//! migrations, `unique_index_covers`, the pinned statement counts and
+//! PostgreSQL's REPEATABLE READ creators.
 
-use std::panic::{self, AssertUnwindSafe};
+#[cfg(feature = "postgres")]
 use std::sync::Barrier;
-use std::sync::mpsc;
 use std::time::Duration;
 
-use chrono::{DateTime, Utc};
 use diesel::connection::Connection;
-use diesel_idempotent::{Call, Clock, Error, IdempotencyRecord, Ttl};
+use diesel_idempotent::Error;
 
 use super::*;
 
-fn record<C: TestConn>(conn: &mut C, namespace: &str, key: &str) -> IdempotencyRecord {
-    conn.load_record(namespace, key).expect("the record")
-}
-
-fn naive(at: DateTime<Utc>) -> chrono::NaiveDateTime {
-    at.naive_utc()
+/// A click event, delivered for the `delivery`th time.
+fn click(occurred_at: i64, delivery: u32) -> ClickEvent {
+    ClickEvent {
+        user_id: 7,
+        url: "https://sho.rt/abc".to_owned(),
+        occurred_at,
+        delivery,
+    }
 }
 
 #[dual::blocking]
@@ -29,13 +31,17 @@ pub mod nonblocking {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use chrono::{DateTime, Utc};
-    use diesel_idempotent::{Clock, IdempotencyRecord};
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use chrono::{DateTime, Utc};
+    use diesel_idempotent::{Call, Clock, Error, IdempotencyRecord, Ttl};
+
+    use super::click;
     use crate::common::functions::nonblocking::*;
     use crate::common::rt::nonblocking as rt;
     use crate::common::{
-        AppError, AsyncSuiteBackend, AsyncTestConn, NewPayment, Payment, Then, clock,
+        Account, AppError, AsyncSuiteBackend, AsyncTestConn, NewPayment, Payment, Then, clock,
     };
 
     async fn record<C: AsyncTestConn>(
@@ -168,302 +174,948 @@ pub mod nonblocking {
         );
         assert_eq!(conn.count_records().await.unwrap(), 1);
     }
-}
 
-// Not yet written once.
+    pub async fn outcome_tells_replays_apart<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let req = NewPayment::eur(7);
+        let first = create_payment_outcome(&mut conn, &clock, "k-o", &req)
+            .await
+            .unwrap();
+        let second = create_payment_outcome(&mut conn, &clock, "k-o", &req)
+            .await
+            .unwrap();
+        assert!(!first.is_replayed());
+        assert!(second.is_replayed());
+        assert_eq!(first.value(), second.value());
+        assert_eq!(conn.count_payments().await.unwrap(), 1);
+    }
 
-pub fn outcome_tells_replays_apart<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let req = NewPayment::eur(7);
-    let first = create_payment_outcome(&mut conn, &clock, "k-o", &req).unwrap();
-    let second = create_payment_outcome(&mut conn, &clock, "k-o", &req).unwrap();
-    assert!(!first.is_replayed());
-    assert!(second.is_replayed());
-    assert_eq!(first.value(), second.value());
-    assert_eq!(conn.count_payments().unwrap(), 1);
-}
+    pub async fn different_payload_is_a_mismatch<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        create_payment(
+            &mut conn,
+            &clock,
+            "k-3",
+            &NewPayment::eur(100),
+            Then::Succeed,
+        )
+        .await
+        .unwrap();
+        let before = record(&mut conn, "tests.create_payment", "k-3").await;
+        for other in [
+            NewPayment::eur(101),
+            NewPayment {
+                amount: 100,
+                currency: "USD".into(),
+            },
+        ] {
+            let err = create_payment(&mut conn, &clock, "k-3", &other, Then::Succeed)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err.idempotency(), Some(Error::PayloadMismatch { key, .. }) if key == "k-3"),
+                "{err:?}"
+            );
+        }
+        assert_eq!(conn.count_payments().await.unwrap(), 1, "nothing changed");
+        assert_eq!(
+            record(&mut conn, "tests.create_payment", "k-3").await,
+            before
+        );
+    }
 
-pub fn different_payload_is_a_mismatch<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    create_payment(
-        &mut conn,
-        &clock,
-        "k-3",
-        &NewPayment::eur(100),
-        Then::Succeed,
-    )
-    .unwrap();
-    let before = record(&mut conn, "tests.create_payment", "k-3");
-    for other in [
-        NewPayment::eur(101),
-        NewPayment {
-            amount: 100,
-            currency: "USD".into(),
-        },
-    ] {
-        let err = create_payment(&mut conn, &clock, "k-3", &other, Then::Succeed).unwrap_err();
+    /// A record written before fingerprints were RFC 8785 carries a `v1:`
+    /// fingerprint: until it expires it replays for its key, whatever the
+    /// request, and its body never runs again; after that the key is free and
+    /// the new record is `v2:`.
+    pub async fn records_of_the_v1_scheme_answer_by_key_until_they_expire<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let first = create_payment(
+            &mut conn,
+            &clock,
+            "k-v1",
+            &NewPayment::eur(7),
+            Then::Succeed,
+        )
+        .await
+        .unwrap();
+        let v1 = format!("v1:{}", "0123456789abcdef".repeat(4));
+        assert_eq!(
+            conn.set_record_fingerprint("tests.create_payment", "k-v1", &v1)
+                .await
+                .unwrap(),
+            1
+        );
+        let before = record(&mut conn, "tests.create_payment", "k-v1").await;
+        for request in [NewPayment::eur(7), NewPayment::eur(8)] {
+            let again = create_payment(&mut conn, &clock, "k-v1", &request, Then::Succeed)
+                .await
+                .unwrap();
+            assert_eq!(again, first, "replayed from the v1 record");
+        }
+        assert_eq!(conn.count_payments().await.unwrap(), 1, "the body ran once");
+        assert_eq!(
+            record(&mut conn, "tests.create_payment", "k-v1").await,
+            before
+        );
+
+        clock.advance(Duration::from_secs(3600));
+        let renewed = create_payment(
+            &mut conn,
+            &clock,
+            "k-v1",
+            &NewPayment::eur(9),
+            Then::Succeed,
+        )
+        .await
+        .unwrap();
+        assert_eq!(renewed.amount, 9);
+        assert_eq!(conn.count_payments().await.unwrap(), 2);
+        let rec = record(&mut conn, "tests.create_payment", "k-v1").await;
+        assert!(rec.fingerprint.starts_with("v2:"), "{}", rec.fingerprint);
+        // The renewed record is compared again.
+        let err = create_payment(
+            &mut conn,
+            &clock,
+            "k-v1",
+            &NewPayment::eur(7),
+            Then::Succeed,
+        )
+        .await
+        .unwrap_err();
         assert!(
-            matches!(err.idempotency(), Some(Error::PayloadMismatch { key, .. }) if key == "k-3"),
+            matches!(err.idempotency(), Some(Error::PayloadMismatch { .. })),
             "{err:?}"
         );
     }
-    assert_eq!(conn.count_payments().unwrap(), 1, "nothing changed");
-    assert_eq!(record(&mut conn, "tests.create_payment", "k-3"), before);
-}
 
-/// A record written before fingerprints were RFC 8785 carries a `v1:`
-/// fingerprint: until it expires it replays for its key, whatever the
-/// request, and its body never runs again; after that the key is free and
-/// the new record is `v2:`.
-pub fn records_of_the_v1_scheme_answer_by_key_until_they_expire<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let first = create_payment(
-        &mut conn,
-        &clock,
-        "k-v1",
-        &NewPayment::eur(7),
-        Then::Succeed,
-    )
-    .unwrap();
-    let v1 = format!("v1:{}", "0123456789abcdef".repeat(4));
-    assert_eq!(
-        conn.set_record_fingerprint("tests.create_payment", "k-v1", &v1)
-            .unwrap(),
-        1
-    );
-    let before = record(&mut conn, "tests.create_payment", "k-v1");
-    for request in [NewPayment::eur(7), NewPayment::eur(8)] {
-        let again = create_payment(&mut conn, &clock, "k-v1", &request, Then::Succeed).unwrap();
-        assert_eq!(again, first, "replayed from the v1 record");
+    pub async fn invalid_keys_are_rejected_before_the_body<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let long = "k".repeat(256);
+        for key in [
+            "",
+            "has space",
+            "line\nbreak",
+            "tab\t",
+            "naïve",
+            long.as_str(),
+        ] {
+            let err = create_payment(&mut conn, &clock, key, &NewPayment::eur(1), Then::Succeed)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(err.idempotency(), Some(Error::InvalidKey { .. })),
+                "{key:?}: {err:?}"
+            );
+        }
+        let max = "k".repeat(255);
+        create_payment(&mut conn, &clock, &max, &NewPayment::eur(1), Then::Succeed)
+            .await
+            .unwrap();
+        assert_eq!(
+            conn.count_payments().await.unwrap(),
+            1,
+            "only the valid key ran the body"
+        );
+        assert_eq!(conn.count_records().await.unwrap(), 1);
     }
-    assert_eq!(conn.count_payments().unwrap(), 1, "the body ran once");
-    assert_eq!(record(&mut conn, "tests.create_payment", "k-v1"), before);
 
-    clock.advance(Duration::from_secs(3600));
-    let renewed = create_payment(
-        &mut conn,
-        &clock,
-        "k-v1",
-        &NewPayment::eur(9),
-        Then::Succeed,
-    )
-    .unwrap();
-    assert_eq!(renewed.amount, 9);
-    assert_eq!(conn.count_payments().unwrap(), 2);
-    let rec = record(&mut conn, "tests.create_payment", "k-v1");
-    assert!(rec.fingerprint.starts_with("v2:"), "{}", rec.fingerprint);
-    // The renewed record is compared again.
-    let err = create_payment(
-        &mut conn,
-        &clock,
-        "k-v1",
-        &NewPayment::eur(7),
-        Then::Succeed,
-    )
-    .unwrap_err();
-    assert!(
-        matches!(err.idempotency(), Some(Error::PayloadMismatch { .. })),
-        "{err:?}"
-    );
-}
-
-pub fn invalid_keys_are_rejected_before_the_body<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let long = "k".repeat(256);
-    for key in [
-        "",
-        "has space",
-        "line\nbreak",
-        "tab\t",
-        "naïve",
-        long.as_str(),
-    ] {
-        let err =
-            create_payment(&mut conn, &clock, key, &NewPayment::eur(1), Then::Succeed).unwrap_err();
+    pub async fn body_error_leaves_no_record<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let req = NewPayment::eur(42);
+        let err = create_payment(&mut conn, &clock, "k-4", &req, Then::Fail)
+            .await
+            .unwrap_err();
         assert!(
-            matches!(err.idempotency(), Some(Error::InvalidKey { .. })),
-            "{key:?}: {err:?}"
+            matches!(err, AppError::Declined),
+            "the body's own error: {err:?}"
+        );
+        assert_eq!(conn.count_records().await.unwrap(), 0);
+        assert_eq!(
+            conn.count_payments().await.unwrap(),
+            0,
+            "the body's insert rolled back"
+        );
+        // The retry runs the body again.
+        create_payment(&mut conn, &clock, "k-4", &req, Then::Succeed)
+            .await
+            .unwrap();
+        assert_eq!(conn.count_payments().await.unwrap(), 1);
+        assert_eq!(conn.count_records().await.unwrap(), 1);
+    }
+
+    pub async fn body_panic_leaves_no_record<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let req = NewPayment::eur(42);
+        let caught = rt::catch_panic(|| async {
+            create_payment(&mut conn, &clock, "k-5", &req, Then::Panic).await
+        })
+        .await;
+        let payload = caught.expect_err("the panic propagates to the caller");
+        assert_eq!(
+            payload.downcast_ref::<&str>().copied(),
+            Some("injected panic after the payment insert")
+        );
+        // The same connection is usable and out of any transaction.
+        assert_eq!(conn.count_records().await.unwrap(), 0);
+        assert_eq!(conn.count_payments().await.unwrap(), 0);
+        create_payment(&mut conn, &clock, "k-5", &req, Then::Succeed)
+            .await
+            .unwrap();
+        assert_eq!(
+            db.connect_async().await.count_payments().await.unwrap(),
+            1,
+            "committed for others to see"
         );
     }
-    let max = "k".repeat(255);
-    create_payment(&mut conn, &clock, &max, &NewPayment::eur(1), Then::Succeed).unwrap();
-    assert_eq!(
-        conn.count_payments().unwrap(),
-        1,
-        "only the valid key ran the body"
-    );
-    assert_eq!(conn.count_records().unwrap(), 1);
-}
 
-pub fn body_error_leaves_no_record<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let req = NewPayment::eur(42);
-    let err = create_payment(&mut conn, &clock, "k-4", &req, Then::Fail).unwrap_err();
-    assert!(
-        matches!(err, AppError::Declined),
-        "the body's own error: {err:?}"
-    );
-    assert_eq!(conn.count_records().unwrap(), 0);
-    assert_eq!(
-        conn.count_payments().unwrap(),
-        0,
-        "the body's insert rolled back"
-    );
-    // The retry runs the body again.
-    create_payment(&mut conn, &clock, "k-4", &req, Then::Succeed).unwrap();
-    assert_eq!(conn.count_payments().unwrap(), 1);
-    assert_eq!(conn.count_records().unwrap(), 1);
-}
+    pub async fn caller_rollback_removes_record<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let req = NewPayment::eur(9);
+        let result: Result<(), AppError> = rt::transaction(&mut conn, async |conn| {
+            create_payment(conn, &clock, "k-6", &req, Then::Succeed).await?;
+            assert_eq!(
+                conn.count_records().await?,
+                1,
+                "visible inside the transaction"
+            );
+            Err(AppError::Declined)
+        })
+        .await;
+        assert!(matches!(result, Err(AppError::Declined)));
+        assert_eq!(
+            conn.count_records().await.unwrap(),
+            0,
+            "the record rolled back with the caller"
+        );
+        assert_eq!(conn.count_payments().await.unwrap(), 0);
+        let again = create_payment(&mut conn, &clock, "k-6", &req, Then::Succeed).await;
+        assert!(again.is_ok(), "the retry runs the body: {again:?}");
+        assert_eq!(conn.count_payments().await.unwrap(), 1);
+    }
 
-pub fn body_panic_leaves_no_record<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let req = NewPayment::eur(42);
-    let caught = panic::catch_unwind(AssertUnwindSafe(|| {
-        create_payment(&mut conn, &clock, "k-5", &req, Then::Panic)
-    }));
-    let payload = caught.expect_err("the panic propagates to the caller");
-    assert_eq!(
-        payload.downcast_ref::<&str>().copied(),
-        Some("injected panic after the payment insert")
-    );
-    // The same connection is usable and out of any transaction.
-    assert_eq!(conn.count_records().unwrap(), 0);
-    assert_eq!(conn.count_payments().unwrap(), 0);
-    create_payment(&mut conn, &clock, "k-5", &req, Then::Succeed).unwrap();
-    assert_eq!(
-        db.connect().count_payments().unwrap(),
-        1,
-        "committed for others to see"
-    );
-}
-
-pub fn caller_rollback_removes_record<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let req = NewPayment::eur(9);
-    let result: Result<(), AppError> = conn.transaction(|conn| {
-        create_payment(conn, &clock, "k-6", &req, Then::Succeed)?;
-        assert_eq!(conn.count_records()?, 1, "visible inside the transaction");
-        Err(AppError::Declined)
-    });
-    assert!(matches!(result, Err(AppError::Declined)));
-    assert_eq!(
-        conn.count_records().unwrap(),
-        0,
-        "the record rolled back with the caller"
-    );
-    assert_eq!(conn.count_payments().unwrap(), 0);
-    let again = create_payment(&mut conn, &clock, "k-6", &req, Then::Succeed);
-    assert!(again.is_ok(), "the retry runs the body: {again:?}");
-    assert_eq!(conn.count_payments().unwrap(), 1);
-}
-
-pub fn caller_commit_keeps_record<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let req = NewPayment::eur(9);
-    let first = conn
-        .transaction(|conn| {
-            let p = create_payment(conn, &clock, "k-7", &req, Then::Succeed)?;
+    pub async fn caller_commit_keeps_record<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let req = NewPayment::eur(9);
+        let first = rt::transaction(&mut conn, async |conn| {
+            let p = create_payment(conn, &clock, "k-7", &req, Then::Succeed).await?;
             // A replay inside the same transaction sees the uncommitted record.
-            let again = create_payment(conn, &clock, "k-7", &req, Then::Succeed)?;
+            let again = create_payment(conn, &clock, "k-7", &req, Then::Succeed).await?;
             assert_eq!(p, again);
             Ok::<_, AppError>(p)
         })
+        .await
         .unwrap();
-    let mut other = db.connect();
-    let replay = create_payment(&mut other, &clock, "k-7", &req, Then::Fail).unwrap();
-    assert_eq!(first, replay);
-    assert_eq!(other.count_payments().unwrap(), 1);
-}
-
-pub fn expired_record_is_treated_as_absent<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let first =
-        create_payment(&mut conn, &clock, "k-8", &NewPayment::eur(1), Then::Succeed).unwrap();
-    clock.advance(Duration::from_secs(3600));
-    // Expired (expires_at == now): a different payload is not a mismatch.
-    let second =
-        create_payment(&mut conn, &clock, "k-8", &NewPayment::eur(2), Then::Succeed).unwrap();
-    assert_ne!(first, second);
-    assert_eq!(second.amount, 2);
-    assert_eq!(conn.count_payments().unwrap(), 2);
-    let rec = record(&mut conn, "tests.create_payment", "k-8");
-    assert_eq!(rec.created_at, naive(clock.now()), "the record was renewed");
-    assert_eq!(conn.count_records().unwrap(), 1);
-    // And the renewed record replays.
-    let third =
-        create_payment(&mut conn, &clock, "k-8", &NewPayment::eur(2), Then::Succeed).unwrap();
-    assert_eq!(second, third);
-    assert_eq!(conn.count_payments().unwrap(), 2);
-}
-
-pub fn scopes_keep_tenants_apart<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let req = NewPayment::eur(3);
-    let a = create_scoped(&mut conn, &clock, "tenant-a", "same-key", &req).unwrap();
-    let b = create_scoped(&mut conn, &clock, "tenant-b", "same-key", &req).unwrap();
-    assert_ne!(a.id, b.id);
-    let a2 = create_scoped(&mut conn, &clock, "tenant-a", "same-key", &req).unwrap();
-    assert_eq!(a, a2);
-    assert_eq!(conn.count_payments().unwrap(), 2);
-    let scoped = record(&mut conn, "tests.create_scoped", "same-key");
-    assert!(scoped.scope.starts_with("tenant-"));
-}
-
-pub fn functions_have_separate_namespaces<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let req = NewPayment::eur(10);
-    let pay = create_payment(&mut conn, &clock, "shared", &req, Then::Succeed).unwrap();
-    let refund = create_refund(&mut conn, &clock, "shared", &req).unwrap();
-    assert_eq!(pay.amount, 10);
-    assert_eq!(refund.amount, -10);
-    let namespace = format!(
-        "{}::create_refund",
-        module_path!().trim_end_matches("::suite")
-    );
-    let rec = record(&mut conn, &namespace, "shared");
-    assert!(
-        rec.response.is_some(),
-        "default namespace is module path + fn name"
-    );
-}
-
-pub fn unreadable_stored_result_is_a_typed_error<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let req = NewPayment::eur(11);
-    create_payment(&mut conn, &clock, "k-9", &req, Then::Succeed).unwrap();
-    let err = create_payment_v2(&mut conn, &clock, "k-9", &req, Then::Succeed).unwrap_err();
-    match err.idempotency() {
-        Some(e @ Error::StoredResultUnreadable { key, .. }) => {
-            assert_eq!(key, "k-9");
-            assert!(e.to_string().contains("settled_at"), "{e}");
-        }
-        other => panic!("expected StoredResultUnreadable, got {other:?}"),
+        let mut other = db.connect_async().await;
+        let replay = create_payment(&mut other, &clock, "k-7", &req, Then::Fail)
+            .await
+            .unwrap();
+        assert_eq!(first, replay);
+        assert_eq!(other.count_payments().await.unwrap(), 1);
     }
-    assert_eq!(conn.count_payments().unwrap(), 1);
+
+    pub async fn expired_record_is_treated_as_absent<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let first = create_payment(&mut conn, &clock, "k-8", &NewPayment::eur(1), Then::Succeed)
+            .await
+            .unwrap();
+        clock.advance(Duration::from_secs(3600));
+        // Expired (expires_at == now): a different payload is not a mismatch.
+        let second = create_payment(&mut conn, &clock, "k-8", &NewPayment::eur(2), Then::Succeed)
+            .await
+            .unwrap();
+        assert_ne!(first, second);
+        assert_eq!(second.amount, 2);
+        assert_eq!(conn.count_payments().await.unwrap(), 2);
+        let rec = record(&mut conn, "tests.create_payment", "k-8").await;
+        assert_eq!(rec.created_at, naive(clock.now()), "the record was renewed");
+        assert_eq!(conn.count_records().await.unwrap(), 1);
+        // And the renewed record replays.
+        let third = create_payment(&mut conn, &clock, "k-8", &NewPayment::eur(2), Then::Succeed)
+            .await
+            .unwrap();
+        assert_eq!(second, third);
+        assert_eq!(conn.count_payments().await.unwrap(), 2);
+    }
+
+    pub async fn scopes_keep_tenants_apart<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let req = NewPayment::eur(3);
+        let a = create_scoped(&mut conn, &clock, "tenant-a", "same-key", &req)
+            .await
+            .unwrap();
+        let b = create_scoped(&mut conn, &clock, "tenant-b", "same-key", &req)
+            .await
+            .unwrap();
+        assert_ne!(a.id, b.id);
+        let a2 = create_scoped(&mut conn, &clock, "tenant-a", "same-key", &req)
+            .await
+            .unwrap();
+        assert_eq!(a, a2);
+        assert_eq!(conn.count_payments().await.unwrap(), 2);
+        let scoped = record(&mut conn, "tests.create_scoped", "same-key").await;
+        assert!(scoped.scope.starts_with("tenant-"));
+    }
+
+    pub async fn functions_have_separate_namespaces<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let req = NewPayment::eur(10);
+        let pay = create_payment(&mut conn, &clock, "shared", &req, Then::Succeed)
+            .await
+            .unwrap();
+        let refund = create_refund(&mut conn, &clock, "shared", &req)
+            .await
+            .unwrap();
+        assert_eq!(pay.amount, 10);
+        assert_eq!(refund.amount, -10);
+        // The functions under test live in `common::functions::<this flavour>`.
+        let namespace = format!(
+            "{}::create_refund",
+            module_path!().replace("::suite::", "::functions::")
+        );
+        let rec = record(&mut conn, &namespace, "shared").await;
+        assert!(
+            rec.response.is_some(),
+            "default namespace is module path + fn name"
+        );
+    }
+
+    pub async fn unreadable_stored_result_is_a_typed_error<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let req = NewPayment::eur(11);
+        create_payment(&mut conn, &clock, "k-9", &req, Then::Succeed)
+            .await
+            .unwrap();
+        let err = create_payment_v2(&mut conn, &clock, "k-9", &req, Then::Succeed)
+            .await
+            .unwrap_err();
+        match err.idempotency() {
+            Some(e @ Error::StoredResultUnreadable { key, .. }) => {
+                assert_eq!(key, "k-9");
+                assert!(e.to_string().contains("settled_at"), "{e}");
+            }
+            other => panic!("expected StoredResultUnreadable, got {other:?}"),
+        }
+        assert_eq!(conn.count_payments().await.unwrap(), 1);
+    }
+
+    pub async fn runtime_call_api<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let run = async |conn: &mut B::AsyncConn, amount: i64| {
+            Call::new("tests.runtime", "rt-1")
+                .scope("tenant-1")
+                .ttl(Ttl::parse("10m").unwrap())
+                .clock(&clock)
+                .request(&amount)
+                .run_async(
+                    conn,
+                    async |conn: &mut B::AsyncConn| -> Result<i64, AppError> {
+                        Ok(conn.insert_payment(amount).await?)
+                    },
+                )
+                .await
+        };
+        let first = run(&mut conn, 70).await.unwrap();
+        let second = run(&mut conn, 70).await.unwrap();
+        assert!(!first.is_replayed() && second.is_replayed());
+        assert_eq!(first.into_value(), second.into_value());
+        assert!(matches!(
+            run(&mut conn, 71).await.unwrap_err().idempotency(),
+            Some(Error::PayloadMismatch { .. })
+        ));
+        let rec = record(&mut conn, "tests.runtime", "rt-1").await;
+        assert_eq!(rec.scope, "tenant-1");
+        assert_eq!(
+            rec.expires_at - rec.created_at,
+            chrono::Duration::minutes(10)
+        );
+    }
+
+    pub async fn hash_of_arguments_replays_repeats<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let event = click(1_000, 1);
+        let first = consume(&mut conn, &clock, &event).await.unwrap();
+        let again = consume(&mut conn, &clock, &event.clone()).await.unwrap();
+        assert_eq!(first, again);
+        assert_eq!(
+            conn.count_payments().await.unwrap(),
+            1,
+            "a redelivery does not run the body"
+        );
+        // Another event, or another delivery of it (every argument counts), runs.
+        consume(&mut conn, &clock, &click(1_001, 1)).await.unwrap();
+        consume(&mut conn, &clock, &click(1_000, 2)).await.unwrap();
+        assert_eq!(conn.count_payments().await.unwrap(), 3);
+        // The key is the public fingerprint of the arguments.
+        let key = diesel_idempotent::fingerprint(&event).unwrap();
+        let rec = record(&mut conn, "tests.consume", key.as_str()).await;
+        assert_eq!(rec.fingerprint, key.as_str());
+        // The record expires like any other: after 7 days the call runs again.
+        clock.advance(Duration::from_secs(7 * 24 * 3600));
+        consume(&mut conn, &clock, &event).await.unwrap();
+        assert_eq!(conn.count_payments().await.unwrap(), 4);
+    }
+
+    pub async fn hash_of_named_values_ignores_other_fields<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let first = consume_fields(&mut conn, &clock, &click(2_000, 1))
+            .await
+            .unwrap();
+        let redelivered = consume_fields(&mut conn, &clock, &click(2_000, 9))
+            .await
+            .unwrap();
+        assert_eq!(
+            first, redelivered,
+            "only the named values identify the event"
+        );
+        assert_eq!(conn.count_payments().await.unwrap(), 1);
+        consume_fields(&mut conn, &clock, &click(2_001, 1))
+            .await
+            .unwrap();
+        assert_eq!(conn.count_payments().await.unwrap(), 2);
+        let e = click(2_000, 1);
+        let key = diesel_idempotent::Fingerprint::builder()
+            .arg(&e.user_id)
+            .arg(&e.url)
+            .arg(&e.occurred_at)
+            .finish()
+            .unwrap();
+        assert!(
+            record(&mut conn, "tests.consume_fields", key.as_str())
+                .await
+                .response
+                .is_some()
+        );
+    }
+
+    pub async fn webhook_dedup_by_id_or_body<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let json = |text: &str| -> serde_json::Value { serde_json::from_str(text).unwrap() };
+        let body = json(r#"{"type":"payment.succeeded","amount":1200}"#);
+        let a = receive_webhook(&mut conn, &clock, Some("evt_1"), &body)
+            .await
+            .unwrap();
+        let a2 = receive_webhook(&mut conn, &clock, Some("evt_1"), &body)
+            .await
+            .unwrap();
+        assert_eq!(a, a2, "redelivered with the provider's id");
+        let other = json(r#"{"type":"payment.refunded","amount":1200}"#);
+        let b = receive_webhook(&mut conn, &clock, None, &other)
+            .await
+            .unwrap();
+        let reserialized = json("{ \"amount\": 1200,\n  \"type\": \"payment.refunded\" }");
+        let b2 = receive_webhook(&mut conn, &clock, None, &reserialized)
+            .await
+            .unwrap();
+        assert_eq!(
+            b, b2,
+            "redelivered without an id, serialized again: recognised by its parsed body"
+        );
+        receive_webhook(&mut conn, &clock, None, &json("{}"))
+            .await
+            .unwrap();
+        assert_eq!(conn.count_payments().await.unwrap(), 3);
+        let by_body = diesel_idempotent::id_or_body_hash(None, &other);
+        assert!(
+            record(&mut conn, "tests.webhook", &by_body)
+                .await
+                .response
+                .is_some()
+        );
+    }
+
+    pub async fn retried_batch_reruns_only_missing_items<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let amounts = [10, 20, 30, 40, 50, 60];
+        let k = 3;
+        let err = process_batch(&mut conn, &clock, "batch-1", &amounts, Some(k))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AppError::Declined));
+        assert_eq!(
+            conn.count_payments().await.unwrap(),
+            k as i64,
+            "items before k committed"
+        );
+        assert_eq!(
+            conn.count_records().await.unwrap(),
+            k as i64,
+            "item k left no record"
+        );
+        let mut ids_before: Vec<i64> = Vec::with_capacity(k);
+        for i in 0..k {
+            let rec = record(
+                &mut conn,
+                "tests.batch_item",
+                &diesel_idempotent::sub_key("batch-1", i),
+            )
+            .await;
+            ids_before.push(serde_json::from_str(rec.response.as_deref().unwrap()).unwrap());
+        }
+        let retried = process_batch(&mut conn, &clock, "batch-1", &amounts, None)
+            .await
+            .unwrap();
+        assert_eq!(&retried[..k], &ids_before[..], "items before k replayed");
+        assert_eq!(
+            conn.count_payments().await.unwrap(),
+            amounts.len() as i64,
+            "only the missing items ran"
+        );
+        let again = process_batch(&mut conn, &clock, "batch-1", &amounts, Some(0))
+            .await
+            .unwrap();
+        assert_eq!(again, retried, "a third attempt replays everything");
+        assert_eq!(conn.count_payments().await.unwrap(), amounts.len() as i64);
+    }
+
+    pub async fn get_or_create_returns_the_existing_row<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let first = open_account(&mut conn, 1, 10).await.unwrap();
+        let again = open_account(&mut conn, 1, 10).await.unwrap();
+        assert_eq!(first, again, "a double-click opens one account");
+        let other_bank = open_account(&mut conn, 1, 11).await.unwrap();
+        assert_ne!(first.id, other_bank.id);
+        assert_eq!(conn.count_accounts().await.unwrap(), 2);
+        // Inside a caller's transaction too, and with an application error type.
+        let inside = rt::transaction(&mut conn, async |conn| {
+            open_account_checked(conn, 1, 10).await
+        })
+        .await
+        .unwrap();
+        assert_eq!(inside, first);
+        assert_eq!(
+            conn.count_records().await.unwrap(),
+            0,
+            "no idempotency record is kept"
+        );
+    }
+
+    pub async fn get_or_create_propagates_other_errors<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let err = open_account_checked(&mut conn, 2, -1).await.unwrap_err();
+        assert!(matches!(err, AppError::Declined), "{err:?}");
+        assert_eq!(conn.count_accounts().await.unwrap(), 0);
+        // A unique violation that the lookup does not explain is returned as is:
+        // here the lookup is by another key than the constraint that fired.
+        open_account(&mut conn, 3, 30).await.unwrap();
+        let err = diesel_idempotent::get_or_create_async(
+            &mut conn,
+            async |_: &mut B::AsyncConn| Ok(None::<Account>),
+            async |conn: &mut B::AsyncConn| conn.insert_account(3, 30).await,
+        )
+        .await
+        .unwrap_err();
+        assert!(
+            diesel_idempotent::UniqueViolation::is_unique_violation(&err),
+            "{err:?}"
+        );
+        assert_eq!(conn.count_accounts().await.unwrap(), 1);
+    }
+
+    pub async fn oversized_result_is_refused_and_nothing_stored<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let err = big_result(&mut conn, &clock, "big", 4096)
+            .await
+            .unwrap_err();
+        match err.idempotency() {
+            Some(Error::ResponseTooLarge {
+                key, size, limit, ..
+            }) => {
+                assert_eq!((key.as_str(), *size, *limit), ("big", 4098, 1024));
+            }
+            other => panic!("expected ResponseTooLarge, got {other:?}"),
+        }
+        assert_eq!(
+            conn.count_records().await.unwrap(),
+            0,
+            "nothing half-stored"
+        );
+        assert_eq!(
+            conn.count_payments().await.unwrap(),
+            0,
+            "the body's effects rolled back"
+        );
+        assert_eq!(
+            big_result(&mut conn, &clock, "small", 100)
+                .await
+                .unwrap()
+                .len(),
+            100
+        );
+        assert_eq!(conn.count_records().await.unwrap(), 1);
+    }
+
+    /// Waits for every task, in order; a task's panic is this one's.
+    async fn join_all<T>(tasks: Vec<rt::Task<T>>) -> Vec<T> {
+        let mut values = Vec::with_capacity(tasks.len());
+        for task in tasks {
+            values.push(rt::join(task).await);
+        }
+        values
+    }
+
+    /// 16 threads on 16 connections call with one key at once, 50 rounds: the
+    /// body runs exactly once per round and all 16 get equal results.
+    pub async fn concurrent_duplicates_run_body_once<B: AsyncSuiteBackend>() {
+        const THREADS: usize = 16;
+        const ROUNDS: usize = 50;
+        let db = Arc::new(B::fresh());
+        let clock = Arc::new(clock());
+        let barrier = Arc::new(rt::Barrier::new(THREADS));
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (db, clock, barrier) =
+                    (Arc::clone(&db), Arc::clone(&clock), Arc::clone(&barrier));
+                rt::spawn(move || async move {
+                    let mut conn = db.connect_async().await;
+                    let mut results = Vec::with_capacity(ROUNDS);
+                    for round in 0..ROUNDS {
+                        barrier.wait().await;
+                        let req = NewPayment::eur(round as i64);
+                        let payment = create_payment(
+                            &mut conn,
+                            &clock,
+                            &format!("round-{round}"),
+                            &req,
+                            Then::Succeed,
+                        )
+                        .await
+                        .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                        results.push(payment);
+                    }
+                    results
+                })
+            })
+            .collect();
+        let per_thread: Vec<Vec<Payment>> = join_all(workers).await;
+        for round in 0..ROUNDS {
+            let first = &per_thread[0][round];
+            assert!(
+                per_thread.iter().all(|results| &results[round] == first),
+                "round {round} differs"
+            );
+        }
+        let mut conn = db.connect_async().await;
+        let executions = conn.count_payments().await.unwrap();
+        println!(
+            "[{}] {THREADS} threads x {ROUNDS} rounds: {executions} body executions, {} records",
+            B::NAME,
+            conn.count_records().await.unwrap()
+        );
+        assert_eq!(executions, ROUNDS as i64, "exactly one execution per key");
+    }
+
+    /// An expired record, then 16 threads racing to take its key over, 20
+    /// rounds: exactly one of them runs the body, the others replay its result.
+    pub async fn concurrent_takeover_of_expired_record_runs_body_once<B: AsyncSuiteBackend>() {
+        const THREADS: usize = 16;
+        const ROUNDS: usize = 20;
+        let db = Arc::new(B::fresh());
+        let clock = Arc::new(clock());
+        let barrier = Arc::new(rt::Barrier::new(THREADS));
+        let key = "expiring";
+        let mut conn = db.connect_async().await;
+        create_payment(&mut conn, &clock, key, &NewPayment::eur(-1), Then::Succeed)
+            .await
+            .unwrap();
+        for round in 0..ROUNDS {
+            clock.advance(Duration::from_secs(3600)); // the record just expired
+            let req = NewPayment::eur(round as i64);
+            let workers: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    let (db, clock, barrier, req) = (
+                        Arc::clone(&db),
+                        Arc::clone(&clock),
+                        Arc::clone(&barrier),
+                        req.clone(),
+                    );
+                    rt::spawn(move || async move {
+                        let mut conn = db.connect_async().await;
+                        barrier.wait().await;
+                        create_payment(&mut conn, &clock, key, &req, Then::Succeed)
+                            .await
+                            .unwrap_or_else(|e| panic!("round {round}: {e}"))
+                    })
+                })
+                .collect();
+            let results: Vec<Payment> = join_all(workers).await;
+            assert!(
+                results.iter().all(|p| p == &results[0]),
+                "round {round} differs"
+            );
+            assert_eq!(
+                results[0].amount, round as i64,
+                "round {round} took the key over"
+            );
+            assert_eq!(
+                conn.count_payments().await.unwrap(),
+                round as i64 + 2,
+                "round {round}"
+            );
+        }
+        assert_eq!(conn.count_records().await.unwrap(), 1);
+    }
+
+    /// 16 consumers receive the same redelivered event at once, 30 rounds.
+    pub async fn concurrent_redeliveries_run_hash_body_once<B: AsyncSuiteBackend>() {
+        const THREADS: usize = 16;
+        const ROUNDS: i64 = 30;
+        let db = Arc::new(B::fresh());
+        let clock = Arc::new(clock());
+        let barrier = Arc::new(rt::Barrier::new(THREADS));
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (db, clock, barrier) =
+                    (Arc::clone(&db), Arc::clone(&clock), Arc::clone(&barrier));
+                rt::spawn(move || async move {
+                    let mut conn = db.connect_async().await;
+                    for round in 0..ROUNDS {
+                        barrier.wait().await;
+                        consume(&mut conn, &clock, &click(round, 1))
+                            .await
+                            .unwrap_or_else(|e| panic!("round {round}: {e}"));
+                    }
+                })
+            })
+            .collect();
+        join_all(workers).await;
+        assert_eq!(
+            db.connect_async().await.count_payments().await.unwrap(),
+            ROUNDS
+        );
+    }
+
+    /// 16 creators of the same natural key at once, 20 rounds: one row each
+    /// round, every caller gets it, no error surfaces.
+    pub async fn concurrent_creators_get_one_row<B: AsyncSuiteBackend>() {
+        const THREADS: usize = 16;
+        const ROUNDS: i64 = 20;
+        let db = Arc::new(B::fresh());
+        let barrier = Arc::new(rt::Barrier::new(THREADS));
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (db, barrier) = (Arc::clone(&db), Arc::clone(&barrier));
+                rt::spawn(move || async move {
+                    let mut conn = db.connect_async().await;
+                    let mut accounts = Vec::with_capacity(ROUNDS as usize);
+                    for round in 0..ROUNDS {
+                        barrier.wait().await;
+                        let account = open_account_checked(&mut conn, 100 + round, 1)
+                            .await
+                            .unwrap_or_else(|e| panic!("round {round}: {e:?}"));
+                        accounts.push(account);
+                    }
+                    accounts
+                })
+            })
+            .collect();
+        let per_thread: Vec<Vec<Account>> = join_all(workers).await;
+        for round in 0..ROUNDS as usize {
+            assert!(
+                per_thread.iter().all(|r| r[round] == per_thread[0][round]),
+                "round {round}: callers got different accounts"
+            );
+        }
+        assert_eq!(
+            db.connect_async().await.count_accounts().await.unwrap(),
+            ROUNDS
+        );
+    }
+
+    /// A first call holds the key in an open transaction; a duplicate with
+    /// `on_conflict = "reject"` gets `InFlight` at once (where the backend can
+    /// tell), and replays once the first committed.
+    pub async fn on_conflict_reject_answers_in_flight<B: AsyncSuiteBackend>() {
+        let db = Arc::new(B::fresh());
+        let clock = Arc::new(clock());
+        let req = NewPayment::eur(5);
+        let (claimed_tx, claimed_rx) = rt::channel();
+        let (finish_tx, finish_rx) = rt::channel::<()>();
+        let (answer_tx, answer_rx) = rt::channel();
+        let first = rt::spawn({
+            let (db, clock, req) = (Arc::clone(&db), Arc::clone(&clock), req.clone());
+            move || async move {
+                let mut conn = db.connect_async().await;
+                rt::transaction(&mut conn, async |conn| {
+                    let p = create_payment(conn, &clock, "held", &req, Then::Succeed).await?;
+                    claimed_tx.send(()).unwrap();
+                    finish_rx.recv().await.unwrap();
+                    Ok::<_, AppError>(p)
+                })
+                .await
+            }
+        });
+        claimed_rx
+            .recv_timeout(rt::DEADLINE)
+            .await
+            .expect("the first call holds the key");
+        let second = rt::spawn({
+            let (db, clock, req) = (Arc::clone(&db), Arc::clone(&clock), req.clone());
+            move || async move {
+                let mut conn = db.connect_async().await;
+                let answer =
+                    create_payment_or_reject(&mut conn, &clock, "held", &req, Then::Succeed).await;
+                let _ = answer_tx.send(answer);
+            }
+        });
+        if B::REJECTS_AT_ONCE {
+            // A generous bound that only a blocked call would reach.
+            let answer = answer_rx
+                .recv_timeout(rt::DEADLINE)
+                .await
+                .expect("reject answers while the key is held");
+            assert!(
+                matches!(answer.as_ref().unwrap_err().idempotency(), Some(Error::InFlight { key, .. }) if key == "held"),
+                "{answer:?}"
+            );
+            finish_tx.send(()).unwrap();
+            let first = rt::join(first).await.unwrap();
+            let mut conn = db.connect_async().await;
+            let replay =
+                create_payment_or_reject(&mut conn, &clock, "held", &req, Then::Succeed).await;
+            assert_eq!(replay.unwrap(), first, "after the commit it replays");
+        } else {
+            finish_tx.send(()).unwrap();
+            let first = rt::join(first).await.unwrap();
+            assert_eq!(
+                answer_rx.recv().await.unwrap().unwrap(),
+                first,
+                "it waited, then replayed"
+            );
+        }
+        rt::join(second).await;
+        assert_eq!(db.connect_async().await.count_payments().await.unwrap(), 1);
+    }
+
+    /// At each isolation level the backend offers, 16 callers race for one key
+    /// inside their own transactions (which read first, so their snapshot
+    /// predates the winner): each replays or gets an error that is retryable,
+    /// and `retry` converges to exactly one execution.
+    pub async fn isolation_levels_replay_or_retry<B: AsyncSuiteBackend>() {
+        const THREADS: usize = 16;
+        const ROUNDS: usize = 10;
+        let db = Arc::new(B::fresh());
+        let clock = Arc::new(clock());
+        let barrier = Arc::new(rt::Barrier::new(THREADS));
+        // Backoff with full jitter is what breaks repeated deadlocks between
+        // the same callers (MySQL SERIALIZABLE turns reads into locking reads).
+        let policy = Arc::new(
+            diesel_idempotent::RetryPolicy::new()
+                .max_attempts(50)
+                .base_delay(Duration::from_millis(2))
+                .max_delay(Duration::from_millis(100)),
+        );
+        for (l, &level) in B::ISOLATION_LEVELS.iter().enumerate() {
+            let retries = Arc::new(AtomicUsize::new(0));
+            // Workers never panic mid-round (that would strand the others at
+            // the barrier): they collect results, asserted afterwards.
+            let workers: Vec<_> = (0..THREADS)
+                .map(|_| {
+                    let (db, clock, barrier, policy, retries) = (
+                        Arc::clone(&db),
+                        Arc::clone(&clock),
+                        Arc::clone(&barrier),
+                        Arc::clone(&policy),
+                        Arc::clone(&retries),
+                    );
+                    rt::spawn(move || async move {
+                        // Each attempt takes the caller's connection and puts
+                        // it back: what an attempt returns may not borrow from
+                        // the retried closure.
+                        let slot = Mutex::new(Some(db.connect_async().await));
+                        let mut results: Vec<Result<Payment, String>> = Vec::with_capacity(ROUNDS);
+                        for round in 0..ROUNDS {
+                            let key = format!("iso-{l}-{round}");
+                            let req = NewPayment::eur(round as i64);
+                            barrier.wait().await;
+                            let mut attempts = 0;
+                            let (slot, clock, key, req) = (&slot, &clock, &key, &req);
+                            let result = diesel_idempotent::retry_async(&policy, || {
+                                attempts += 1;
+                                async move {
+                                    let mut conn = slot
+                                        .lock()
+                                        .unwrap()
+                                        .take()
+                                        .expect("the caller's connection");
+                                    let result = rt::transaction_at(&mut conn, level, async |c| {
+                                        c.count_payments().await?;
+                                        create_payment(c, clock, key, req, Then::Succeed).await
+                                    })
+                                    .await;
+                                    *slot.lock().unwrap() = Some(conn);
+                                    result
+                                }
+                            })
+                            .await;
+                            retries.fetch_add(attempts - 1, Ordering::SeqCst);
+                            results.push(
+                                result.map_err(|e| format!("{level:?} round {round}: {e:?}")),
+                            );
+                        }
+                        results
+                    })
+                })
+                .collect();
+            let results: Vec<Vec<Result<Payment, String>>> = join_all(workers).await;
+            for round in 0..ROUNDS {
+                let first = results[0][round].as_ref().unwrap_or_else(|e| panic!("{e}"));
+                for r in &results {
+                    let got = r[round].as_ref().unwrap_or_else(|e| panic!("{e}"));
+                    assert_eq!(got, first, "{level:?} round {round}: callers disagree");
+                }
+            }
+            println!(
+                "[{}] {level:?}: {THREADS} x {ROUNDS} racing calls, {} retryable errors retried",
+                B::NAME,
+                retries.load(Ordering::SeqCst)
+            );
+        }
+        let executions = db.connect_async().await.count_payments().await.unwrap();
+        assert_eq!(
+            executions,
+            (ROUNDS * B::ISOLATION_LEVELS.len()) as i64,
+            "exactly one execution per key at every level"
+        );
+    }
 }
 
 pub fn purge_expired_deletes_in_batches<B: Backend>() {
@@ -541,36 +1193,6 @@ pub fn generated_cli_migrations_apply<B: Backend>() {
     let b = create_payment(&mut conn, &clock, "cli", &req, Then::Succeed).unwrap();
     assert_eq!(a, b);
     assert_eq!(conn.count_payments().unwrap(), 1);
-}
-
-pub fn runtime_call_api<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let run = |conn: &mut B::Conn, amount: i64| {
-        Call::new("tests.runtime", "rt-1")
-            .scope("tenant-1")
-            .ttl(Ttl::parse("10m").unwrap())
-            .clock(&clock)
-            .request(&amount)
-            .run(conn, |conn| -> Result<i64, AppError> {
-                Ok(conn.insert_payment(amount)?)
-            })
-    };
-    let first = run(&mut conn, 70).unwrap();
-    let second = run(&mut conn, 70).unwrap();
-    assert!(!first.is_replayed() && second.is_replayed());
-    assert_eq!(first.into_value(), second.into_value());
-    assert!(matches!(
-        run(&mut conn, 71).unwrap_err().idempotency(),
-        Some(Error::PayloadMismatch { .. })
-    ));
-    let rec = record(&mut conn, "tests.runtime", "rt-1");
-    assert_eq!(rec.scope, "tenant-1");
-    assert_eq!(
-        rec.expires_at - rec.created_at,
-        chrono::Duration::minutes(10)
-    );
 }
 
 /// What holds a key when a measured call comes.
@@ -830,294 +1452,7 @@ pub fn statements_added_per_call<B: Backend>() {
     assert!(wrong.is_empty(), "[{}] {}", B::NAME, wrong.join("\n"));
 }
 
-/// 16 threads on 16 connections call with one key at once, 50 rounds: the
-/// body runs exactly once per round and all 16 get equal results.
-pub fn concurrent_duplicates_run_body_once<B: Backend>() {
-    const THREADS: usize = 16;
-    const ROUNDS: usize = 50;
-    let db = B::fresh();
-    let clock = clock();
-    let barrier = Barrier::new(THREADS);
-    let per_thread: Vec<Vec<Payment>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..THREADS)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut conn = db.connect();
-                    (0..ROUNDS)
-                        .map(|round| {
-                            barrier.wait();
-                            let req = NewPayment::eur(round as i64);
-                            create_payment(
-                                &mut conn,
-                                &clock,
-                                &format!("round-{round}"),
-                                &req,
-                                Then::Succeed,
-                            )
-                            .unwrap_or_else(|e| panic!("round {round}: {e}"))
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().unwrap()).collect()
-    });
-    for round in 0..ROUNDS {
-        let first = &per_thread[0][round];
-        assert!(
-            per_thread.iter().all(|results| &results[round] == first),
-            "round {round} differs"
-        );
-    }
-    let mut conn = db.connect();
-    let executions = conn.count_payments().unwrap();
-    println!(
-        "[{}] {THREADS} threads x {ROUNDS} rounds: {executions} body executions, {} records",
-        B::NAME,
-        conn.count_records().unwrap()
-    );
-    assert_eq!(executions, ROUNDS as i64, "exactly one execution per key");
-}
-
-/// An expired record, then 16 threads racing to take its key over, 20
-/// rounds: exactly one of them runs the body, the others replay its result.
-pub fn concurrent_takeover_of_expired_record_runs_body_once<B: Backend>() {
-    const THREADS: usize = 16;
-    const ROUNDS: usize = 20;
-    let db = B::fresh();
-    let clock = clock();
-    let barrier = Barrier::new(THREADS);
-    let key = "expiring";
-    let mut conn = db.connect();
-    create_payment(&mut conn, &clock, key, &NewPayment::eur(-1), Then::Succeed).unwrap();
-    for round in 0..ROUNDS {
-        clock.advance(Duration::from_secs(3600)); // the record just expired
-        let req = NewPayment::eur(round as i64);
-        let results: Vec<Payment> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..THREADS)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut conn = db.connect();
-                        barrier.wait();
-                        create_payment(&mut conn, &clock, key, &req, Then::Succeed)
-                            .unwrap_or_else(|e| panic!("round {round}: {e}"))
-                    })
-                })
-                .collect();
-            workers.into_iter().map(|w| w.join().unwrap()).collect()
-        });
-        assert!(
-            results.iter().all(|p| p == &results[0]),
-            "round {round} differs"
-        );
-        assert_eq!(
-            results[0].amount, round as i64,
-            "round {round} took the key over"
-        );
-        assert_eq!(
-            conn.count_payments().unwrap(),
-            round as i64 + 2,
-            "round {round}"
-        );
-    }
-    assert_eq!(conn.count_records().unwrap(), 1);
-}
-
-fn click(occurred_at: i64, delivery: u32) -> ClickEvent {
-    ClickEvent {
-        user_id: 7,
-        url: "https://sho.rt/abc".to_owned(),
-        occurred_at,
-        delivery,
-    }
-}
-
-pub fn hash_of_arguments_replays_repeats<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let event = click(1_000, 1);
-    let first = consume(&mut conn, &clock, &event).unwrap();
-    let again = consume(&mut conn, &clock, &event.clone()).unwrap();
-    assert_eq!(first, again);
-    assert_eq!(
-        conn.count_payments().unwrap(),
-        1,
-        "a redelivery does not run the body"
-    );
-    // Another event, or another delivery of it (every argument counts), runs.
-    consume(&mut conn, &clock, &click(1_001, 1)).unwrap();
-    consume(&mut conn, &clock, &click(1_000, 2)).unwrap();
-    assert_eq!(conn.count_payments().unwrap(), 3);
-    // The key is the public fingerprint of the arguments.
-    let key = diesel_idempotent::fingerprint(&event).unwrap();
-    let rec = record(&mut conn, "tests.consume", key.as_str());
-    assert_eq!(rec.fingerprint, key.as_str());
-    // The record expires like any other: after 7 days the call runs again.
-    clock.advance(Duration::from_secs(7 * 24 * 3600));
-    consume(&mut conn, &clock, &event).unwrap();
-    assert_eq!(conn.count_payments().unwrap(), 4);
-}
-
-pub fn hash_of_named_values_ignores_other_fields<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let first = consume_fields(&mut conn, &clock, &click(2_000, 1)).unwrap();
-    let redelivered = consume_fields(&mut conn, &clock, &click(2_000, 9)).unwrap();
-    assert_eq!(
-        first, redelivered,
-        "only the named values identify the event"
-    );
-    assert_eq!(conn.count_payments().unwrap(), 1);
-    consume_fields(&mut conn, &clock, &click(2_001, 1)).unwrap();
-    assert_eq!(conn.count_payments().unwrap(), 2);
-    let e = click(2_000, 1);
-    let key = diesel_idempotent::Fingerprint::builder()
-        .arg(&e.user_id)
-        .arg(&e.url)
-        .arg(&e.occurred_at)
-        .finish()
-        .unwrap();
-    assert!(
-        record(&mut conn, "tests.consume_fields", key.as_str())
-            .response
-            .is_some()
-    );
-}
-
-pub fn webhook_dedup_by_id_or_body<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let json = |text: &str| -> serde_json::Value { serde_json::from_str(text).unwrap() };
-    let body = json(r#"{"type":"payment.succeeded","amount":1200}"#);
-    let a = receive_webhook(&mut conn, &clock, Some("evt_1"), &body).unwrap();
-    let a2 = receive_webhook(&mut conn, &clock, Some("evt_1"), &body).unwrap();
-    assert_eq!(a, a2, "redelivered with the provider's id");
-    let other = json(r#"{"type":"payment.refunded","amount":1200}"#);
-    let b = receive_webhook(&mut conn, &clock, None, &other).unwrap();
-    let reserialized = json("{ \"amount\": 1200,\n  \"type\": \"payment.refunded\" }");
-    let b2 = receive_webhook(&mut conn, &clock, None, &reserialized).unwrap();
-    assert_eq!(
-        b, b2,
-        "redelivered without an id, serialized again: recognised by its parsed body"
-    );
-    receive_webhook(&mut conn, &clock, None, &json("{}")).unwrap();
-    assert_eq!(conn.count_payments().unwrap(), 3);
-    let by_body = diesel_idempotent::id_or_body_hash(None, &other);
-    assert!(
-        record(&mut conn, "tests.webhook", &by_body)
-            .response
-            .is_some()
-    );
-}
-
-pub fn retried_batch_reruns_only_missing_items<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let amounts = [10, 20, 30, 40, 50, 60];
-    let k = 3;
-    let err = process_batch(&mut conn, &clock, "batch-1", &amounts, Some(k)).unwrap_err();
-    assert!(matches!(err, AppError::Declined));
-    assert_eq!(
-        conn.count_payments().unwrap(),
-        k as i64,
-        "items before k committed"
-    );
-    assert_eq!(
-        conn.count_records().unwrap(),
-        k as i64,
-        "item k left no record"
-    );
-    let ids_before: Vec<i64> = (0..k)
-        .map(|i| {
-            let rec = record(
-                &mut conn,
-                "tests.batch_item",
-                &diesel_idempotent::sub_key("batch-1", i),
-            );
-            serde_json::from_str(rec.response.as_deref().unwrap()).unwrap()
-        })
-        .collect();
-    let retried = process_batch(&mut conn, &clock, "batch-1", &amounts, None).unwrap();
-    assert_eq!(&retried[..k], &ids_before[..], "items before k replayed");
-    assert_eq!(
-        conn.count_payments().unwrap(),
-        amounts.len() as i64,
-        "only the missing items ran"
-    );
-    let again = process_batch(&mut conn, &clock, "batch-1", &amounts, Some(0)).unwrap();
-    assert_eq!(again, retried, "a third attempt replays everything");
-    assert_eq!(conn.count_payments().unwrap(), amounts.len() as i64);
-}
-
-/// 16 consumers receive the same redelivered event at once, 30 rounds.
-pub fn concurrent_redeliveries_run_hash_body_once<B: Backend>() {
-    const THREADS: usize = 16;
-    const ROUNDS: i64 = 30;
-    let db = B::fresh();
-    let clock = clock();
-    let barrier = Barrier::new(THREADS);
-    std::thread::scope(|s| {
-        for _ in 0..THREADS {
-            s.spawn(|| {
-                let mut conn = db.connect();
-                for round in 0..ROUNDS {
-                    barrier.wait();
-                    consume(&mut conn, &clock, &click(round, 1))
-                        .unwrap_or_else(|e| panic!("round {round}: {e}"));
-                }
-            });
-        }
-    });
-    assert_eq!(db.connect().count_payments().unwrap(), ROUNDS);
-}
-
-pub fn get_or_create_returns_the_existing_row<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let first = open_account(&mut conn, 1, 10).unwrap();
-    let again = open_account(&mut conn, 1, 10).unwrap();
-    assert_eq!(first, again, "a double-click opens one account");
-    let other_bank = open_account(&mut conn, 1, 11).unwrap();
-    assert_ne!(first.id, other_bank.id);
-    assert_eq!(conn.count_accounts().unwrap(), 2);
-    // Inside a caller's transaction too, and with an application error type.
-    let inside = conn
-        .transaction(|conn| open_account_checked(conn, 1, 10))
-        .unwrap();
-    assert_eq!(inside, first);
-    assert_eq!(
-        conn.count_records().unwrap(),
-        0,
-        "no idempotency record is kept"
-    );
-}
-
-pub fn get_or_create_propagates_other_errors<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let err = open_account_checked(&mut conn, 2, -1).unwrap_err();
-    assert!(matches!(err, AppError::Declined), "{err:?}");
-    assert_eq!(conn.count_accounts().unwrap(), 0);
-    // A unique violation that the lookup does not explain is returned as is:
-    // here the lookup is by another key than the constraint that fired.
-    open_account(&mut conn, 3, 30).unwrap();
-    let err = diesel_idempotent::get_or_create(
-        &mut conn,
-        |_| Ok(None::<Account>),
-        |conn| conn.insert_account(3, 30),
-    )
-    .unwrap_err();
-    assert!(
-        diesel_idempotent::UniqueViolation::is_unique_violation(&err),
-        "{err:?}"
-    );
-    assert_eq!(conn.count_accounts().unwrap(), 1);
-}
-
+/// `unique_index_covers` reads the catalog on a blocking connection only.
 pub fn get_or_create_checks_unique_indexes<B: Backend>() {
     let db = B::fresh();
     let mut conn = db.connect();
@@ -1136,39 +1471,6 @@ pub fn get_or_create_checks_unique_indexes<B: Backend>() {
     );
     assert!(!covers(&mut conn, "notes", &["customer_id"]));
     assert!(!covers(&mut conn, "no_such_table", &["id"]));
-}
-
-/// 16 creators of the same natural key at once, 20 rounds: one row each
-/// round, every caller gets it, no error surfaces.
-pub fn concurrent_creators_get_one_row<B: Backend>() {
-    const THREADS: usize = 16;
-    const ROUNDS: i64 = 20;
-    let db = B::fresh();
-    let barrier = Barrier::new(THREADS);
-    let per_thread: Vec<Vec<Account>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..THREADS)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut conn = db.connect();
-                    (0..ROUNDS)
-                        .map(|round| {
-                            barrier.wait();
-                            open_account_checked(&mut conn, 100 + round, 1)
-                                .unwrap_or_else(|e| panic!("round {round}: {e:?}"))
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().unwrap()).collect()
-    });
-    for round in 0..ROUNDS as usize {
-        assert!(
-            per_thread.iter().all(|r| r[round] == per_thread[0][round]),
-            "round {round}: callers got different accounts"
-        );
-    }
-    assert_eq!(db.connect().count_accounts().unwrap(), ROUNDS);
 }
 
 /// PostgreSQL at REPEATABLE READ: a creator whose snapshot predates the
@@ -1238,163 +1540,30 @@ pub fn get_or_create_under_repeatable_read() {
     assert_eq!(db.connect().count_accounts().unwrap(), ROUNDS);
 }
 
-/// A first call holds the key in an open transaction; a duplicate with
-/// `on_conflict = "reject"` gets `InFlight` at once (where the backend can
-/// tell), and replays once the first committed.
-pub fn on_conflict_reject_answers_in_flight<B: Backend>() {
-    let db = &B::fresh();
-    let clock = &clock();
-    let req = &NewPayment::eur(5);
-    let (claimed_tx, claimed_rx) = mpsc::channel();
-    let (finish_tx, finish_rx) = mpsc::channel::<()>();
-    let (answer_tx, answer_rx) = mpsc::channel();
-    std::thread::scope(|s| {
-        let finish_tx = finish_tx;
-        let first = s.spawn(move || {
-            let mut conn = db.connect();
-            conn.transaction(|conn| {
-                let p = create_payment(conn, clock, "held", req, Then::Succeed)?;
-                claimed_tx.send(()).unwrap();
-                finish_rx.recv().unwrap();
-                Ok::<_, AppError>(p)
-            })
-        });
-        claimed_rx.recv().unwrap();
-        s.spawn(move || {
-            let mut conn = db.connect();
-            let answer = create_payment_or_reject(&mut conn, clock, "held", req, Then::Succeed);
-            let _ = answer_tx.send(answer);
-        });
-        if B::REJECTS_AT_ONCE {
-            // A generous bound that only a blocked call would reach.
-            let answer = answer_rx
-                .recv_timeout(Duration::from_secs(30))
-                .expect("reject answers while the key is held");
-            assert!(
-                matches!(answer.as_ref().unwrap_err().idempotency(), Some(Error::InFlight { key, .. }) if key == "held"),
-                "{answer:?}"
-            );
-            finish_tx.send(()).unwrap();
-            let first = first.join().unwrap().unwrap();
-            let mut conn = db.connect();
-            let replay = create_payment_or_reject(&mut conn, clock, "held", req, Then::Succeed);
-            assert_eq!(replay.unwrap(), first, "after the commit it replays");
-        } else {
-            finish_tx.send(()).unwrap();
-            let first = first.join().unwrap().unwrap();
-            assert_eq!(
-                answer_rx.recv().unwrap().unwrap(),
-                first,
-                "it waited, then replayed"
-            );
-        }
-    });
-    assert_eq!(db.connect().count_payments().unwrap(), 1);
-}
-
-pub fn oversized_result_is_refused_and_nothing_stored<B: Backend>() {
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let clock = clock();
-    let err = big_result(&mut conn, &clock, "big", 4096).unwrap_err();
-    match err.idempotency() {
-        Some(Error::ResponseTooLarge {
-            key, size, limit, ..
-        }) => {
-            assert_eq!((key.as_str(), *size, *limit), ("big", 4098, 1024));
-        }
-        other => panic!("expected ResponseTooLarge, got {other:?}"),
-    }
-    assert_eq!(conn.count_records().unwrap(), 0, "nothing half-stored");
-    assert_eq!(
-        conn.count_payments().unwrap(),
-        0,
-        "the body's effects rolled back"
-    );
-    assert_eq!(
-        big_result(&mut conn, &clock, "small", 100).unwrap().len(),
-        100
-    );
-    assert_eq!(conn.count_records().unwrap(), 1);
-}
-
-/// At each isolation level the backend offers, 16 callers race for one key
-/// inside their own transactions (which read first, so their snapshot
-/// predates the winner): each replays or gets an error that is retryable,
-/// and `retry` converges to exactly one execution.
-pub fn isolation_levels_replay_or_retry<B: Backend>() {
-    const THREADS: usize = 16;
-    const ROUNDS: usize = 10;
-    let db = B::fresh();
-    let clock = clock();
-    let barrier = Barrier::new(THREADS);
-    // Backoff with full jitter is what breaks repeated deadlocks between
-    // the same callers (MySQL SERIALIZABLE turns reads into locking reads).
-    let policy = diesel_idempotent::RetryPolicy::new()
-        .max_attempts(50)
-        .base_delay(Duration::from_millis(2))
-        .max_delay(Duration::from_millis(100));
-    for (l, level) in B::ISOLATION_LEVELS.iter().enumerate() {
-        let retries = std::sync::atomic::AtomicUsize::new(0);
-        // Workers never panic mid-round (that would strand the others at
-        // the barrier): they collect results, asserted afterwards.
-        let results: Vec<Vec<Result<Payment, String>>> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..THREADS)
-                .map(|_| {
-                    s.spawn(|| {
-                        let mut conn = db.connect();
-                        (0..ROUNDS)
-                            .map(|round| {
-                                let key = format!("iso-{l}-{round}");
-                                let req = NewPayment::eur(round as i64);
-                                barrier.wait();
-                                let mut attempts = 0;
-                                let result = diesel_idempotent::retry(&policy, || {
-                                    attempts += 1;
-                                    conn.transaction_at(*level, |c| {
-                                        c.count_payments()?;
-                                        create_payment(c, &clock, &key, &req, Then::Succeed)
-                                    })
-                                });
-                                retries
-                                    .fetch_add(attempts - 1, std::sync::atomic::Ordering::SeqCst);
-                                result.map_err(|e| format!("{level:?} round {round}: {e:?}"))
-                            })
-                            .collect()
-                    })
-                })
-                .collect();
-            workers.into_iter().map(|w| w.join().unwrap()).collect()
-        });
-        for round in 0..ROUNDS {
-            let first = results[0][round].as_ref().unwrap_or_else(|e| panic!("{e}"));
-            for r in &results {
-                let got = r[round].as_ref().unwrap_or_else(|e| panic!("{e}"));
-                assert_eq!(got, first, "{level:?} round {round}: callers disagree");
-            }
-        }
-        println!(
-            "[{}] {level:?}: {THREADS} x {ROUNDS} racing calls, {} retryable errors retried",
-            B::NAME,
-            retries.load(std::sync::atomic::Ordering::SeqCst)
-        );
-    }
-    let executions = db.connect().count_payments().unwrap();
-    assert_eq!(
-        executions,
-        (ROUNDS * B::ISOLATION_LEVELS.len()) as i64,
-        "exactly one execution per key at every level"
-    );
-}
-
 /// Instantiates this file's tests for one backend in one flavour (see
 /// `conformance!`).
 #[macro_export]
 macro_rules! suite_tests {
     (blocking $backend:ty) => {
         $crate::suite_tests!(@both blocking $backend);
-        // Not written once for both flavours.
+        // Blocking-only: see the file's docs.
         $crate::conformance!(@plain $backend; suite;
+            purge_expired_deletes_in_batches,
+            migrate_is_idempotent,
+            generated_cli_migrations_apply,
+            statements_added_per_call,
+            get_or_create_checks_unique_indexes,
+        );
+    };
+    (nonblocking $backend:ty) => {
+        $crate::suite_tests!(@both nonblocking $backend);
+    };
+    (@both $flavour:ident $backend:ty) => {
+        $crate::conformance!(@each $flavour $backend; suite;
+            first_call_runs_body_and_stores_result,
+            replay_returns_stored_result_without_running_body,
+            duplicate_waits_for_first_and_replays,
+            duplicate_runs_body_when_first_rolls_back,
             outcome_tells_replays_apart,
             different_payload_is_a_mismatch,
             records_of_the_v1_scheme_answer_by_key_until_they_expire,
@@ -1407,11 +1576,7 @@ macro_rules! suite_tests {
             scopes_keep_tenants_apart,
             functions_have_separate_namespaces,
             unreadable_stored_result_is_a_typed_error,
-            purge_expired_deletes_in_batches,
-            migrate_is_idempotent,
-            generated_cli_migrations_apply,
             runtime_call_api,
-            statements_added_per_call,
             concurrent_duplicates_run_body_once,
             concurrent_takeover_of_expired_record_runs_body_once,
             hash_of_arguments_replays_repeats,
@@ -1421,22 +1586,10 @@ macro_rules! suite_tests {
             concurrent_redeliveries_run_hash_body_once,
             get_or_create_returns_the_existing_row,
             get_or_create_propagates_other_errors,
-            get_or_create_checks_unique_indexes,
             concurrent_creators_get_one_row,
             on_conflict_reject_answers_in_flight,
             oversized_result_is_refused_and_nothing_stored,
             isolation_levels_replay_or_retry,
-        );
-    };
-    (nonblocking $backend:ty) => {
-        $crate::suite_tests!(@both nonblocking $backend);
-    };
-    (@both $flavour:ident $backend:ty) => {
-        $crate::conformance!(@each $flavour $backend; suite;
-            first_call_runs_body_and_stores_result,
-            replay_returns_stored_result_without_running_body,
-            duplicate_waits_for_first_and_replays,
-            duplicate_runs_body_when_first_rolls_back,
         );
     };
 }
