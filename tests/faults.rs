@@ -584,7 +584,11 @@ mod async_faults {
             assert!(is_database_error(&err), "{key}: a typed error: {err:?}");
             let mut check = db.connect_async().await;
             assert_eq!(check.count_records().await.unwrap(), 0, "{key}: no record");
-            assert_eq!(check.count_payments().await.unwrap(), 0, "{key}: no payment");
+            assert_eq!(
+                check.count_payments().await.unwrap(),
+                0,
+                "{key}: no payment"
+            );
         }
         // Nothing lingers: the retries run their bodies at once (a lock left
         // behind would fail them).
@@ -603,9 +607,7 @@ mod async_faults {
     /// retryable error; on a new connection the first call's record
     /// (committed before the restart) replays and a new key runs.
     #[cfg(feature = "postgres")]
-    pub async fn restart_between_two_calls_is_a_typed_error_then_success<
-        B: AsyncSuiteBackend,
-    >() {
+    pub async fn restart_between_two_calls_is_a_typed_error_then_success<B: AsyncSuiteBackend>() {
         let _serial = super::serial();
         let restart = std::env::var(super::PG_RESTART_VAR).unwrap_or_else(|_| {
             panic!(
@@ -617,9 +619,14 @@ mod async_faults {
         });
         let db = B::fresh();
         let mut conn = db.connect_async().await;
-        let first = pay(&mut conn, "before-restart", &NewPayment::eur(100), Then::Pay)
-            .await
-            .expect("first call");
+        let first = pay(
+            &mut conn,
+            "before-restart",
+            &NewPayment::eur(100),
+            Then::Pay,
+        )
+        .await
+        .expect("first call");
 
         super::restart(&restart);
 
@@ -637,9 +644,14 @@ mod async_faults {
         );
 
         let mut conn = db.connect_async().await;
-        let replayed = pay(&mut conn, "before-restart", &NewPayment::eur(100), Then::Decline)
-            .await
-            .expect("the record survived the restart");
+        let replayed = pay(
+            &mut conn,
+            "before-restart",
+            &NewPayment::eur(100),
+            Then::Decline,
+        )
+        .await
+        .expect("the record survived the restart");
         assert_eq!(replayed, first);
         let second = pay(&mut conn, "after-restart", &NewPayment::eur(200), Then::Pay)
             .await

@@ -144,10 +144,8 @@ impl<'de> serde::Deserialize<'de> for Touchy {
 #[dual::blocking(rename(
     AsyncRaw = Raw,
     AsyncRawBackend = RawBackend,
-    AsyncFnOnce = FnOnce,
     purge_async = purge
 ))]
-#[cfg(feature = "async")]
 pub mod nonblocking {
     use std::sync::Arc;
     use std::time::{Duration, Instant};

@@ -111,7 +111,7 @@ fn claims(log: &[String]) -> usize {
         .count()
 }
 
-#[dual::blocking(rename(AsyncFnOnce = FnOnce))]
+#[dual::blocking]
 pub mod nonblocking {
     use std::cell::RefCell;
     use std::collections::{HashMap, HashSet};
