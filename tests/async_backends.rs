@@ -1,30 +1,14 @@
-//! The conformance suite on diesel-async connections
-//! (`tests/common/async_suite.rs`), one module per backend and pool:
-//! PostgreSQL through deadpool and through bb8, MySQL/MariaDB and SQLite
-//! through deadpool. Without a server the tests fail; without the `async`
-//! feature, or a backend's feature, a test reports what was skipped.
+//! The async tests with no blocking twin (`tests/common/async_only.rs`):
+//! calls on pooled connections, the two drivers side by side, and what
+//! `abandon_after` costs; one module per backend and pool: PostgreSQL
+//! through deadpool and through bb8, MySQL/MariaDB and SQLite through
+//! deadpool. The conformance suite's async flavour runs from
+//! `tests/{sqlite,postgres,mysql}.rs`. Without a server the tests fail;
+//! without the `async` feature, or a backend's feature, a test reports what
+//! was skipped.
 
 #[cfg(feature = "async")]
 mod common;
-
-#[cfg(all(feature = "async", feature = "postgres"))]
-mod postgres_deadpool {
-    use crate::common::Postgres;
-    use crate::common::async_suite::{self, Deadpool};
-
-    crate::async_conformance!(Postgres, Deadpool);
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn connection_killed_mid_body_stores_nothing() {
-        async_suite::connection_killed_mid_body_stores_nothing::<Postgres, Deadpool>().await;
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn connection_lost_between_calls_is_a_retryable_error() {
-        async_suite::connection_lost_between_calls_is_a_retryable_error::<Postgres, Deadpool>()
-            .await;
-    }
-}
 
 /// PostgreSQL: the `BEGIN` and the claim in one round trip.
 #[cfg(all(feature = "async", feature = "postgres"))]
@@ -34,47 +18,23 @@ async fn postgres_begin_travels_with_the_claim() {
 }
 
 #[cfg(all(feature = "async", feature = "postgres"))]
+mod postgres_deadpool {
+    crate::async_only!(crate::common::Postgres, crate::common::async_only::Deadpool);
+}
+
+#[cfg(all(feature = "async", feature = "postgres"))]
 mod postgres_bb8 {
-    use crate::common::Postgres;
-    use crate::common::async_suite::{self, Bb8};
-
-    crate::async_conformance!(Postgres, Bb8);
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn connection_killed_mid_body_stores_nothing() {
-        async_suite::connection_killed_mid_body_stores_nothing::<Postgres, Bb8>().await;
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn connection_lost_between_calls_is_a_retryable_error() {
-        async_suite::connection_lost_between_calls_is_a_retryable_error::<Postgres, Bb8>().await;
-    }
+    crate::async_only!(crate::common::Postgres, crate::common::async_only::Bb8);
 }
 
 #[cfg(all(feature = "async", feature = "mysql"))]
 mod mysql_deadpool {
-    use crate::common::Mysql;
-    use crate::common::async_suite::{self, Deadpool};
-
-    crate::async_conformance!(Mysql, Deadpool);
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn connection_killed_mid_body_stores_nothing() {
-        async_suite::connection_killed_mid_body_stores_nothing::<Mysql, Deadpool>().await;
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn connection_lost_between_calls_is_a_retryable_error() {
-        async_suite::connection_lost_between_calls_is_a_retryable_error::<Mysql, Deadpool>().await;
-    }
+    crate::async_only!(crate::common::Mysql, crate::common::async_only::Deadpool);
 }
 
 #[cfg(all(feature = "async", feature = "sqlite"))]
 mod sqlite_deadpool {
-    use crate::common::Sqlite;
-    use crate::common::async_suite::Deadpool;
-
-    crate::async_conformance!(Sqlite, Deadpool);
+    crate::async_only!(crate::common::Sqlite, crate::common::async_only::Deadpool);
 }
 
 #[cfg(not(feature = "async"))]

@@ -135,13 +135,6 @@ struct Name {
     name: String,
 }
 
-#[cfg(any(feature = "postgres", feature = "mysql"))]
-#[derive(QueryableByName)]
-struct Id {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-}
-
 #[derive(QueryableByName)]
 struct Count {
     #[diesel(sql_type = BigInt)]
@@ -168,8 +161,6 @@ trait Reachable: Backend {
 /// A backend on which one connection can end another's session.
 #[cfg(any(feature = "postgres", feature = "mysql"))]
 trait Killable: Reachable {
-    /// The server's id of this connection's session.
-    fn session_id(conn: &mut Self::Conn) -> QueryResult<i64>;
     /// Ends the session `id` from `admin` and returns once it is gone.
     fn kill_session(admin: &mut Self::Conn, id: i64) -> QueryResult<()>;
 }
@@ -235,12 +226,6 @@ impl Reachable for common::Postgres {
 
 #[cfg(feature = "postgres")]
 impl Killable for common::Postgres {
-    fn session_id(conn: &mut PgConnection) -> QueryResult<i64> {
-        diesel::sql_query("SELECT pg_backend_pid()::bigint AS id")
-            .get_result::<Id>(conn)
-            .map(|row| row.id)
-    }
-
     fn kill_session(admin: &mut PgConnection, id: i64) -> QueryResult<()> {
         diesel::sql_query("SELECT COUNT(pg_terminate_backend($1::int))::bigint AS n")
             .bind::<BigInt, _>(id)
@@ -277,12 +262,6 @@ impl Reachable for common::Mysql {
 
 #[cfg(feature = "mysql")]
 impl Killable for common::Mysql {
-    fn session_id(conn: &mut MysqlConnection) -> QueryResult<i64> {
-        diesel::sql_query("SELECT CAST(CONNECTION_ID() AS SIGNED) AS id")
-            .get_result::<Id>(conn)
-            .map(|row| row.id)
-    }
-
     fn kill_session(admin: &mut MysqlConnection, id: i64) -> QueryResult<()> {
         diesel::sql_query(format!("KILL CONNECTION {id}")).execute(admin)?;
         wait_until_gone("the killed session", || {
@@ -553,6 +532,10 @@ mod async_faults {
     /// that (the result cannot be stored) or runs another statement (which
     /// fails).
     #[cfg(any(feature = "postgres", feature = "mysql"))]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "the lock keeps the tests of this binary apart for the whole test"
+    )]
     pub async fn connection_dropped_mid_body<B: AsyncSuiteBackend + Killable>() {
         let _serial = super::serial();
         let db = B::fresh();
@@ -607,6 +590,10 @@ mod async_faults {
     /// retryable error; on a new connection the first call's record
     /// (committed before the restart) replays and a new key runs.
     #[cfg(feature = "postgres")]
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "the lock keeps the tests of this binary apart for the whole test"
+    )]
     pub async fn restart_between_two_calls_is_a_typed_error_then_success<B: AsyncSuiteBackend>() {
         let _serial = super::serial();
         let restart = std::env::var(super::PG_RESTART_VAR).unwrap_or_else(|_| {

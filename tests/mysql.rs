@@ -64,9 +64,9 @@ fn edge_claim_first_repeat_too_large() {
 #[cfg(feature = "mysql")]
 #[test]
 fn edge_claim_first_duplicate_in_snapshot_transaction() {
-    common::edges::duplicate_in_snapshot_transaction_replays_or_is_retryable::<common::Mysql>(
-        diesel_idempotent::Mode::ClaimFirst,
-    );
+    common::edges::blocking::duplicate_in_snapshot_transaction_replays_or_is_retryable::<
+        common::Mysql,
+    >(diesel_idempotent::Mode::ClaimFirst);
 }
 
 #[cfg(feature = "mysql")]
@@ -150,5 +150,11 @@ mod nonblocking_edges {
             Replay::InTransaction,
         )
         .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_claim_first_duplicate_in_snapshot_transaction() {
+        edges::duplicate_in_snapshot_transaction_replays_or_is_retryable::<Mysql>(Mode::ClaimFirst)
+            .await;
     }
 }

@@ -12,6 +12,14 @@ conformance!(common::Postgres);
 #[cfg(all(feature = "postgres", feature = "async"))]
 mod nonblocking {
     crate::conformance!(nonblocking crate::common::Postgres);
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn get_or_create_under_repeatable_read_never_reports_not_found() {
+        crate::common::suite::nonblocking::get_or_create_under_repeatable_read::<
+            crate::common::Postgres,
+        >()
+        .await;
+    }
 }
 
 #[cfg(not(feature = "postgres"))]
@@ -23,7 +31,7 @@ fn postgres_backend_skipped_feature_disabled() {
 #[cfg(feature = "postgres")]
 #[test]
 fn get_or_create_under_repeatable_read_never_reports_not_found() {
-    common::suite::get_or_create_under_repeatable_read();
+    common::suite::blocking::get_or_create_under_repeatable_read::<common::Postgres>();
 }
 
 #[cfg(feature = "postgres")]
@@ -45,9 +53,9 @@ fn edge_claim_first_repeat_too_large() {
 #[cfg(feature = "postgres")]
 #[test]
 fn edge_claim_first_duplicate_in_snapshot_transaction() {
-    common::edges::duplicate_in_snapshot_transaction_replays_or_is_retryable::<common::Postgres>(
-        diesel_idempotent::Mode::ClaimFirst,
-    );
+    common::edges::blocking::duplicate_in_snapshot_transaction_replays_or_is_retryable::<
+        common::Postgres,
+    >(diesel_idempotent::Mode::ClaimFirst);
 }
 
 #[cfg(feature = "postgres")]
@@ -142,6 +150,14 @@ mod nonblocking_edges {
     async fn edge_in_transaction_reject_in_callers_transaction() {
         edges::read_first_reject_in_callers_transaction_answers_at_once::<Postgres>(
             Replay::InTransaction,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_claim_first_duplicate_in_snapshot_transaction() {
+        edges::duplicate_in_snapshot_transaction_replays_or_is_retryable::<Postgres>(
+            Mode::ClaimFirst,
         )
         .await;
     }

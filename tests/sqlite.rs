@@ -39,9 +39,9 @@ fn edge_claim_first_repeat_too_large() {
 #[cfg(feature = "sqlite")]
 #[test]
 fn edge_claim_first_duplicate_in_snapshot_transaction() {
-    common::edges::duplicate_in_snapshot_transaction_replays_or_is_retryable::<common::Sqlite>(
-        diesel_idempotent::Mode::ClaimFirst,
-    );
+    common::edges::blocking::duplicate_in_snapshot_transaction_replays_or_is_retryable::<
+        common::Sqlite,
+    >(diesel_idempotent::Mode::ClaimFirst);
 }
 
 #[cfg(feature = "sqlite")]
@@ -78,5 +78,13 @@ mod nonblocking_edges {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn edge_panics_on_replay_paths() {
         edges::panics_on_replay_paths_leave_the_callers_transaction_usable::<Sqlite>().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_claim_first_duplicate_in_snapshot_transaction() {
+        edges::duplicate_in_snapshot_transaction_replays_or_is_retryable::<Sqlite>(
+            Mode::ClaimFirst,
+        )
+        .await;
     }
 }

@@ -8,12 +8,10 @@
 //! over Diesel's blocking connections, threads for tasks. The test that
 //! needs `modes::open_account` follows the module.
 
-use std::sync::mpsc;
-
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use diesel::sql_types::BigInt;
-use diesel_idempotent::{IdempotentConnection, ManualClock, Mode};
+use diesel_idempotent::{IdempotentConnection, ManualClock};
 
 use super::*;
 
@@ -703,63 +701,70 @@ pub mod nonblocking {
         rt::join(holder).await;
         assert!(failures.is_empty(), "not InFlight at once: {failures:#?}");
     }
-}
 
-// Not written once: the scenario needs `modes::open_account`.
-
-/// At every isolation level a duplicate replays or gets a retryable error:
-/// a duplicate inside a caller's transaction whose snapshot predates the
-/// first call's commit, whose body would insert the unique row the first
-/// call committed. (Run for claim-first; optimistic mode returns the body's
-/// own error inside a caller's snapshot transaction, as the README says.)
-pub fn duplicate_in_snapshot_transaction_replays_or_is_retryable<B: Backend>(mode: Mode) {
-    let db = &B::fresh();
-    let clock = &clock();
-    let mut failures = Vec::new();
-    for (l, level) in B::ISOLATION_LEVELS.iter().enumerate() {
-        let key = format!("acct-{l}");
-        let customer = 100 + l as i64;
-        let (snap_tx, snap_rx) = mpsc::channel::<()>();
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        let duplicate = std::thread::scope(|s| {
-            let key = &key;
-            let dup = s.spawn(move || {
-                let mut b = db.connect();
-                b.transaction_at(*level, |c| {
-                    c.count_payments()?; // the snapshot
-                    snap_tx.send(()).unwrap();
-                    go_rx.recv().unwrap();
-                    super::modes::open_account(c, clock, key, customer, mode)
-                })
+    /// At every isolation level a duplicate replays or gets a retryable error:
+    /// a duplicate inside a caller's transaction whose snapshot predates the
+    /// first call's commit, whose body would insert the unique row the first
+    /// call committed. (Run for claim-first; optimistic mode returns the body's
+    /// own error inside a caller's snapshot transaction, as the README says.)
+    pub async fn duplicate_in_snapshot_transaction_replays_or_is_retryable<B: AsyncSuiteBackend>(
+        mode: Mode,
+    ) {
+        use crate::common::modes::nonblocking::open_account;
+        let db = Arc::new(B::fresh());
+        let clock = Arc::new(clock());
+        let mut failures = Vec::new();
+        for (l, level) in B::ISOLATION_LEVELS.iter().copied().enumerate() {
+            let key = format!("acct-{l}");
+            let customer = 100 + l as i64;
+            let (snap_tx, snap_rx) = rt::channel::<()>();
+            let (go_tx, go_rx) = rt::channel::<()>();
+            let dup = rt::spawn({
+                let (db, clock, key) = (Arc::clone(&db), Arc::clone(&clock), key.clone());
+                move || async move {
+                    let mut b = db.connect_async().await;
+                    rt::transaction_at(&mut b, level, async |c| {
+                        c.count_payments().await?; // the snapshot
+                        snap_tx.send(()).unwrap();
+                        go_rx.recv().await.unwrap();
+                        open_account(c, &clock, &key, customer, mode).await
+                    })
+                    .await
+                }
             });
-            snap_rx.recv().unwrap();
-            let first = super::modes::open_account(&mut db.connect(), clock, key, customer, mode)
+            snap_rx
+                .recv_timeout(rt::DEADLINE)
+                .await
+                .expect("the duplicate took its snapshot");
+            let mut conn = db.connect_async().await;
+            let first = open_account(&mut conn, &clock, &key, customer, mode)
+                .await
                 .expect("the first call");
             assert!(!first.is_replayed());
             go_tx.send(()).unwrap();
-            dup.join().unwrap()
-        });
-        let ok = match &duplicate {
-            Ok(o) => o.is_replayed(),
-            Err(e) => diesel_idempotent::Retryable::is_retryable(e),
-        };
-        println!(
-            "[{}] {mode:?} {level:?}: the duplicate answered {}",
-            B::NAME,
-            match &duplicate {
-                Ok(o) => format!("Ok(replayed: {})", o.is_replayed()),
-                Err(e) => format!(
-                    "Err({e}) retryable: {}",
-                    diesel_idempotent::Retryable::is_retryable(e)
-                ),
+            let duplicate = rt::join(dup).await;
+            let ok = match &duplicate {
+                Ok(o) => o.is_replayed(),
+                Err(e) => diesel_idempotent::Retryable::is_retryable(e),
+            };
+            println!(
+                "[{}] {mode:?} {level:?}: the duplicate answered {}",
+                B::NAME,
+                match &duplicate {
+                    Ok(o) => format!("Ok(replayed: {})", o.is_replayed()),
+                    Err(e) => format!(
+                        "Err({e}) retryable: {}",
+                        diesel_idempotent::Retryable::is_retryable(e)
+                    ),
+                }
+            );
+            if !ok {
+                failures.push(format!("{level:?}: {duplicate:?}"));
             }
-        );
-        if !ok {
-            failures.push(format!("{level:?}: {duplicate:?}"));
         }
+        assert!(
+            failures.is_empty(),
+            "a duplicate neither replayed nor got a retryable error: {failures:#?}"
+        );
     }
-    assert!(
-        failures.is_empty(),
-        "a duplicate neither replayed nor got a retryable error: {failures:#?}"
-    );
 }

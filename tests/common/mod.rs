@@ -5,7 +5,7 @@
 #[cfg(feature = "async")]
 pub mod async_backends;
 #[cfg(feature = "async")]
-pub mod async_suite;
+pub mod async_only;
 pub mod backends;
 pub mod edges;
 pub mod functions;
@@ -17,14 +17,13 @@ pub mod rt;
 pub mod suite;
 
 use diesel::QueryResult;
-use diesel_idempotent::{IdempotentConnection, ManualClock, Outcome, idempotent};
+use diesel_idempotent::{IdempotentConnection, ManualClock};
 use serde::{Deserialize, Serialize};
 
 #[cfg(feature = "async")]
 pub use async_backends::{AsyncBackend, AsyncSuiteBackend, AsyncTestConn};
 pub use backends::*;
 pub use functions::blocking::*;
-pub use rt::blocking::statements;
 
 /// A database for one test: created empty, dropped at the end.
 pub trait Backend: Sized + Send + Sync + 'static {

@@ -17,8 +17,6 @@ use diesel_idempotent::{Error, ManualClock, Mode, Outcome, Replay};
 
 use super::{AppError, Payment};
 
-pub use blocking::{Payer, open_account};
-
 /// The namespace of every call made through a [`Payer`].
 pub const NAMESPACE: &str = "tests.modes";
 
@@ -126,7 +124,6 @@ fn is_in_flight(result: &Result<Outcome<Payment>, AppError>, key: &str) -> bool 
 }
 
 #[dual::blocking]
-#[cfg(feature = "async")]
 pub mod nonblocking {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};

@@ -2,16 +2,12 @@
 //!
 //! Written once, as async code over diesel-async connections, in
 //! [`nonblocking`]; `#[dual::blocking]` derives [`blocking`], the same tests
-//! over Diesel's blocking connections, threads for tasks. The tests that
-//! only the blocking connections can run follow the module: purge,
-//! migrations, `unique_index_covers`, the pinned statement counts and
-//! PostgreSQL's REPEATABLE READ creators.
+//! over Diesel's blocking connections, threads for tasks. The tests of the
+//! APIs only a blocking connection has follow the module: purge,
+//! migrations and `unique_index_covers`.
 
-#[cfg(feature = "postgres")]
-use std::sync::Barrier;
 use std::time::Duration;
 
-use diesel::connection::Connection;
 use diesel_idempotent::Error;
 
 use super::*;
@@ -584,6 +580,34 @@ pub mod nonblocking {
         assert_eq!(conn.count_payments().await.unwrap(), 4);
     }
 
+    /// The fingerprint as the key of a `Call`, as `#[idempotent(hash)]`
+    /// uses it: the attribute finds the record the runtime wrote.
+    pub async fn hash_key_through_the_runtime<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let event = click(3_000, 1);
+        let mut results = Vec::new();
+        for _ in 0..2 {
+            let fingerprint = diesel_idempotent::fingerprint(&event).unwrap();
+            let result = Call::new("tests.consume", fingerprint.as_str())
+                .ttl(Ttl::parse("7d").unwrap())
+                .clock(&clock)
+                .fingerprint(Ok(fingerprint.clone()))
+                .run_async(&mut conn, async |conn| -> Result<i64, AppError> {
+                    Ok(conn.insert_payment(event.occurred_at).await?)
+                })
+                .await
+                .unwrap();
+            results.push(result);
+        }
+        assert!(!results[0].is_replayed() && results[1].is_replayed());
+        assert_eq!(results[0].value(), results[1].value());
+        let through_attribute = consume(&mut conn, &clock, &event).await.unwrap();
+        assert_eq!(&through_attribute, results[0].value());
+        assert_eq!(conn.count_payments().await.unwrap(), 1);
+    }
+
     pub async fn hash_of_named_values_ignores_other_fields<B: AsyncSuiteBackend>() {
         let db = B::fresh();
         let mut conn = db.connect_async().await;
@@ -1116,6 +1140,337 @@ pub mod nonblocking {
             "exactly one execution per key at every level"
         );
     }
+
+    /// The statements `conn` sends for one call of `payer`, inside a
+    /// transaction of the caller's when `in_tx`, and the call's answer.
+    async fn measure<C: AsyncTestConn>(
+        conn: &mut C,
+        payer: &crate::common::modes::nonblocking::Payer<'_>,
+        key: &str,
+        with: &NewPayment,
+        then: Then,
+        in_tx: bool,
+    ) -> (
+        Vec<String>,
+        Result<diesel_idempotent::Outcome<Payment>, AppError>,
+    ) {
+        rt::statements(conn, async |c| {
+            if in_tx {
+                rt::transaction(c, async |c| payer.pay(c, key, with, then).await).await
+            } else {
+                payer.pay(c, key, with, then).await
+            }
+        })
+        .await
+    }
+
+    /// The statements the library sends on each path of a call, outside and
+    /// inside a caller's transaction: printed as a table (the README and
+    /// BENCHMARKS.md take theirs from it) and pinned.
+    pub async fn statements_added_per_call<B: AsyncSuiteBackend>() {
+        use super::{Answer, Before};
+        use crate::common::modes::nonblocking::Payer;
+        use crate::common::modes::{Shape, TTL};
+        use Answer::*;
+        use Before::*;
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let mut holder = db.connect_async().await;
+        let clock = clock();
+        let req = NewPayment::eur(1);
+        let other = NewPayment::eur(2);
+        let claim_first = Payer::new(Shape::CLAIM_FIRST, &clock);
+        let reject = Payer::new(Shape::CLAIM_FIRST, &clock).rejecting();
+        let read_first = Payer::new(Shape::READ_FIRST, &clock);
+        let optimistic = Payer::new(Shape::OPTIMISTIC, &clock);
+        let both = Payer::new(Shape::OPTIMISTIC_READ_FIRST, &clock);
+        #[rustfmt::skip]
+        let paths: &[(&str, &Payer<'_>, Before, &NewPayment, Answer)] = &[
+            ("claim-first, first call", &claim_first, Nothing, &req, Fresh),
+            ("claim-first, replay", &claim_first, Record, &req, Replayed),
+            ("claim-first, mismatch", &claim_first, Record, &other, Mismatch),
+            ("claim-first, take-over", &claim_first, Expired, &req, Fresh),
+            ("claim-first, in flight (reject)", &reject, Held, &req, InFlight),
+            ("reject, first call", &reject, Nothing, &req, Fresh),
+            ("reject, replay", &reject, Record, &req, Replayed),
+            ("read-first, first call", &read_first, Nothing, &req, Fresh),
+            ("read-first, replay", &read_first, Record, &req, Replayed),
+            ("read-first, mismatch", &read_first, Record, &other, Mismatch),
+            ("read-first, take-over", &read_first, Expired, &req, Fresh),
+            ("optimistic, first call", &optimistic, Nothing, &req, Fresh),
+            ("optimistic, replay", &optimistic, Record, &req, Replayed),
+            ("optimistic, mismatch", &optimistic, Record, &other, Mismatch),
+            ("optimistic, take-over", &optimistic, Expired, &req, Fresh),
+            ("optimistic, body error", &optimistic, Nothing, &req, Declined),
+            ("optimistic + read-first, first call", &both, Nothing, &req, Fresh),
+            ("optimistic + read-first, replay", &both, Record, &req, Replayed),
+        ];
+        /// One path: the statements added outside and inside a caller's
+        /// transaction (`None`: not measured), and the statements themselves.
+        struct Row<'l> {
+            label: &'l str,
+            counts: [Option<usize>; 2],
+            shapes: [String; 2],
+        }
+        let mut rows: Vec<Row<'_>> = Vec::new();
+        for (n, &(label, payer, before, with, answer)) in paths.iter().enumerate() {
+            let mut row = Row {
+                label,
+                counts: [None, None],
+                shapes: [String::new(), String::new()],
+            };
+            for (position, in_tx) in [false, true].into_iter().enumerate() {
+                if before == Held && !B::REJECTS_AT_ONCE {
+                    // SQLite: the duplicate would wait for the database lock.
+                    continue;
+                }
+                let key = format!("s-{n}-{position}");
+                if matches!(before, Record | Expired) {
+                    claim_first
+                        .pay(&mut conn, &key, &req, Then::Succeed)
+                        .await
+                        .unwrap();
+                }
+                if before == Expired {
+                    clock.advance(TTL);
+                }
+                let then = if answer == Declined {
+                    Then::Fail
+                } else {
+                    Then::Succeed
+                };
+                let (log, result) = if before == Held {
+                    let mut measured = None;
+                    let held: Result<(), AppError> = rt::transaction(&mut holder, async |h| {
+                        claim_first.pay(h, &key, &req, Then::Succeed).await?;
+                        measured = Some(measure(&mut conn, payer, &key, with, then, in_tx).await);
+                        Err(AppError::Declined)
+                    })
+                    .await;
+                    assert!(matches!(held, Err(AppError::Declined)), "{held:?}");
+                    measured.unwrap()
+                } else {
+                    measure(&mut conn, payer, &key, with, then, in_tx).await
+                };
+                let what = format!("{label} (in a caller's transaction: {in_tx})");
+                match (answer, &result) {
+                    (Fresh, Ok(o)) => assert!(!o.is_replayed(), "{what}"),
+                    (Replayed, Ok(o)) => assert!(o.is_replayed(), "{what}"),
+                    (Mismatch, Err(AppError::Idempotency(Error::PayloadMismatch { .. })))
+                    | (InFlight, Err(AppError::Idempotency(Error::InFlight { .. })))
+                    | (Declined, Err(AppError::Declined)) => {}
+                    _ => panic!("{what}: expected {answer:?}, got {result:?}"),
+                }
+                // The caller's own BEGIN and COMMIT (or ROLLBACK) and the body's
+                // insert are not the library's.
+                let body = log
+                    .iter()
+                    .filter(|q| q.contains("INSERT INTO payments") || q.contains("LAST_INSERT_ID"))
+                    .count();
+                let caller = usize::from(in_tx) * 2;
+                row.counts[position] = Some(log.len() - body - caller);
+                let shapes: Vec<String> =
+                    log.iter().map(|q| q.chars().take(32).collect()).collect();
+                row.shapes[position] = shapes.join(" | ");
+            }
+            rows.push(row);
+        }
+        let cell = |count: Option<usize>| count.map_or_else(|| "-".to_owned(), |n| n.to_string());
+        let mut report = vec![
+            "| path | outside a transaction | in the caller's transaction |".to_owned(),
+            "|---|---|---|".to_owned(),
+        ];
+        for Row { label, counts, .. } in &rows {
+            report.push(format!(
+                "| {label} | {} | {} |",
+                cell(counts[0]),
+                cell(counts[1])
+            ));
+        }
+        for Row {
+            label,
+            counts,
+            shapes,
+        } in &rows
+        {
+            for (position, where_) in ["outside", "in the caller's transaction"]
+                .iter()
+                .enumerate()
+            {
+                if counts[position].is_some() {
+                    report.push(format!("{label}, {where_}: {}", shapes[position]));
+                }
+            }
+        }
+        println!(
+            "[{}] statements added by the library per call (not counting the body's nor the \
+             caller's BEGIN and COMMIT):\n  {}",
+            B::NAME,
+            report.join("\n  ")
+        );
+
+        // Pinned (README "Cost", BENCHMARKS.md). A change here is a change of
+        // the library's cost: update the docs. Each count is the same outside a
+        // transaction (BEGIN .. COMMIT or ROLLBACK) and inside the caller's
+        // (SAVEPOINT .. RELEASE or ROLLBACK TO SAVEPOINT).
+        //
+        // PostgreSQL claims a key and, when it is taken, reads the record that
+        // holds it in one statement; elsewhere the claim is followed by a load.
+        let claim = if B::NAME == "postgres" { 1 } else { 2 };
+        // `on_conflict = "reject"` disables lock waits before the claim and
+        // restores the setting after it (PostgreSQL, MySQL).
+        let lock_settings = if B::REJECTS_AT_ONCE { 2 } else { 0 };
+        #[rustfmt::skip]
+        let expected: &[(&str, usize)] = &[
+            // BEGIN, the claim (an insert), the result (UPDATE), COMMIT.
+            ("claim-first, first call", 4),
+            // BEGIN, the claim finding the record, ROLLBACK: nothing written.
+            ("claim-first, replay", 2 + claim),
+            ("claim-first, mismatch", 2 + claim),
+            // BEGIN, the claim finding the expired record, the take-over
+            // (UPDATE), the result (UPDATE), COMMIT.
+            ("claim-first, take-over", 2 + claim + 2),
+            // BEGIN, lock waits off, the claim timing out at once, ROLLBACK
+            // (MySQL also restores the setting: a timeout there ends the
+            // statement only; PostgreSQL's rollback restores it).
+            ("claim-first, in flight (reject)", if B::NAME == "postgres" { 4 } else { 5 }),
+            ("reject, first call", 4 + lock_settings),
+            ("reject, replay", 2 + claim + lock_settings),
+            // One read that misses, then the claim-first path.
+            ("read-first, first call", 1 + 4),
+            // One read: a finished, unexpired record of the same request.
+            ("read-first, replay", 1),
+            ("read-first, mismatch", 1 + 2 + claim),
+            ("read-first, take-over", 1 + 2 + claim + 2),
+            // BEGIN, the record inserted with its result, COMMIT.
+            ("optimistic, first call", 3),
+            // BEGIN, the insert finding the record, ROLLBACK (the body's
+            // effects with it).
+            ("optimistic, replay", 2 + claim),
+            ("optimistic, mismatch", 2 + claim),
+            // BEGIN, the insert finding the expired record, the take-over
+            // with the result (UPDATE), COMMIT.
+            ("optimistic, take-over", 2 + claim + 1),
+            // BEGIN, (the body fails), ROLLBACK, then one read for a first
+            // call's record that the failure may have come from (outside a
+            // caller's transaction only; inside it 2, see below).
+            ("optimistic, body error", 3),
+            ("optimistic + read-first, first call", 1 + 3),
+            ("optimistic + read-first, replay", 1),
+        ];
+        assert_eq!(expected.len(), rows.len());
+        let mut wrong = Vec::new();
+        for (
+            Row {
+                label,
+                counts,
+                shapes,
+            },
+            (expected_label, expected),
+        ) in rows.iter().zip(expected)
+        {
+            assert_eq!(label, expected_label);
+            for (position, count) in counts.iter().enumerate() {
+                // Inside a caller's transaction a failed optimistic body is
+                // answered without the read (it would see the caller's
+                // snapshot): BEGIN and ROLLBACK only.
+                let expected = if *label == "optimistic, body error" && position == 1 {
+                    &2
+                } else {
+                    expected
+                };
+                if let Some(count) = count
+                    && count != expected
+                {
+                    wrong.push(format!(
+                        "{label} ({}): {count}, expected {expected}: {}",
+                        ["outside", "in the caller's transaction"][position],
+                        shapes[position]
+                    ));
+                }
+            }
+        }
+        assert!(wrong.is_empty(), "[{}] {}", B::NAME, wrong.join("\n"));
+    }
+
+    /// PostgreSQL at REPEATABLE READ: a creator whose snapshot predates the
+    /// winner's row cannot see it, so it gets the unique violation (retry the
+    /// transaction) or the row, never a spurious "not found"; a retry converges.
+    pub async fn get_or_create_under_repeatable_read<B: AsyncSuiteBackend>() {
+        use crate::common::Isolation;
+        use diesel::result::{DatabaseErrorKind, Error as DieselError};
+        const THREADS: usize = 8;
+        const ROUNDS: i64 = 10;
+        assert_eq!(B::NAME, "postgres", "a PostgreSQL scenario");
+        /// One creator's transaction at REPEATABLE READ, its snapshot taken
+        /// before the race.
+        async fn attempt<C: AsyncTestConn>(
+            conn: &mut C,
+            customer: i64,
+        ) -> Result<Account, AppError> {
+            rt::transaction_at(conn, Isolation::RepeatableRead, async |conn| {
+                conn.count_accounts().await?;
+                Ok(open_account(conn, customer, 7).await?)
+            })
+            .await
+        }
+        let db = Arc::new(B::fresh());
+        let barrier = Arc::new(rt::Barrier::new(THREADS));
+        let workers: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (db, barrier) = (Arc::clone(&db), Arc::clone(&barrier));
+                rt::spawn(move || async move {
+                    let mut conn = db.connect_async().await;
+                    let mut outcomes = Vec::new();
+                    for round in 0..ROUNDS {
+                        barrier.wait().await;
+                        let first = attempt(&mut conn, 900 + round).await;
+                        // The documented reaction: retry the transaction.
+                        let mut settled = None;
+                        for _ in 0..5 {
+                            if let Ok(account) = attempt(&mut conn, 900 + round).await {
+                                settled = Some(account);
+                                break;
+                            }
+                        }
+                        outcomes.push((first, settled.expect("a retry converges")));
+                    }
+                    outcomes
+                })
+            })
+            .collect();
+        let outcomes = join_all(workers).await;
+        let (mut ok, mut retryable) = (0usize, 0usize);
+        for round in 0..ROUNDS as usize {
+            let winner = &outcomes[0][round].1;
+            for thread in &outcomes {
+                let (first, settled) = &thread[round];
+                assert_eq!(
+                    settled, winner,
+                    "round {round}: retries converge on one row"
+                );
+                match first {
+                    Ok(account) => {
+                        assert_eq!(account, winner);
+                        ok += 1;
+                    }
+                    Err(AppError::Db(DieselError::DatabaseError(
+                        DatabaseErrorKind::UniqueViolation
+                        | DatabaseErrorKind::SerializationFailure,
+                        _,
+                    ))) => retryable += 1,
+                    Err(other) => panic!("round {round}: unexpected {other:?}"),
+                }
+            }
+        }
+        println!(
+            "[postgres] REPEATABLE READ, {THREADS} creators x {ROUNDS} rounds: {ok} got the row, \
+             {retryable} got a retryable unique violation / serialization failure"
+        );
+        assert!(ok >= ROUNDS as usize, "every round has a winner");
+        let mut conn = db.connect_async().await;
+        assert_eq!(conn.count_accounts().await.unwrap(), ROUNDS);
+    }
 }
 
 pub fn purge_expired_deletes_in_batches<B: Backend>() {
@@ -1219,239 +1574,6 @@ enum Answer {
     Declined,
 }
 
-/// The statements the library sends on each path of a call, outside and
-/// inside a caller's transaction: printed as a table (the README and
-/// BENCHMARKS.md take theirs from it) and pinned.
-pub fn statements_added_per_call<B: Backend>() {
-    use super::modes::{Payer, Shape, TTL};
-    use Answer::*;
-    use Before::*;
-    let db = B::fresh();
-    let mut conn = db.connect();
-    let mut holder = db.connect();
-    let clock = clock();
-    let req = NewPayment::eur(1);
-    let other = NewPayment::eur(2);
-    let claim_first = Payer::new(Shape::CLAIM_FIRST, &clock);
-    let reject = Payer::new(Shape::CLAIM_FIRST, &clock).rejecting();
-    let read_first = Payer::new(Shape::READ_FIRST, &clock);
-    let optimistic = Payer::new(Shape::OPTIMISTIC, &clock);
-    let both = Payer::new(Shape::OPTIMISTIC_READ_FIRST, &clock);
-    #[rustfmt::skip]
-    let paths: &[(&str, &Payer<'_>, Before, &NewPayment, Answer)] = &[
-        ("claim-first, first call", &claim_first, Nothing, &req, Fresh),
-        ("claim-first, replay", &claim_first, Record, &req, Replayed),
-        ("claim-first, mismatch", &claim_first, Record, &other, Mismatch),
-        ("claim-first, take-over", &claim_first, Expired, &req, Fresh),
-        ("claim-first, in flight (reject)", &reject, Held, &req, InFlight),
-        ("reject, first call", &reject, Nothing, &req, Fresh),
-        ("reject, replay", &reject, Record, &req, Replayed),
-        ("read-first, first call", &read_first, Nothing, &req, Fresh),
-        ("read-first, replay", &read_first, Record, &req, Replayed),
-        ("read-first, mismatch", &read_first, Record, &other, Mismatch),
-        ("read-first, take-over", &read_first, Expired, &req, Fresh),
-        ("optimistic, first call", &optimistic, Nothing, &req, Fresh),
-        ("optimistic, replay", &optimistic, Record, &req, Replayed),
-        ("optimistic, mismatch", &optimistic, Record, &other, Mismatch),
-        ("optimistic, take-over", &optimistic, Expired, &req, Fresh),
-        ("optimistic, body error", &optimistic, Nothing, &req, Declined),
-        ("optimistic + read-first, first call", &both, Nothing, &req, Fresh),
-        ("optimistic + read-first, replay", &both, Record, &req, Replayed),
-    ];
-    /// One path: the statements added outside and inside a caller's
-    /// transaction (`None`: not measured), and the statements themselves.
-    struct Row<'l> {
-        label: &'l str,
-        counts: [Option<usize>; 2],
-        shapes: [String; 2],
-    }
-    let mut rows: Vec<Row<'_>> = Vec::new();
-    for (n, &(label, payer, before, with, answer)) in paths.iter().enumerate() {
-        let mut row = Row {
-            label,
-            counts: [None, None],
-            shapes: [String::new(), String::new()],
-        };
-        for (position, in_tx) in [false, true].into_iter().enumerate() {
-            if before == Held && !B::REJECTS_AT_ONCE {
-                // SQLite: the duplicate would wait for the database lock.
-                continue;
-            }
-            let key = format!("s-{n}-{position}");
-            if matches!(before, Record | Expired) {
-                claim_first
-                    .pay(&mut conn, &key, &req, Then::Succeed)
-                    .unwrap();
-            }
-            if before == Expired {
-                clock.advance(TTL);
-            }
-            let then = if answer == Declined {
-                Then::Fail
-            } else {
-                Then::Succeed
-            };
-            let call = |conn: &mut B::Conn| {
-                statements(conn, |c| {
-                    if in_tx {
-                        c.transaction(|c| payer.pay(c, &key, with, then))
-                    } else {
-                        payer.pay(c, &key, with, then)
-                    }
-                })
-            };
-            let (log, result) = if before == Held {
-                let mut measured = None;
-                let held: Result<(), AppError> = holder.transaction(|h| {
-                    claim_first.pay(h, &key, &req, Then::Succeed)?;
-                    measured = Some(call(&mut conn));
-                    Err(AppError::Declined)
-                });
-                assert!(matches!(held, Err(AppError::Declined)), "{held:?}");
-                measured.unwrap()
-            } else {
-                call(&mut conn)
-            };
-            let what = format!("{label} (in a caller's transaction: {in_tx})");
-            match (answer, &result) {
-                (Fresh, Ok(o)) => assert!(!o.is_replayed(), "{what}"),
-                (Replayed, Ok(o)) => assert!(o.is_replayed(), "{what}"),
-                (Mismatch, Err(AppError::Idempotency(Error::PayloadMismatch { .. })))
-                | (InFlight, Err(AppError::Idempotency(Error::InFlight { .. })))
-                | (Declined, Err(AppError::Declined)) => {}
-                _ => panic!("{what}: expected {answer:?}, got {result:?}"),
-            }
-            // The caller's own BEGIN and COMMIT (or ROLLBACK) and the body's
-            // insert are not the library's.
-            let body = log
-                .iter()
-                .filter(|q| q.contains("INSERT INTO payments") || q.contains("LAST_INSERT_ID"))
-                .count();
-            let caller = usize::from(in_tx) * 2;
-            row.counts[position] = Some(log.len() - body - caller);
-            let shapes: Vec<String> = log.iter().map(|q| q.chars().take(32).collect()).collect();
-            row.shapes[position] = shapes.join(" | ");
-        }
-        rows.push(row);
-    }
-    let cell = |count: Option<usize>| count.map_or_else(|| "-".to_owned(), |n| n.to_string());
-    let mut report = vec![
-        "| path | outside a transaction | in the caller's transaction |".to_owned(),
-        "|---|---|---|".to_owned(),
-    ];
-    for Row { label, counts, .. } in &rows {
-        report.push(format!(
-            "| {label} | {} | {} |",
-            cell(counts[0]),
-            cell(counts[1])
-        ));
-    }
-    for Row {
-        label,
-        counts,
-        shapes,
-    } in &rows
-    {
-        for (position, where_) in ["outside", "in the caller's transaction"]
-            .iter()
-            .enumerate()
-        {
-            if counts[position].is_some() {
-                report.push(format!("{label}, {where_}: {}", shapes[position]));
-            }
-        }
-    }
-    println!(
-        "[{}] statements added by the library per call (not counting the body's nor the \
-         caller's BEGIN and COMMIT):\n  {}",
-        B::NAME,
-        report.join("\n  ")
-    );
-
-    // Pinned (README "Cost", BENCHMARKS.md). A change here is a change of
-    // the library's cost: update the docs. Each count is the same outside a
-    // transaction (BEGIN .. COMMIT or ROLLBACK) and inside the caller's
-    // (SAVEPOINT .. RELEASE or ROLLBACK TO SAVEPOINT).
-    //
-    // PostgreSQL claims a key and, when it is taken, reads the record that
-    // holds it in one statement; elsewhere the claim is followed by a load.
-    let claim = if B::NAME == "postgres" { 1 } else { 2 };
-    // `on_conflict = "reject"` disables lock waits before the claim and
-    // restores the setting after it (PostgreSQL, MySQL).
-    let lock_settings = if B::REJECTS_AT_ONCE { 2 } else { 0 };
-    #[rustfmt::skip]
-    let expected: &[(&str, usize)] = &[
-        // BEGIN, the claim (an insert), the result (UPDATE), COMMIT.
-        ("claim-first, first call", 4),
-        // BEGIN, the claim finding the record, ROLLBACK: nothing written.
-        ("claim-first, replay", 2 + claim),
-        ("claim-first, mismatch", 2 + claim),
-        // BEGIN, the claim finding the expired record, the take-over
-        // (UPDATE), the result (UPDATE), COMMIT.
-        ("claim-first, take-over", 2 + claim + 2),
-        // BEGIN, lock waits off, the claim timing out at once, ROLLBACK
-        // (MySQL also restores the setting: a timeout there ends the
-        // statement only; PostgreSQL's rollback restores it).
-        ("claim-first, in flight (reject)", if B::NAME == "postgres" { 4 } else { 5 }),
-        ("reject, first call", 4 + lock_settings),
-        ("reject, replay", 2 + claim + lock_settings),
-        // One read that misses, then the claim-first path.
-        ("read-first, first call", 1 + 4),
-        // One read: a finished, unexpired record of the same request.
-        ("read-first, replay", 1),
-        ("read-first, mismatch", 1 + 2 + claim),
-        ("read-first, take-over", 1 + 2 + claim + 2),
-        // BEGIN, the record inserted with its result, COMMIT.
-        ("optimistic, first call", 3),
-        // BEGIN, the insert finding the record, ROLLBACK (the body's
-        // effects with it).
-        ("optimistic, replay", 2 + claim),
-        ("optimistic, mismatch", 2 + claim),
-        // BEGIN, the insert finding the expired record, the take-over
-        // with the result (UPDATE), COMMIT.
-        ("optimistic, take-over", 2 + claim + 1),
-        // BEGIN, (the body fails), ROLLBACK, then one read for a first
-        // call's record that the failure may have come from (outside a
-        // caller's transaction only; inside it 2, see below).
-        ("optimistic, body error", 3),
-        ("optimistic + read-first, first call", 1 + 3),
-        ("optimistic + read-first, replay", 1),
-    ];
-    assert_eq!(expected.len(), rows.len());
-    let mut wrong = Vec::new();
-    for (
-        Row {
-            label,
-            counts,
-            shapes,
-        },
-        (expected_label, expected),
-    ) in rows.iter().zip(expected)
-    {
-        assert_eq!(label, expected_label);
-        for (position, count) in counts.iter().enumerate() {
-            // Inside a caller's transaction a failed optimistic body is
-            // answered without the read (it would see the caller's
-            // snapshot): BEGIN and ROLLBACK only.
-            let expected = if *label == "optimistic, body error" && position == 1 {
-                &2
-            } else {
-                expected
-            };
-            if let Some(count) = count
-                && count != expected
-            {
-                wrong.push(format!(
-                    "{label} ({}): {count}, expected {expected}: {}",
-                    ["outside", "in the caller's transaction"][position],
-                    shapes[position]
-                ));
-            }
-        }
-    }
-    assert!(wrong.is_empty(), "[{}] {}", B::NAME, wrong.join("\n"));
-}
-
 /// `unique_index_covers` reads the catalog on a blocking connection only.
 pub fn get_or_create_checks_unique_indexes<B: Backend>() {
     let db = B::fresh();
@@ -1473,73 +1595,6 @@ pub fn get_or_create_checks_unique_indexes<B: Backend>() {
     assert!(!covers(&mut conn, "no_such_table", &["id"]));
 }
 
-/// PostgreSQL at REPEATABLE READ: a creator whose snapshot predates the
-/// winner's row cannot see it, so it gets the unique violation (retry the
-/// transaction) or the row, never a spurious "not found"; a retry converges.
-#[cfg(feature = "postgres")]
-pub fn get_or_create_under_repeatable_read() {
-    use diesel::result::{DatabaseErrorKind, Error as DieselError};
-    const THREADS: usize = 8;
-    const ROUNDS: i64 = 10;
-    let db = Postgres::fresh();
-    let barrier = Barrier::new(THREADS);
-    let attempt = |conn: &mut diesel::PgConnection, customer: i64| {
-        conn.build_transaction().repeatable_read().run(|conn| {
-            conn.count_accounts()?; // the snapshot is taken before the race
-            open_account(conn, customer, 7)
-        })
-    };
-    let (mut ok, mut retryable) = (0usize, 0usize);
-    let outcomes: Vec<Vec<(Result<Account, DieselError>, Account)>> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..THREADS)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut conn = db.connect();
-                    (0..ROUNDS)
-                        .map(|round| {
-                            barrier.wait();
-                            let first = attempt(&mut conn, 900 + round);
-                            // The documented reaction: retry the transaction.
-                            let settled = (0..5)
-                                .find_map(|_| attempt(&mut conn, 900 + round).ok())
-                                .expect("a retry converges");
-                            (first, settled)
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        workers.into_iter().map(|w| w.join().unwrap()).collect()
-    });
-    for round in 0..ROUNDS as usize {
-        let winner = &outcomes[0][round].1;
-        for thread in &outcomes {
-            let (first, settled) = &thread[round];
-            assert_eq!(
-                settled, winner,
-                "round {round}: retries converge on one row"
-            );
-            match first {
-                Ok(account) => {
-                    assert_eq!(account, winner);
-                    ok += 1;
-                }
-                Err(DieselError::DatabaseError(
-                    DatabaseErrorKind::UniqueViolation | DatabaseErrorKind::SerializationFailure,
-                    _,
-                )) => retryable += 1,
-                Err(other) => panic!("round {round}: unexpected {other:?}"),
-            }
-        }
-    }
-    println!(
-        "[postgres] REPEATABLE READ, {THREADS} creators x {ROUNDS} rounds: {ok} got the row, \
-         {retryable} got a retryable unique violation / serialization failure"
-    );
-    assert!(ok >= ROUNDS as usize, "every round has a winner");
-    assert_eq!(db.connect().count_accounts().unwrap(), ROUNDS);
-}
-
 /// Instantiates this file's tests for one backend in one flavour (see
 /// `conformance!`).
 #[macro_export]
@@ -1551,7 +1606,6 @@ macro_rules! suite_tests {
             purge_expired_deletes_in_batches,
             migrate_is_idempotent,
             generated_cli_migrations_apply,
-            statements_added_per_call,
             get_or_create_checks_unique_indexes,
         );
     };
@@ -1562,6 +1616,7 @@ macro_rules! suite_tests {
         $crate::conformance!(@each $flavour $backend; suite;
             first_call_runs_body_and_stores_result,
             replay_returns_stored_result_without_running_body,
+            statements_added_per_call,
             duplicate_waits_for_first_and_replays,
             duplicate_runs_body_when_first_rolls_back,
             outcome_tells_replays_apart,
@@ -1581,6 +1636,7 @@ macro_rules! suite_tests {
             concurrent_takeover_of_expired_record_runs_body_once,
             hash_of_arguments_replays_repeats,
             hash_of_named_values_ignores_other_fields,
+            hash_key_through_the_runtime,
             webhook_dedup_by_id_or_body,
             retried_batch_reruns_only_missing_items,
             concurrent_redeliveries_run_hash_body_once,
