@@ -286,69 +286,6 @@ struct Count32 {
     n: i32,
 }
 
-/// The statements every dialect writes the same way.
-macro_rules! shared_statements {
-    () => {
-        async fn count_payments(&mut self) -> QueryResult<i64> {
-            diesel::sql_query("SELECT COUNT(*) AS n FROM payments")
-                .get_result::<Count>(self)
-                .await
-                .map(|row| row.n)
-        }
-
-        async fn count_records(&mut self) -> QueryResult<i64> {
-            idempotency_records::table
-                .count()
-                .get_result::<i64>(self)
-                .await
-        }
-
-        async fn count_accounts(&mut self) -> QueryResult<i64> {
-            diesel::sql_query("SELECT COUNT(*) AS n FROM accounts")
-                .get_result::<Count>(self)
-                .await
-                .map(|row| row.n)
-        }
-
-        async fn load_record(
-            &mut self,
-            namespace: &str,
-            key: &str,
-        ) -> QueryResult<IdempotencyRecord> {
-            idempotency_records::table
-                .filter(idempotency_records::namespace.eq(namespace))
-                .filter(idempotency_records::key.eq(key))
-                .select(IdempotencyRecord::as_select())
-                .first(self)
-                .await
-        }
-
-        async fn set_record_fingerprint(
-            &mut self,
-            namespace: &str,
-            key: &str,
-            fingerprint: &str,
-        ) -> QueryResult<usize> {
-            diesel::update(
-                idempotency_records::table
-                    .filter(idempotency_records::namespace.eq(namespace))
-                    .filter(idempotency_records::key.eq(key)),
-            )
-            .set(idempotency_records::fingerprint.eq(fingerprint))
-            .execute(self)
-            .await
-        }
-
-        async fn record_keys(&mut self) -> QueryResult<Vec<String>> {
-            idempotency_records::table
-                .select(idempotency_records::key)
-                .order(idempotency_records::key)
-                .load(self)
-                .await
-        }
-    };
-}
-
 /// The account lookup, with the dialect's two placeholders.
 macro_rules! find_account {
     ($customer:literal, $bank:literal) => {
@@ -478,7 +415,7 @@ impl AsyncTestConn for diesel_async::AsyncPgConnection {
         Ok(())
     }
 
-    shared_statements!();
+    super::dsl_statements!([async] [.await]);
 }
 
 #[cfg(feature = "mysql")]
@@ -535,7 +472,7 @@ impl AsyncTestConn for diesel_async::AsyncMysqlConnection {
             .await
     }
 
-    shared_statements!();
+    super::dsl_statements!([async] [.await]);
 }
 
 #[cfg(feature = "sqlite")]
@@ -578,7 +515,7 @@ impl AsyncTestConn for AsyncSqlite {
         unreachable!("SQLite has no server sessions")
     }
 
-    shared_statements!();
+    super::dsl_statements!([async] [.await]);
 }
 
 fn isolation_sql(level: Isolation) -> &'static str {

@@ -22,60 +22,17 @@ struct Count {
     n: i64,
 }
 
-/// The helpers every backend writes the same way in Diesel's DSL; expanded
-/// in each concrete connection's impl.
+/// The helpers every backend writes the same way in Diesel's DSL that only
+/// a blocking connection has; expanded in each concrete connection's impl
+/// next to `dsl_statements!`.
 macro_rules! shared_helpers {
     () => {
-        fn count_payments(&mut self) -> QueryResult<i64> {
-            diesel::sql_query("SELECT COUNT(*) AS n FROM payments")
-                .get_result::<Count>(self)
-                .map(|row| row.n)
-        }
-
-        fn count_records(&mut self) -> QueryResult<i64> {
-            idempotency_records::table.count().get_result(self)
-        }
+        $crate::common::dsl_statements!([] []);
 
         fn run_file_migrations(&mut self, dir: &Path) -> usize {
             self.run_pending_migrations(file_migrations(dir))
                 .expect("file-based migrations")
                 .len()
-        }
-
-        fn load_record(&mut self, namespace: &str, key: &str) -> QueryResult<IdempotencyRecord> {
-            idempotency_records::table
-                .filter(idempotency_records::namespace.eq(namespace))
-                .filter(idempotency_records::key.eq(key))
-                .select(IdempotencyRecord::as_select())
-                .first(self)
-        }
-
-        fn set_record_fingerprint(
-            &mut self,
-            namespace: &str,
-            key: &str,
-            fingerprint: &str,
-        ) -> QueryResult<usize> {
-            diesel::update(
-                idempotency_records::table
-                    .filter(idempotency_records::namespace.eq(namespace))
-                    .filter(idempotency_records::key.eq(key)),
-            )
-            .set(idempotency_records::fingerprint.eq(fingerprint))
-            .execute(self)
-        }
-
-        fn count_accounts(&mut self) -> QueryResult<i64> {
-            diesel::sql_query("SELECT COUNT(*) AS n FROM accounts")
-                .get_result::<Count>(self)
-                .map(|row| row.n)
-        }
-
-        fn record_keys(&mut self) -> QueryResult<Vec<String>> {
-            idempotency_records::table
-                .select(idempotency_records::key)
-                .order(idempotency_records::key)
-                .load(self)
         }
     };
 }
