@@ -14,6 +14,7 @@ use diesel_async::pooled_connection::{
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use diesel_idempotent::{AsyncIdempotentConnection, IdempotencyRecord, idempotency_records};
 
+use super::statements::{dsl_statements, mysql_inserts, returning_inserts, row_locks, session_id};
 use super::{Account, Backend, DatabaseUrl, Isolation};
 
 /// A pool of async connections, whatever its crate.
@@ -286,104 +287,11 @@ struct Count32 {
     n: i32,
 }
 
-/// The account lookup, with the dialect's two placeholders.
-macro_rules! find_account {
-    ($customer:literal, $bank:literal) => {
-        async fn find_account(
-            &mut self,
-            customer_id: i64,
-            bank_id: i64,
-        ) -> QueryResult<Option<Account>> {
-            diesel::sql_query(concat!(
-                "SELECT id, customer_id, bank_id FROM accounts WHERE customer_id = ",
-                $customer,
-                " AND bank_id = ",
-                $bank
-            ))
-            .bind::<BigInt, _>(customer_id)
-            .bind::<BigInt, _>(bank_id)
-            .get_result(self)
-            .await
-            .optional()
-        }
-    };
-}
-
-/// The body's inserts and the account lookup of the dialects with
-/// `RETURNING` (PostgreSQL, SQLite), with their two placeholders.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
-macro_rules! returning_statements {
-    ($first:literal, $second:literal) => {
-        async fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
-            diesel::sql_query(concat!(
-                "INSERT INTO payments (amount) VALUES (",
-                $first,
-                ") RETURNING id"
-            ))
-            .bind::<BigInt, _>(amount)
-            .get_result::<Id>(self)
-            .await
-            .map(|row| row.id)
-        }
-
-        async fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
-            diesel::sql_query(concat!(
-                "INSERT INTO accounts (customer_id, bank_id) VALUES (",
-                $first,
-                ", ",
-                $second,
-                ") RETURNING id, customer_id, bank_id"
-            ))
-            .bind::<BigInt, _>(customer_id)
-            .bind::<BigInt, _>(bank_id)
-            .get_result(self)
-            .await
-        }
-
-        find_account!($first, $second);
-    };
-}
-
-/// The session statements and the payment row lock, with the dialect's
-/// lock-wait setting and placeholder.
-macro_rules! lock_statements {
-    ($short_waits:literal, $placeholder:literal) => {
-        async fn short_lock_waits(&mut self) -> QueryResult<()> {
-            diesel::sql_query($short_waits)
-                .execute(self)
-                .await
-                .map(drop)
-        }
-
-        async fn touch_payment(&mut self, id: i64) -> QueryResult<()> {
-            diesel::sql_query(concat!(
-                "UPDATE payments SET amount = amount + 1 WHERE id = ",
-                $placeholder
-            ))
-            .bind::<BigInt, _>(id)
-            .execute(self)
-            .await
-            .map(drop)
-        }
-
-        async fn lock_payment_nowait(&mut self, id: i64) -> QueryResult<()> {
-            diesel::sql_query(concat!(
-                "SELECT id FROM payments WHERE id = ",
-                $placeholder,
-                " FOR UPDATE NOWAIT"
-            ))
-            .bind::<BigInt, _>(id)
-            .get_result::<Id>(self)
-            .await
-            .map(drop)
-        }
-    };
-}
-
 #[cfg(feature = "postgres")]
 impl AsyncTestConn for diesel_async::AsyncPgConnection {
-    returning_statements!("$1", "$2");
-    lock_statements!("SET lock_timeout = '200ms'", "$1");
+    returning_inserts!([async] [.await] "$1", "$2");
+    row_locks!([async] [.await] "SET lock_timeout = '200ms'", "$1");
+    session_id!([async] [.await] "SELECT CAST(pg_backend_pid() AS BIGINT) AS id");
 
     async fn use_isolation(&mut self, level: Isolation) -> QueryResult<()> {
         diesel_async::SimpleAsyncConnection::batch_execute(
@@ -394,13 +302,6 @@ impl AsyncTestConn for diesel_async::AsyncPgConnection {
             ),
         )
         .await
-    }
-
-    async fn session_id(&mut self) -> QueryResult<i64> {
-        diesel::sql_query("SELECT CAST(pg_backend_pid() AS BIGINT) AS id")
-            .get_result::<Id>(self)
-            .await
-            .map(|row| row.id)
     }
 
     async fn kill_session(&mut self, id: i64) -> QueryResult<()> {
@@ -415,37 +316,14 @@ impl AsyncTestConn for diesel_async::AsyncPgConnection {
         Ok(())
     }
 
-    super::dsl_statements!([async] [.await]);
+    dsl_statements!([async] [.await]);
 }
 
 #[cfg(feature = "mysql")]
 impl AsyncTestConn for diesel_async::AsyncMysqlConnection {
-    async fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
-        diesel::sql_query("INSERT INTO payments (amount) VALUES (?)")
-            .bind::<BigInt, _>(amount)
-            .execute(self)
-            .await?;
-        diesel::sql_query("SELECT CAST(LAST_INSERT_ID() AS SIGNED) AS id")
-            .get_result::<Id>(self)
-            .await
-            .map(|row| row.id)
-    }
-
-    find_account!("?", "?");
-    lock_statements!("SET SESSION innodb_lock_wait_timeout = 1", "?");
-
-    async fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
-        diesel::sql_query("INSERT INTO accounts (customer_id, bank_id) VALUES (?, ?)")
-            .bind::<BigInt, _>(customer_id)
-            .bind::<BigInt, _>(bank_id)
-            .execute(self)
-            .await?;
-        diesel::sql_query(
-            "SELECT id, customer_id, bank_id FROM accounts WHERE id = LAST_INSERT_ID()",
-        )
-        .get_result(self)
-        .await
-    }
+    mysql_inserts!([async] [.await]);
+    row_locks!([async] [.await] "SET SESSION innodb_lock_wait_timeout = 1", "?");
+    session_id!([async] [.await] "SELECT CAST(CONNECTION_ID() AS SIGNED) AS id");
 
     async fn use_isolation(&mut self, level: Isolation) -> QueryResult<()> {
         // The session's level, which the library reads (as the blocking
@@ -460,43 +338,19 @@ impl AsyncTestConn for diesel_async::AsyncMysqlConnection {
         .await
     }
 
-    async fn session_id(&mut self) -> QueryResult<i64> {
-        diesel::sql_query("SELECT CAST(CONNECTION_ID() AS SIGNED) AS id")
-            .get_result::<Id>(self)
-            .await
-            .map(|row| row.id)
-    }
-
     async fn kill_session(&mut self, id: i64) -> QueryResult<()> {
         diesel_async::SimpleAsyncConnection::batch_execute(self, &format!("KILL CONNECTION {id}"))
             .await
     }
 
-    super::dsl_statements!([async] [.await]);
+    dsl_statements!([async] [.await]);
 }
 
 #[cfg(feature = "sqlite")]
 impl AsyncTestConn for AsyncSqlite {
-    returning_statements!("?", "?");
-
-    async fn short_lock_waits(&mut self) -> QueryResult<()> {
-        diesel::sql_query("PRAGMA busy_timeout = 0")
-            .execute(self)
-            .await
-            .map(drop)
-    }
-
-    async fn touch_payment(&mut self, id: i64) -> QueryResult<()> {
-        diesel::sql_query("UPDATE payments SET amount = amount + 1 WHERE id = ?")
-            .bind::<BigInt, _>(id)
-            .execute(self)
-            .await
-            .map(drop)
-    }
-
-    async fn lock_payment_nowait(&mut self, _id: i64) -> QueryResult<()> {
-        unreachable!("SQLite has no row locks")
-    }
+    returning_inserts!([async] [.await] "?", "?");
+    row_locks!([async] [.await] sqlite);
+    session_id!([async] [.await] sqlite);
 
     async fn use_isolation(&mut self, level: Isolation) -> QueryResult<()> {
         assert_eq!(
@@ -507,15 +361,11 @@ impl AsyncTestConn for AsyncSqlite {
         Ok(())
     }
 
-    async fn session_id(&mut self) -> QueryResult<i64> {
-        unreachable!("SQLite has no server sessions")
-    }
-
     async fn kill_session(&mut self, _id: i64) -> QueryResult<()> {
         unreachable!("SQLite has no server sessions")
     }
 
-    super::dsl_statements!([async] [.await]);
+    dsl_statements!([async] [.await]);
 }
 
 fn isolation_sql(level: Isolation) -> &'static str {

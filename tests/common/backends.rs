@@ -8,6 +8,11 @@ use diesel::sql_types::BigInt;
 use diesel_idempotent::{IdempotencyRecord, idempotency_records};
 use diesel_migrations::{FileBasedMigrations, MigrationHarness};
 
+#[allow(
+    unused_imports,
+    reason = "each backend's impl expands its dialect's macros"
+)]
+use super::statements::{mysql_inserts, returning_inserts, row_locks, session_id};
 use super::{Account, AppError, Backend, Isolation, TestConn};
 
 #[derive(QueryableByName)]
@@ -27,7 +32,7 @@ struct Count {
 /// next to `dsl_statements!`.
 macro_rules! shared_helpers {
     () => {
-        $crate::common::dsl_statements!([] []);
+        $crate::common::statements::dsl_statements!([] []);
 
         fn run_file_migrations(&mut self, dir: &Path) -> usize {
             self.run_pending_migrations(file_migrations(dir))
@@ -230,6 +235,10 @@ impl Backend for Sqlite {
 
 #[cfg(feature = "sqlite")]
 impl TestConn for SqliteConnection {
+    returning_inserts!([] [] "?", "?");
+    row_locks!([] [] sqlite);
+    session_id!([] [] sqlite);
+
     fn create_side_tables(&mut self) -> QueryResult<()> {
         diesel::sql_query(
             "CREATE TABLE payments (id INTEGER PRIMARY KEY AUTOINCREMENT, amount BIGINT NOT NULL)",
@@ -260,54 +269,6 @@ impl TestConn for SqliteConnection {
         diesel::sql_query("CREATE TABLE notes (customer_id BIGINT NOT NULL, body TEXT)")
             .execute(self)
             .map(drop)
-    }
-
-    fn find_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Option<Account>> {
-        diesel::sql_query(
-            "SELECT id, customer_id, bank_id FROM accounts WHERE customer_id = ? AND bank_id = ?",
-        )
-        .bind::<BigInt, _>(customer_id)
-        .bind::<BigInt, _>(bank_id)
-        .get_result(self)
-        .optional()
-    }
-
-    fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
-        diesel::sql_query(
-            "INSERT INTO accounts (customer_id, bank_id) VALUES (?, ?) \
-             RETURNING id, customer_id, bank_id",
-        )
-        .bind::<BigInt, _>(customer_id)
-        .bind::<BigInt, _>(bank_id)
-        .get_result(self)
-    }
-
-    fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
-        diesel::sql_query("INSERT INTO payments (amount) VALUES (?) RETURNING id")
-            .bind::<BigInt, _>(amount)
-            .get_result::<Id>(self)
-            .map(|row| row.id)
-    }
-
-    fn short_lock_waits(&mut self) -> QueryResult<()> {
-        diesel::sql_query("PRAGMA busy_timeout = 0")
-            .execute(self)
-            .map(drop)
-    }
-
-    fn touch_payment(&mut self, id: i64) -> QueryResult<()> {
-        diesel::sql_query("UPDATE payments SET amount = amount + 1 WHERE id = ?")
-            .bind::<BigInt, _>(id)
-            .execute(self)
-            .map(drop)
-    }
-
-    fn lock_payment_nowait(&mut self, _id: i64) -> QueryResult<()> {
-        unreachable!("SQLite has no row locks")
-    }
-
-    fn session_id(&mut self) -> QueryResult<i64> {
-        unreachable!("SQLite has no server sessions")
     }
 
     fn create_tricky_index_tables(
@@ -376,6 +337,10 @@ impl Backend for Postgres {
 
 #[cfg(feature = "postgres")]
 impl TestConn for PgConnection {
+    returning_inserts!([] [] "$1", "$2");
+    row_locks!([] [] "SET lock_timeout = '200ms'", "$1");
+    session_id!([] [] "SELECT CAST(pg_backend_pid() AS BIGINT) AS id");
+
     fn create_side_tables(&mut self) -> QueryResult<()> {
         diesel::sql_query(
             "CREATE TABLE payments (id BIGSERIAL PRIMARY KEY, amount BIGINT NOT NULL)",
@@ -407,59 +372,6 @@ impl TestConn for PgConnection {
         diesel::sql_query("CREATE TABLE notes (customer_id BIGINT NOT NULL, body TEXT)")
             .execute(self)
             .map(drop)
-    }
-
-    fn find_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Option<Account>> {
-        diesel::sql_query(
-            "SELECT id, customer_id, bank_id FROM accounts WHERE customer_id = $1 AND bank_id = $2",
-        )
-        .bind::<BigInt, _>(customer_id)
-        .bind::<BigInt, _>(bank_id)
-        .get_result(self)
-        .optional()
-    }
-
-    fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
-        diesel::sql_query(
-            "INSERT INTO accounts (customer_id, bank_id) VALUES ($1, $2) \
-             RETURNING id, customer_id, bank_id",
-        )
-        .bind::<BigInt, _>(customer_id)
-        .bind::<BigInt, _>(bank_id)
-        .get_result(self)
-    }
-
-    fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
-        diesel::sql_query("INSERT INTO payments (amount) VALUES ($1) RETURNING id")
-            .bind::<BigInt, _>(amount)
-            .get_result::<Id>(self)
-            .map(|row| row.id)
-    }
-
-    fn short_lock_waits(&mut self) -> QueryResult<()> {
-        diesel::sql_query("SET lock_timeout = '200ms'")
-            .execute(self)
-            .map(drop)
-    }
-
-    fn touch_payment(&mut self, id: i64) -> QueryResult<()> {
-        diesel::sql_query("UPDATE payments SET amount = amount + 1 WHERE id = $1")
-            .bind::<BigInt, _>(id)
-            .execute(self)
-            .map(drop)
-    }
-
-    fn lock_payment_nowait(&mut self, id: i64) -> QueryResult<()> {
-        diesel::sql_query("SELECT id FROM payments WHERE id = $1 FOR UPDATE NOWAIT")
-            .bind::<BigInt, _>(id)
-            .get_result::<Id>(self)
-            .map(drop)
-    }
-
-    fn session_id(&mut self) -> QueryResult<i64> {
-        diesel::sql_query("SELECT CAST(pg_backend_pid() AS BIGINT) AS id")
-            .get_result::<Id>(self)
-            .map(|row| row.id)
     }
 
     fn create_tricky_index_tables(
@@ -535,6 +447,10 @@ impl Backend for Mysql {
 
 #[cfg(feature = "mysql")]
 impl TestConn for MysqlConnection {
+    mysql_inserts!([] []);
+    row_locks!([] [] "SET SESSION innodb_lock_wait_timeout = 1", "?");
+    session_id!([] [] "SELECT CAST(CONNECTION_ID() AS SIGNED) AS id");
+
     fn create_side_tables(&mut self) -> QueryResult<()> {
         diesel::sql_query(
             "CREATE TABLE payments (id BIGINT AUTO_INCREMENT PRIMARY KEY, amount BIGINT NOT NULL) \
@@ -542,41 +458,6 @@ impl TestConn for MysqlConnection {
         )
         .execute(self)
         .map(drop)
-    }
-
-    fn insert_payment(&mut self, amount: i64) -> QueryResult<i64> {
-        diesel::sql_query("INSERT INTO payments (amount) VALUES (?)")
-            .bind::<BigInt, _>(amount)
-            .execute(self)?;
-        diesel::sql_query("SELECT CAST(LAST_INSERT_ID() AS SIGNED) AS id")
-            .get_result::<Id>(self)
-            .map(|row| row.id)
-    }
-
-    fn short_lock_waits(&mut self) -> QueryResult<()> {
-        diesel::sql_query("SET SESSION innodb_lock_wait_timeout = 1")
-            .execute(self)
-            .map(drop)
-    }
-
-    fn touch_payment(&mut self, id: i64) -> QueryResult<()> {
-        diesel::sql_query("UPDATE payments SET amount = amount + 1 WHERE id = ?")
-            .bind::<BigInt, _>(id)
-            .execute(self)
-            .map(drop)
-    }
-
-    fn lock_payment_nowait(&mut self, id: i64) -> QueryResult<()> {
-        diesel::sql_query("SELECT id FROM payments WHERE id = ? FOR UPDATE NOWAIT")
-            .bind::<BigInt, _>(id)
-            .get_result::<Id>(self)
-            .map(drop)
-    }
-
-    fn session_id(&mut self) -> QueryResult<i64> {
-        diesel::sql_query("SELECT CAST(CONNECTION_ID() AS SIGNED) AS id")
-            .get_result::<Id>(self)
-            .map(|row| row.id)
     }
 
     fn create_tricky_index_tables(
@@ -625,27 +506,6 @@ impl TestConn for MysqlConnection {
         diesel::sql_query("CREATE TABLE notes (customer_id BIGINT NOT NULL, body TEXT)")
             .execute(self)
             .map(drop)
-    }
-
-    fn find_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Option<Account>> {
-        diesel::sql_query(
-            "SELECT id, customer_id, bank_id FROM accounts WHERE customer_id = ? AND bank_id = ?",
-        )
-        .bind::<BigInt, _>(customer_id)
-        .bind::<BigInt, _>(bank_id)
-        .get_result(self)
-        .optional()
-    }
-
-    fn insert_account(&mut self, customer_id: i64, bank_id: i64) -> QueryResult<Account> {
-        diesel::sql_query("INSERT INTO accounts (customer_id, bank_id) VALUES (?, ?)")
-            .bind::<BigInt, _>(customer_id)
-            .bind::<BigInt, _>(bank_id)
-            .execute(self)?;
-        diesel::sql_query(
-            "SELECT id, customer_id, bank_id FROM accounts WHERE id = LAST_INSERT_ID()",
-        )
-        .get_result(self)
     }
 
     shared_helpers!();

@@ -14,6 +14,7 @@ pub mod modes;
 #[cfg(all(feature = "async", feature = "postgres"))]
 pub mod round_trips;
 pub mod rt;
+pub mod statements;
 pub mod suite;
 
 use diesel::QueryResult;
@@ -59,74 +60,6 @@ pub trait Backend: Sized + Send + Sync + 'static {
         db
     }
 }
-
-/// The test statements every backend writes the same way in Diesel's DSL,
-/// for a blocking connection's `TestConn` impl (`dsl_statements!([] [])`)
-/// and a diesel-async connection's `AsyncTestConn` impl
-/// (`dsl_statements!([async] [.await])`, with diesel-async's `RunQueryDsl`
-/// in scope). The impl's module has a `Count` row (`n: BigInt`).
-macro_rules! dsl_statements {
-    ([$($async:ident)?] [$($await:tt)*]) => {
-        $($async)? fn count_payments(&mut self) -> QueryResult<i64> {
-            diesel::sql_query("SELECT COUNT(*) AS n FROM payments")
-                .get_result::<Count>(self)
-                $($await)*
-                .map(|row| row.n)
-        }
-
-        $($async)? fn count_records(&mut self) -> QueryResult<i64> {
-            idempotency_records::table
-                .count()
-                .get_result::<i64>(self)
-                $($await)*
-        }
-
-        $($async)? fn count_accounts(&mut self) -> QueryResult<i64> {
-            diesel::sql_query("SELECT COUNT(*) AS n FROM accounts")
-                .get_result::<Count>(self)
-                $($await)*
-                .map(|row| row.n)
-        }
-
-        $($async)? fn load_record(
-            &mut self,
-            namespace: &str,
-            key: &str,
-        ) -> QueryResult<IdempotencyRecord> {
-            idempotency_records::table
-                .filter(idempotency_records::namespace.eq(namespace))
-                .filter(idempotency_records::key.eq(key))
-                .select(IdempotencyRecord::as_select())
-                .first(self)
-                $($await)*
-        }
-
-        $($async)? fn set_record_fingerprint(
-            &mut self,
-            namespace: &str,
-            key: &str,
-            fingerprint: &str,
-        ) -> QueryResult<usize> {
-            diesel::update(
-                idempotency_records::table
-                    .filter(idempotency_records::namespace.eq(namespace))
-                    .filter(idempotency_records::key.eq(key)),
-            )
-            .set(idempotency_records::fingerprint.eq(fingerprint))
-            .execute(self)
-            $($await)*
-        }
-
-        $($async)? fn record_keys(&mut self) -> QueryResult<Vec<String>> {
-            idempotency_records::table
-                .select(idempotency_records::key)
-                .order(idempotency_records::key)
-                .load(self)
-                $($await)*
-        }
-    };
-}
-pub(crate) use dsl_statements;
 
 /// The clock of every test: a fixed instant, advanced by hand; nothing
 /// sleeps to make time pass.
