@@ -188,6 +188,15 @@ pub(crate) fn block_on<F: Future>(future: F) -> F::Output {
     }
 
     let mut future = pin!(future);
+    // The usual case, without allocating a waker: ready at once.
+    if let Poll::Ready(output) = future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        return output;
+    }
+    // Polled again at once with a waker that unparks this thread, so a
+    // wake-up the no-op waker swallowed is not lost.
     let waker = Waker::from(Arc::new(Unpark(thread::current())));
     let mut cx = Context::from_waker(&waker);
     loop {
@@ -338,4 +347,52 @@ where
         let _ = roll_back_to(driver, outside).await;
     }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_on_finishes_a_ready_future_in_one_poll() {
+        assert_eq!(block_on(ready(7)), 7);
+    }
+
+    /// A future that is pending until another thread sets its flag and
+    /// wakes the waker of the future's latest poll (as the `Future`
+    /// contract asks: each poll registers its own waker).
+    #[test]
+    fn block_on_waits_for_a_future_woken_from_another_thread() {
+        use std::sync::Mutex;
+        use std::sync::atomic::{AtomicBool, Ordering};
+
+        let done = Arc::new(AtomicBool::new(false));
+        let latest: Arc<Mutex<Option<Waker>>> = Arc::new(Mutex::new(None));
+        let mut other = None;
+        let mut polls = 0;
+        let value = block_on(poll_fn(|cx| {
+            polls += 1;
+            *latest.lock().unwrap() = Some(cx.waker().clone());
+            if done.load(Ordering::SeqCst) {
+                return Poll::Ready(polls);
+            }
+            if other.is_none() {
+                let (done, latest) = (Arc::clone(&done), Arc::clone(&latest));
+                other = Some(thread::spawn(move || {
+                    done.store(true, Ordering::SeqCst);
+                    if let Some(waker) = latest.lock().unwrap().take() {
+                        waker.wake();
+                    }
+                }));
+            }
+            Poll::Pending
+        }));
+        assert!(
+            value >= 2,
+            "ready only after the other thread ran: {value} polls"
+        );
+        if let Some(other) = other {
+            other.join().unwrap();
+        }
+    }
 }
