@@ -487,8 +487,7 @@ mod async_faults {
     pub enum Then<'a> {
         /// Returns the payment.
         Pay,
-        /// Fails: only a replay succeeds (the PostgreSQL restart test).
-        #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+        /// Fails: only a replay succeeds.
         Decline,
         /// Hands its session's id to the closure (which ends the session
         /// from another connection), then returns the payment or, with
@@ -585,6 +584,53 @@ mod async_faults {
         assert_eq!(conn.count_records().await.unwrap(), 2);
     }
 
+    /// A connection whose session the server ended between two calls (as
+    /// an operator's `pg_terminate_backend` or `KILL` does): the call on it
+    /// is a typed, retryable error that stores nothing; on a new
+    /// connection the first call's record replays and the failed key runs.
+    #[allow(
+        clippy::await_holding_lock,
+        reason = "the lock keeps the tests of this binary apart for the whole test"
+    )]
+    pub async fn session_ended_between_two_calls_is_a_typed_error_then_success<
+        B: AsyncSuiteBackend + Killable,
+    >() {
+        let _serial = super::serial();
+        let db = B::fresh();
+        let mut admin = db.connect();
+        let mut conn = db.connect_async().await;
+        let first = pay(&mut conn, "before", &NewPayment::eur(100), Then::Pay)
+            .await
+            .expect("first call");
+        let session = conn.session_id().await.expect("the session");
+        B::kill_session(&mut admin, session).expect("end the session");
+
+        let err = pay(&mut conn, "after", &NewPayment::eur(200), Then::Pay)
+            .await
+            .expect_err("the ended session takes no call");
+        println!(
+            "{}: call on the ended session: {err:?} (retryable: {:?})",
+            B::NAME,
+            err.idempotency().map(Error::is_retryable)
+        );
+        assert!(
+            err.idempotency().is_some_and(Error::is_retryable),
+            "a lost connection is a retryable typed error: {err:?}"
+        );
+
+        let mut conn = db.connect_async().await;
+        let replayed = pay(&mut conn, "before", &NewPayment::eur(100), Then::Decline)
+            .await
+            .expect("the first call's record replays");
+        assert_eq!(replayed, first);
+        let second = pay(&mut conn, "after", &NewPayment::eur(200), Then::Pay)
+            .await
+            .expect("the failed key runs");
+        assert_eq!(second.amount, 200);
+        assert_eq!(conn.count_payments().await.unwrap(), 2);
+        assert_eq!(conn.count_records().await.unwrap(), 2);
+    }
+
     /// The call after a restart fails on the old connection with a typed,
     /// retryable error; on a new connection the first call's record
     /// (committed before the restart) replays and a new key runs.
@@ -660,6 +706,21 @@ fn mysql_connection_dropped_mid_body_is_a_typed_error_and_stores_nothing() {
     blocking_faults::connection_dropped_mid_body::<common::Mysql>();
 }
 
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres_session_ended_between_two_calls_is_a_typed_error_then_success() {
+    blocking_faults::session_ended_between_two_calls_is_a_typed_error_then_success::<
+        common::Postgres,
+    >();
+}
+
+#[cfg(feature = "mysql")]
+#[test]
+fn mysql_session_ended_between_two_calls_is_a_typed_error_then_success() {
+    blocking_faults::session_ended_between_two_calls_is_a_typed_error_then_success::<common::Mysql>(
+    );
+}
+
 // ---------------------------------------------------------------------------
 // The database restarts between two calls.
 
@@ -701,6 +762,24 @@ mod nonblocking {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn mysql_connection_dropped_mid_body_is_a_typed_error_and_stores_nothing() {
         super::async_faults::connection_dropped_mid_body::<crate::common::Mysql>().await;
+    }
+
+    #[cfg(feature = "postgres")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn postgres_session_ended_between_two_calls_is_a_typed_error_then_success() {
+        super::async_faults::session_ended_between_two_calls_is_a_typed_error_then_success::<
+            crate::common::Postgres,
+        >()
+        .await;
+    }
+
+    #[cfg(feature = "mysql")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn mysql_session_ended_between_two_calls_is_a_typed_error_then_success() {
+        super::async_faults::session_ended_between_two_calls_is_a_typed_error_then_success::<
+            crate::common::Mysql,
+        >()
+        .await;
     }
 
     #[cfg(feature = "postgres")]

@@ -19,8 +19,13 @@ use super::{AppError, Backend, DatabaseUrl, Postgres};
 /// How long the proxy holds each answer of the server before passing it
 /// on: statements a client writes together, before reading, land within
 /// microseconds of each other, far inside this window, so they are never
-/// mistaken for an answer's consequence.
-const ANSWER_DELAY: Duration = Duration::from_millis(20);
+/// mistaken for an answer's consequence. (A client thread preempted for
+/// longer between two such writes would count one round trip too many:
+/// each path is measured [`ATTEMPTS`] times and the fewest counts.)
+const ANSWER_DELAY: Duration = Duration::from_millis(50);
+
+/// How often each path is measured.
+const ATTEMPTS: usize = 3;
 
 /// A proxy between one test and the PostgreSQL server.
 pub struct TurnCounter {
@@ -146,7 +151,13 @@ pub async fn postgres_begin_travels_with_the_claim() {
             // Every statement prepared and cached, as after a connection's
             // first call.
             measure("blocking-warm-up");
-            [measure("blocking"), measure("blocking")]
+            let mut fewest = [usize::MAX; 2];
+            for attempt in 0..ATTEMPTS {
+                let key = format!("blocking-{attempt}");
+                fewest[0] = fewest[0].min(measure(&key));
+                fewest[1] = fewest[1].min(measure(&key));
+            }
+            fewest
         })
         .await
         .expect("the blocking calls")
@@ -156,17 +167,7 @@ pub async fn postgres_begin_travels_with_the_claim() {
     let mut nonblocking = diesel_async::AsyncPgConnection::establish(proxy.url())
         .await
         .expect("a connection through the proxy");
-    let mut async_turns = [0; 4];
-    for (i, (key, after)) in [
-        ("warm-up", None),
-        ("async", None),
-        ("async", None),
-        ("async-abandon", Some(Duration::from_secs(30))),
-        ("async-abandon", Some(Duration::from_secs(30))),
-    ]
-    .into_iter()
-    .enumerate()
-    {
+    let mut measure = async |key: &str, after: Option<Duration>| {
         proxy.take();
         call(&clock, key, after)
             .run_async(
@@ -175,8 +176,18 @@ pub async fn postgres_begin_travels_with_the_claim() {
             )
             .await
             .expect("an async call");
-        if i > 0 {
-            async_turns[i - 1] = proxy.take();
+        proxy.take()
+    };
+    measure("warm-up", None).await;
+    let mut async_turns = [usize::MAX; 4];
+    for attempt in 0..ATTEMPTS {
+        for (i, after) in [None, Some(Duration::from_secs(30))]
+            .into_iter()
+            .enumerate()
+        {
+            let key = format!("async-{i}-{attempt}");
+            async_turns[2 * i] = async_turns[2 * i].min(measure(&key, after).await);
+            async_turns[2 * i + 1] = async_turns[2 * i + 1].min(measure(&key, after).await);
         }
     }
 

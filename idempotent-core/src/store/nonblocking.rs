@@ -160,6 +160,13 @@ pub trait AsyncIdempotentConnection: AsyncConnection + Send + Sized {
     /// reused inside it.
     #[doc(hidden)]
     fn abandon(&mut self, depth: u32);
+
+    /// `abandon` at the top, for a call dropped while its `BEGIN` and its
+    /// claim are on their way together (`begin_and_claim_or_load`).
+    #[doc(hidden)]
+    fn abandon_begin_and_claim(&mut self) {
+        self.abandon(0);
+    }
 }
 
 /// The transaction depth of `conn` (0 outside a transaction).
@@ -180,6 +187,8 @@ pub(crate) struct NonBlocking<'c, C: AsyncIdempotentConnection> {
     /// The level is begun but its `BEGIN` not yet sent: it goes with the
     /// claim (`Driver::begin_before_claim`).
     begin_pending: bool,
+    /// The held-back `BEGIN` and the claim are on their way together.
+    begin_with_claim: bool,
 }
 
 impl<'c, C: AsyncIdempotentConnection> NonBlocking<'c, C> {
@@ -189,6 +198,7 @@ impl<'c, C: AsyncIdempotentConnection> NonBlocking<'c, C> {
             abandon_after,
             open_above: None,
             begin_pending: false,
+            begin_with_claim: false,
         }
     }
 
@@ -236,6 +246,10 @@ impl<C: AsyncIdempotentConnection> Drop for NonBlocking<'_, C> {
             return;
         }
         if let Some(outside) = self.open_above.take() {
+            if self.begin_with_claim {
+                self.conn.abandon_begin_and_claim();
+                return;
+            }
             self.conn.abandon(outside);
         }
     }
@@ -305,11 +319,13 @@ impl<C: AsyncIdempotentConnection> Driver for NonBlocking<'_, C> {
         if !std::mem::take(&mut self.begin_pending) {
             return AsyncIdempotentConnection::claim_or_load(self.conn, record).await;
         }
-        match self
+        self.begin_with_claim = true;
+        let sent = self
             .conn
             .begin_and_claim_or_load(self.abandon_after, record)
-            .await
-        {
+            .await;
+        self.begin_with_claim = false;
+        match sent {
             Ok(claimed) => claimed,
             Err(not_begun) => match self.after_level(Err(not_begun)).await {
                 Err(e) => Err(e),

@@ -301,6 +301,51 @@ mod nonblocking {
         after.as_millis().clamp(1, i32::MAX as u128)
     }
 
+    /// Ends the level begun at `depth` of a call whose future was dropped;
+    /// with `cancel`, at the top, also cancels a statement still running.
+    fn abandon_level(conn: &mut AsyncPgConnection, depth: u32, cancel: bool) {
+        // The first poll hands the rollback to the connection's
+        // background task, which sends it after any statement already
+        // queued; the reply is not awaited. At the top, the whole
+        // transaction; inside a caller's transaction, only the call's
+        // savepoint, so that nothing the caller sends afterwards runs
+        // outside the caller's transaction (and commits on its own).
+        let rollback = match depth {
+            0 => "ROLLBACK".to_owned(),
+            _ => format!("ROLLBACK TO SAVEPOINT diesel_savepoint_{depth}"),
+        };
+        {
+            let mut shared: &AsyncPgConnection = conn;
+            let mut rollback = pin!(shared.batch_execute(&rollback));
+            let _ = rollback
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()));
+        }
+        // At the top, a statement still running (the body's, or a claim
+        // waiting for a lock) would hold the `ROLLBACK` back until it
+        // ends: cancel it, as psql's Ctrl-C does, on a connection of
+        // its own. Best effort: it needs a tokio runtime, and it is sent
+        // without TLS (as libpq sends cancel requests). Inside a
+        // caller's transaction the rollback waits instead: a cancel
+        // could reach the caller's next statement.
+        if cancel
+            && depth == 0
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            let token = conn.cancel_token();
+            runtime.spawn(async move {
+                let _ = token.cancel_query(tokio_postgres::NoTls).await;
+            });
+        }
+        // Broken: a pool discards the connection, and the next
+        // transaction on it (a caller's commit included) fails instead
+        // of going on from a state the drop left unknown.
+        <AsyncPgConnection as AsyncConnection>::TransactionManager::transaction_manager_status_mut(
+            conn,
+        )
+        .set_in_error();
+    }
+
     impl AsyncIdempotentConnection for AsyncPgConnection {
         async fn begin_idempotent(&mut self, abandon_after: Option<Duration>) -> QueryResult<()> {
             let Some(after) = abandon_after else {
@@ -371,10 +416,14 @@ mod nonblocking {
                     None => both(begin, claim).await,
                 }
             };
-            // A `BEGIN` that failed opened nothing. (Its only failure with
-            // the session still alive would be an error in the same simple
-            // query, after which the claim fails too: the claim never
-            // commits on its own.)
+            // A `BEGIN` that failed opened nothing, and the claim behind it
+            // must not have run on its own. Nothing else in the simple
+            // query can fail the `BEGIN` (an error in its `SET LOCAL` comes
+            // after the `BEGIN` and aborts the transaction, so the claim
+            // fails too), and a call dropped while the two are on their way
+            // sends no cancel request (`abandon_begin_and_claim`); what is
+            // left is a connection lost in between, which the claim cannot
+            // outlive.
             begun?;
             match AnsiTransactionManager::transaction_manager_status_mut(self) {
                 TransactionManagerStatus::Valid(status) => {
@@ -394,43 +443,14 @@ mod nonblocking {
         }
 
         fn abandon(&mut self, depth: u32) {
-            // The first poll hands the rollback to the connection's
-            // background task, which sends it after any statement already
-            // queued; the reply is not awaited. At the top, the whole
-            // transaction; inside a caller's transaction, only the call's
-            // savepoint, so that nothing the caller sends afterwards runs
-            // outside the caller's transaction (and commits on its own).
-            let rollback = match depth {
-                0 => "ROLLBACK".to_owned(),
-                _ => format!("ROLLBACK TO SAVEPOINT diesel_savepoint_{depth}"),
-            };
-            {
-                let mut shared: &AsyncPgConnection = self;
-                let mut rollback = pin!(shared.batch_execute(&rollback));
-                let _ = rollback
-                    .as_mut()
-                    .poll(&mut Context::from_waker(Waker::noop()));
-            }
-            // At the top, a statement still running (the body's, or a claim
-            // waiting for a lock) would hold the `ROLLBACK` back until it
-            // ends: cancel it, as psql's Ctrl-C does, on a connection of
-            // its own. Best effort: it needs a tokio runtime, and it is sent
-            // without TLS (as libpq sends cancel requests). Inside a
-            // caller's transaction the rollback waits instead: a cancel
-            // could reach the caller's next statement.
-            if depth == 0
-                && let Ok(runtime) = tokio::runtime::Handle::try_current()
-            {
-                let token = self.cancel_token();
-                runtime.spawn(async move {
-                    let _ = token.cancel_query(tokio_postgres::NoTls).await;
-                });
-            }
-            // Broken: a pool discards the connection, and the next
-            // transaction on it (a caller's commit included) fails instead
-            // of going on from a state the drop left unknown.
-            <Self as AsyncConnection>::TransactionManager::transaction_manager_status_mut(self)
-                .set_in_error();
+            abandon_level(self, depth, true);
+        }
+
+        fn abandon_begin_and_claim(&mut self) {
+            // No cancel request: one that reached the `BEGIN` would fail
+            // it, and the claim pipelined behind it would run, and commit,
+            // on its own. The `ROLLBACK` follows the claim instead.
+            abandon_level(self, 0, false);
         }
 
         pg_statements!(
