@@ -88,7 +88,8 @@
 //! `SyncConnectionWrapper<SqliteConnection>`, or a generic
 //! `C: AsyncIdempotentConnection`), from a deadpool or bb8 pool or not.
 //! Every pattern and option behaves as on a blocking `fn`: one procedure
-//! drives both. The future is `Send` when the body's is. A future dropped at
+//! drives both. On PostgreSQL the library's `BEGIN` travels with the claim,
+//! in one round trip. The future is `Send` when the body's is. A future dropped at
 //! any `.await` stores nothing and leaves no connection inside its
 //! transaction for a pool to hand out; what each backend and pool does is
 //! in the `AsyncIdempotentConnection` documentation and the README's

@@ -32,7 +32,9 @@ use crate::record::{NewRecord, RecordId};
 /// - PostgreSQL: the drop sends `ROLLBACK` (inside a caller's transaction,
 ///   `ROLLBACK TO SAVEPOINT` of the call's level), queued behind a
 ///   statement still running, which at the top it cancels with a cancel
-///   request on a connection of its own; and it marks the connection
+///   request on a connection of its own (not while the call's `BEGIN` and
+///   claim, pipelined, are on their way: a cancel that failed the `BEGIN`
+///   would leave the claim to commit on its own); and it marks the connection
 ///   broken. The key is free as soon as the server runs the rollback; a
 ///   pool discards the connection; a plain connection's next transaction
 ///   (a caller's commit included) fails with `BrokenTransactionManager`.
