@@ -220,7 +220,7 @@ const DEADLOCK_MESSAGES: [&str; 2] = [
     // SerializationFailure and diesel-async as `Unknown`.
     "Deadlock found when trying to get lock",
 ];
-const BUSY_OR_LOST_MESSAGES: [&str; 6] = [
+const BUSY_OR_LOST_MESSAGES: [&str; 9] = [
     "database is locked",       // SQLite SQLITE_BUSY
     "database table is locked", // SQLite SQLITE_LOCKED
     "server has gone away",     // MySQL/MariaDB 2006
@@ -228,6 +228,16 @@ const BUSY_OR_LOST_MESSAGES: [&str; 6] = [
     // diesel-async on MySQL (mysql_async): the socket failed or closed.
     "Input/output error",
     "Connection to the server is closed",
+    // PostgreSQL ending the session: an administrator's or a fast
+    // shutdown's (57P01), `idle_in_transaction_session_timeout`'s (25P03,
+    // `abandon_after`), `idle_session_timeout`'s (57P05), a recovery
+    // conflict's on a standby. diesel-async can read this message before
+    // it sees the socket close.
+    "terminating connection due to",
+    // 57P02: another server process crashed.
+    "terminating connection because of crash",
+    // 57P03, while the server shuts down.
+    "the database system is shutting down",
 ];
 /// What diesel-async on PostgreSQL (tokio-postgres) reports, as
 /// `UnableToSendCommand`, for a connection that closed or failed: the
@@ -307,6 +317,11 @@ mod tests {
             "Deadlock found when trying to get lock; try restarting transaction",
             "Input/output error: Input/output error: Broken pipe (os error 32)",
             "Connection to the server is closed.",
+            "terminating connection due to administrator command",
+            "terminating connection due to idle-in-transaction timeout",
+            "terminating connection due to idle-session timeout",
+            "terminating connection because of crash of another server process",
+            "the database system is shutting down",
         ];
         for message in transient {
             assert!(is_transient(&unknown(message)), "{message}");
