@@ -14,7 +14,9 @@ use diesel_async::pooled_connection::{
 use diesel_async::{AsyncConnection, RunQueryDsl};
 use diesel_idempotent::{AsyncIdempotentConnection, IdempotencyRecord, idempotency_records};
 
-use super::statements::{dsl_statements, mysql_inserts, returning_inserts, row_locks, session_id};
+use super::statements::{
+    Count, Id, dsl_statements, mysql_inserts, returning_inserts, row_locks, session_id,
+};
 use super::{Account, Backend, DatabaseUrl, Isolation};
 
 /// A pool of async connections, whatever its crate.
@@ -266,18 +268,6 @@ pub trait AsyncTestConn: AsyncIdempotentConnection + 'static {
     fn session_id(&mut self) -> impl Future<Output = QueryResult<i64>> + Send;
     /// Ends the server session `id` from this connection.
     fn kill_session(&mut self, id: i64) -> impl Future<Output = QueryResult<()>> + Send;
-}
-
-#[derive(QueryableByName)]
-struct Id {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
 }
 
 #[cfg(feature = "postgres")]

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use diesel::connection::{Connection, Instrumentation, InstrumentationEvent, TransactionManager};
 use diesel_async::AsyncConnection;
-use diesel_idempotent::{Call, Error, IdempotencyRecord, Outcome};
+use diesel_idempotent::{Call, Error, IdempotencyRecord};
 use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 
@@ -21,7 +21,8 @@ use super::functions::nonblocking::*;
 use super::modes::blocking::Payer;
 use super::modes::nonblocking::Payer as AsyncPayer;
 use super::modes::{Shape, TTL};
-use super::{AppError, AsyncTestConn, Backend, NewPayment, Payment, TestConn, Then};
+use super::suite::{Answer, Before, check_answer};
+use super::{AppError, AsyncTestConn, Backend, NewPayment, TestConn, Then};
 
 // ---------------------------------------------------------------------------
 // Connections and pools.
@@ -315,38 +316,6 @@ fn recorder() -> (Arc<Mutex<Sent>>, impl Instrumentation) {
 
 fn taken(log: &Arc<Mutex<Sent>>) -> Sent {
     std::mem::take(&mut *log.lock().unwrap())
-}
-
-/// What holds a key when a measured call comes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Before {
-    Nothing,
-    Record,
-    Expired,
-    /// A first call that has not committed, on another connection.
-    Held,
-}
-
-/// What a measured call must answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
-    Fresh,
-    Replayed,
-    Mismatch,
-    InFlight,
-    Declined,
-}
-
-fn check_answer(what: &str, answer: Answer, result: &Result<Outcome<Payment>, AppError>) {
-    use Answer::*;
-    match (answer, result) {
-        (Fresh, Ok(o)) => assert!(!o.is_replayed(), "{what}"),
-        (Replayed, Ok(o)) => assert!(o.is_replayed(), "{what}"),
-        (Mismatch, Err(AppError::Idempotency(Error::PayloadMismatch { .. })))
-        | (InFlight, Err(AppError::Idempotency(Error::InFlight { .. })))
-        | (Declined, Err(AppError::Declined)) => {}
-        _ => panic!("{what}: expected {answer:?}, got {result:?}"),
-    }
 }
 
 /// Each path of `suite::statements_added_per_call`, run through the

@@ -8,24 +8,13 @@ use diesel::sql_types::BigInt;
 use diesel_idempotent::{IdempotencyRecord, idempotency_records};
 use diesel_migrations::{FileBasedMigrations, MigrationHarness};
 
+use super::statements::{Count, Id};
 #[allow(
     unused_imports,
     reason = "each backend's impl expands its dialect's macros"
 )]
 use super::statements::{mysql_inserts, returning_inserts, row_locks, session_id};
 use super::{Account, AppError, Backend, Isolation, TestConn};
-
-#[derive(QueryableByName)]
-struct Id {
-    #[diesel(sql_type = BigInt)]
-    id: i64,
-}
-
-#[derive(QueryableByName)]
-struct Count {
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-}
 
 /// The helpers every backend writes the same way in Diesel's DSL that only
 /// a blocking connection has; expanded in each concrete connection's impl

@@ -1,10 +1,24 @@
 //! The statements of the test connections, written once for a blocking
 //! connection's `TestConn` impl (`name!([] [] ..)`) and a diesel-async
 //! connection's `AsyncTestConn` impl (`name!([async] [.await] ..)`, with
-//! diesel-async's `RunQueryDsl` in scope). The impl's module has the rows
-//! `Id` (`id: BigInt`) and `Count` (`n: BigInt`). A build without some
+//! diesel-async's `RunQueryDsl` in scope, and the rows `Id` and `Count`
+//! below). A build without some
 //! backend's feature leaves that dialect's macros unused.
 #![allow(unused_macros, unused_imports)]
+
+/// A row of one id.
+#[derive(diesel::QueryableByName)]
+pub(crate) struct Id {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub(crate) id: i64,
+}
+
+/// A row of one count.
+#[derive(diesel::QueryableByName)]
+pub(crate) struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    pub(crate) n: i64,
+}
 
 /// The test statements every backend writes the same way in Diesel's DSL,
 /// for a blocking connection's `TestConn` impl (`dsl_statements!([] [])`)

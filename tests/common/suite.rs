@@ -1253,14 +1253,7 @@ pub mod nonblocking {
                     measure(&mut conn, payer, &key, with, then, in_tx).await
                 };
                 let what = format!("{label} (in a caller's transaction: {in_tx})");
-                match (answer, &result) {
-                    (Fresh, Ok(o)) => assert!(!o.is_replayed(), "{what}"),
-                    (Replayed, Ok(o)) => assert!(o.is_replayed(), "{what}"),
-                    (Mismatch, Err(AppError::Idempotency(Error::PayloadMismatch { .. })))
-                    | (InFlight, Err(AppError::Idempotency(Error::InFlight { .. })))
-                    | (Declined, Err(AppError::Declined)) => {}
-                    _ => panic!("{what}: expected {answer:?}, got {result:?}"),
-                }
+                super::check_answer(&what, answer, &result);
                 // The caller's own BEGIN and COMMIT (or ROLLBACK) and the body's
                 // insert are not the library's.
                 let body = log
@@ -1552,7 +1545,7 @@ pub fn generated_cli_migrations_apply<B: Backend>() {
 
 /// What holds a key when a measured call comes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Before {
+pub enum Before {
     /// Nothing: the key is free.
     Nothing,
     /// A finished record of the same request.
@@ -1565,13 +1558,30 @@ enum Before {
 
 /// What a measured call must answer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Answer {
+pub enum Answer {
     Fresh,
     Replayed,
     Mismatch,
     InFlight,
     /// The body fails (and no earlier call holds the key).
     Declined,
+}
+
+/// Fails the test unless `result` is what `answer` says.
+pub fn check_answer(
+    what: &str,
+    answer: Answer,
+    result: &Result<diesel_idempotent::Outcome<Payment>, AppError>,
+) {
+    use Answer::*;
+    match (answer, result) {
+        (Fresh, Ok(o)) => assert!(!o.is_replayed(), "{what}"),
+        (Replayed, Ok(o)) => assert!(o.is_replayed(), "{what}"),
+        (Mismatch, Err(AppError::Idempotency(Error::PayloadMismatch { .. })))
+        | (InFlight, Err(AppError::Idempotency(Error::InFlight { .. })))
+        | (Declined, Err(AppError::Declined)) => {}
+        _ => panic!("{what}: expected {answer:?}, got {result:?}"),
+    }
 }
 
 /// `unique_index_covers` reads the catalog on a blocking connection only.
