@@ -116,13 +116,21 @@ pub use idempotent_macros::idempotent;
 pub use idempotent_core::{
     Call, Clock, Error, Fingerprint, FingerprintBuilder, IdempotencyRecord, IdempotentConnection,
     IdempotentResult, ManualClock, Mode, OnConflict, Outcome, Replay, Response, RetryPolicy,
-    Retryable, StableName, SystemClock, Ttl, UniqueViolation, canonical_json, fingerprint,
+    Retryable, Settled, StableName, SystemClock, Ttl, UniqueViolation, canonical_json, fingerprint,
     get_or_create, id_or_body_hash, idempotency_records, migrate, purge_expired,
     purge_expired_with_clock, retry, sub_key, unique_index_covers,
 };
 
 #[cfg(feature = "async")]
 pub use idempotent_core::{AsyncIdempotentConnection, get_or_create_async, retry_async};
+
+/// HTTP APIs on axum 0.8 (feature `axum`): the `Idempotency-Key`
+/// extractor, problem+json answers for the library's errors and axum's
+/// rejections, and [`axum::Reply`], a response replayed with its status.
+#[cfg(feature = "axum")]
+pub mod axum {
+    pub use idempotent_core::http::axum::*;
+}
 
 /// The record table's migrations: embedded, and written as Diesel CLI folders.
 pub mod migrations {

@@ -8,6 +8,8 @@
 pub mod clock;
 mod error;
 mod fingerprint;
+#[cfg(feature = "axum")]
+pub mod http;
 pub mod migrations;
 pub mod pattern;
 mod record;
@@ -22,7 +24,9 @@ pub use fingerprint::{Fingerprint, FingerprintBuilder, canonical_json};
 pub use pattern::get_or_create::get_or_create_async;
 pub use pattern::get_or_create::{UniqueViolation, get_or_create, unique_index_covers};
 pub use pattern::hash::{StableName, fingerprint, id_or_body_hash, sub_key};
-pub use pattern::key::{Call, IdempotentResult, Mode, OnConflict, Outcome, Replay, Response};
+pub use pattern::key::{
+    Call, IdempotentResult, Mode, OnConflict, Outcome, Replay, Response, Settled,
+};
 pub use record::{IdempotencyRecord, idempotency_records};
 #[cfg(feature = "async")]
 pub use retry::retry_async;
@@ -90,10 +94,22 @@ pub mod __private {
     pub use crate::ttl::Ttl;
     pub use crate::{Error, IdempotentConnection};
 
+    pub use crate::pattern::key::KeySource;
+
     /// The key expression, owned, so the body may move its parameters.
     #[inline]
-    pub fn key<K: AsRef<str> + ?Sized>(key: &K) -> ::std::string::String {
-        ::std::borrow::ToOwned::to_owned(key.as_ref())
+    pub fn key<K: KeySource + ?Sized>(key: &K) -> ::std::string::String {
+        ::std::borrow::ToOwned::to_owned(key.key_text())
+    }
+
+    /// Adds what the key says about the request (an HTTP key's method and
+    /// route) to the fingerprint.
+    #[inline]
+    pub fn key_context<K: KeySource + ?Sized>(
+        builder: crate::FingerprintBuilder,
+        key: &K,
+    ) -> crate::FingerprintBuilder {
+        key.add_context(builder)
     }
 
     /// What a fingerprinted argument must be: `Serialize`. A trait of its

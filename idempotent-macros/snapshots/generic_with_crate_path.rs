@@ -25,8 +25,15 @@ where
         "N",
         &N,
     );
+    let __idempotent_key_source = &(key);
+    let __idempotent_fingerprint = ::my_app::idempotency::__private::key_context(
+        __idempotent_fingerprint,
+        __idempotent_key_source,
+    );
+    let __idempotent_key = ::my_app::idempotency::__private::key(
+        __idempotent_key_source,
+    );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();
-    let __idempotent_key = ::my_app::idempotency::__private::key(&(key));
     ::my_app::idempotency::__private::Call::new(
             ::core::concat!(::core::module_path!(), "::", "run"),
             &__idempotent_key,

@@ -638,15 +638,27 @@ impl<'f> Plan<'f> {
                 }
             }))
             .collect();
-        let key_stmt = match self.identity {
-            Identity::Key(key) => quote_spanned! {key.span()=>
-                let #key_var = #private::key(&(#key));
-            },
-            Identity::HashArguments | Identity::HashValues(_) | Identity::GetOrCreate(_) => {
+        // The key expression is evaluated once: what it says about the
+        // request (an HTTP key's method and route) joins the fingerprint,
+        // and the key itself is taken as an owned `String`.
+        let (key_context_stmt, key_stmt) = match self.identity {
+            Identity::Key(key) => {
+                let source_var = local("__idempotent_key_source");
+                (
+                    quote_spanned! {key.span()=>
+                        let #source_var = &(#key);
+                        let #fingerprint_var = #private::key_context(#fingerprint_var, #source_var);
+                        let #key_var = #private::key(#source_var);
+                    },
+                    TokenStream::new(),
+                )
+            }
+            Identity::HashArguments | Identity::HashValues(_) | Identity::GetOrCreate(_) => (
+                TokenStream::new(),
                 quote! {
                     let #key_var = #private::hashed_key(&#fingerprint_var);
-                }
-            }
+                },
+            ),
         };
         let (scope_stmt, scope_call) = match self.scope {
             Some(scope) => (
@@ -718,6 +730,7 @@ impl<'f> Plan<'f> {
             let #fingerprint_var = #private::Fingerprint::builder();
             #fingerprint_stmts
             #type_name_stmts
+            #key_context_stmt
             let #fingerprint_var = #fingerprint_var.finish();
             #key_stmt
             #scope_stmt

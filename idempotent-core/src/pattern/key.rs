@@ -30,6 +30,34 @@ use crate::store::nonblocking::{AsyncIdempotentConnection, NonBlocking};
 use crate::store::{Claimed, IdempotentConnection, StoredState, Unwound};
 use crate::ttl::Ttl;
 
+/// What a `key = ..` expression of `#[idempotent]` may be: text (`String`,
+/// `&str`, anything `AsRef<str>`), or a key that also identifies its
+/// request (the HTTP extractor `IdempotencyKey`, whose method and matched
+/// route join the fingerprint).
+#[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "the idempotency key must be text, not `{Self}`",
+    label = "the key expression must implement `AsRef<str>`",
+    note = "pass a `String` or `&str` (a field such as `req.idempotency_key`), or the HTTP \
+            extractor `diesel_idempotent::axum::IdempotencyKey`"
+)]
+pub trait KeySource {
+    /// The key.
+    fn key_text(&self) -> &str;
+
+    /// Adds what else the key identifies to the request's fingerprint.
+    fn add_context(&self, builder: crate::FingerprintBuilder) -> crate::FingerprintBuilder {
+        builder
+    }
+}
+
+impl<K: AsRef<str> + ?Sized> KeySource for K {
+    #[inline]
+    fn key_text(&self) -> &str {
+        self.as_ref()
+    }
+}
+
 /// The longest key, scope or namespace, in bytes.
 pub const MAX_KEY_LEN: usize = 255;
 
@@ -51,10 +79,24 @@ const CLAIM_ATTEMPTS: usize = 4;
     note = "derive them: `#[derive(serde::Serialize, serde::Deserialize)]`"
 )]
 pub trait Response: Sized {
+    /// Whether a value of this type can be a terminal error
+    /// ([`Response::is_terminal`]). When it can, the body runs in a level
+    /// of its own (a savepoint: two statements more per first call), so
+    /// that a terminal answer's effects can be rolled back while its
+    /// record is kept.
+    const MAY_BE_TERMINAL: bool = false;
+
     /// The JSON stored for this value.
     fn to_stored_json(&self) -> Result<String, serde_json::Error>;
     /// The value rebuilt from a stored JSON, for a replay.
     fn from_stored_json(json: &str) -> Result<Self, serde_json::Error>;
+
+    /// Whether this value is a terminal error: the key's final answer,
+    /// stored and replayed like a value, while everything the body did in
+    /// the database is rolled back. See [`Settled`].
+    fn is_terminal(&self) -> bool {
+        false
+    }
 }
 
 impl<T: Serialize + DeserializeOwned> Response for T {
@@ -161,16 +203,119 @@ impl<T> std::ops::Deref for Outcome<T> {
     }
 }
 
-impl<T: Serialize + DeserializeOwned> Response for Outcome<T> {
+impl<T: Response> Response for Outcome<T> {
+    const MAY_BE_TERMINAL: bool = T::MAY_BE_TERMINAL;
+
     fn to_stored_json(&self) -> Result<String, serde_json::Error> {
-        serde_json::to_string(&self.value)
+        self.value.to_stored_json()
     }
 
     fn from_stored_json(json: &str) -> Result<Self, serde_json::Error> {
-        serde_json::from_str(json).map(|value| Outcome {
+        T::from_stored_json(json).map(|value| Outcome {
             value,
             replayed: true,
         })
+    }
+
+    fn is_terminal(&self) -> bool {
+        self.value.is_terminal()
+    }
+}
+
+/// The answer of a call that can fail for good: a value, or a terminal
+/// error. Both are the key's final answer, stored and replayed; a terminal
+/// error's database effects are rolled back.
+///
+/// An error returned as the function's `Err` is transient: nothing is
+/// stored, and a retry with the same key runs the body again. That suits
+/// a failure a retry can cure (a lost connection, a deadlock, a
+/// downstream timeout). A business outcome is different: a declined card
+/// must be answered as declined on every retry, never charged on the
+/// second. Return it as `Ok(Settled::Terminal(declined))`:
+///
+/// - the body runs in a savepoint of its own; a terminal answer rolls it
+///   back, so the rows the body wrote before it knew the outcome are
+///   undone, and the record keeps the answer (`{"terminal": ..}`);
+/// - a retry with the same key and request replays the same
+///   `Settled::Terminal`, without running the body;
+/// - the cost is the savepoint: two statements more per first call.
+///
+/// ```no_run
+/// # extern crate idempotent_core as diesel_idempotent;
+/// # use diesel_idempotent::{Call, Settled};
+/// # #[derive(Debug)] struct AppError;
+/// # impl From<diesel_idempotent::Error> for AppError { fn from(_: diesel_idempotent::Error) -> Self { AppError } }
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Declined { reason: String }
+/// # #[cfg(feature = "sqlite")]
+/// # fn f(conn: &mut diesel::SqliteConnection, key: &str) -> Result<(), AppError> {
+/// let answer = Call::new("payments.charge", key).request(&4200).run(
+///     conn,
+///     |conn| -> Result<Settled<u64, Declined>, AppError> {
+///         // ... insert the charge with `conn`, ask the card network ...
+///         Ok(Settled::Terminal(Declined { reason: "insufficient funds".into() }))
+///     },
+/// )?;
+/// match answer.into_value() {
+///     Settled::Ok(charge_id) => { /* charged */ }
+///     Settled::Terminal(declined) => { /* declined, on every retry */ }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Settled<T, F> {
+    /// The call's value; the body's effects are committed.
+    Ok(T),
+    /// A terminal error; the body's effects are rolled back.
+    Terminal(F),
+}
+
+impl<T, F> Settled<T, F> {
+    /// `Ok(value)` or `Err(terminal error)`.
+    pub fn into_result(self) -> Result<T, F> {
+        match self {
+            Settled::Ok(value) => Ok(value),
+            Settled::Terminal(error) => Err(error),
+        }
+    }
+
+    /// Whether this is a terminal error.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, Settled::Terminal(_))
+    }
+}
+
+/// How a [`Settled`] is stored: `{"ok": ..}` or `{"terminal": ..}`.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+enum StoredSettled<'a> {
+    #[serde(rename = "ok", borrow)]
+    Ok(&'a serde_json::value::RawValue),
+    #[serde(rename = "terminal", borrow)]
+    Terminal(&'a serde_json::value::RawValue),
+}
+
+impl<T: Response, F: Serialize + DeserializeOwned> Response for Settled<T, F> {
+    const MAY_BE_TERMINAL: bool = true;
+
+    fn to_stored_json(&self) -> Result<String, serde_json::Error> {
+        Ok(match self {
+            Settled::Ok(value) => format!("{{\"ok\":{}}}", value.to_stored_json()?),
+            Settled::Terminal(error) => {
+                format!("{{\"terminal\":{}}}", serde_json::to_string(error)?)
+            }
+        })
+    }
+
+    fn from_stored_json(json: &str) -> Result<Self, serde_json::Error> {
+        Ok(match serde_json::from_str::<StoredSettled<'_>>(json)? {
+            StoredSettled::Ok(value) => Settled::Ok(T::from_stored_json(value.get())?),
+            StoredSettled::Terminal(error) => Settled::Terminal(serde_json::from_str(error.get())?),
+        })
+    }
+
+    fn is_terminal(&self) -> bool {
+        Settled::is_terminal(self)
     }
 }
 
@@ -536,7 +681,7 @@ impl<'a> Call<'a> {
 
 /// The outcome of the library's transaction, before it is turned into the
 /// caller's error type.
-type Settled<O, E> = Result<O, Unwound<Failure<E>>>;
+type Ended<O, E> = Result<O, Unwound<Failure<E>>>;
 
 /// [`Mode::ClaimFirst`]: claim, run the body, store its result.
 async fn claim_first<D, O, E, F>(
@@ -544,7 +689,7 @@ async fn claim_first<D, O, E, F>(
     prepared: &Prepared<'_>,
     owns_transaction: bool,
     body: F,
-) -> Settled<O, E>
+) -> Ended<O, E>
 where
     D: Driver,
     O: Response,
@@ -601,7 +746,7 @@ where
 /// [`Mode::Optimistic`]: run the body, then insert the record with its
 /// result; a key found taken rolls the body back (or, expired, is taken
 /// over).
-async fn optimistic<D, O, E, F>(conn: &mut D, prepared: &Prepared<'_>, body: F) -> Settled<O, E>
+async fn optimistic<D, O, E, F>(conn: &mut D, prepared: &Prepared<'_>, body: F) -> Ended<O, E>
 where
     D: Driver,
     O: Response,
@@ -710,7 +855,50 @@ where
 
 /// Runs the body in the library's transaction level; nothing more may be
 /// sent inside a level the body left open (the guard rolls it back).
+///
+/// A result type that can be a terminal error ([`Response::MAY_BE_TERMINAL`])
+/// runs the body in a level of its own, rolled back when the body's answer
+/// is terminal: its effects are undone, its answer is stored.
 async fn run_body<D, O, E, F>(conn: &mut D, body: F) -> Result<O, Failure<E>>
+where
+    D: Driver,
+    O: Response,
+    F: AsyncFnOnce(&mut D::Conn) -> Result<O, E>,
+{
+    if !O::MAY_BE_TERMINAL {
+        return run_body_here(conn, body).await;
+    }
+    let level = guarded_level(conn, Begin::Now, async |conn: &mut D| {
+        let out = run_body_here(conn, body).await.map_err(Own::Failed)?;
+        if out.is_terminal() {
+            Err(Own::Terminal(out))
+        } else {
+            Ok(out)
+        }
+    })
+    .await;
+    match level {
+        Ok(out) | Err(Unwound::Failed(Own::Terminal(out))) => Ok(out),
+        Err(Unwound::Failed(Own::Failed(failure))) => Err(failure),
+        // Resumed inside the library's level, whose guard rolls it back.
+        Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
+    }
+}
+
+/// How the body's own level ended early: it failed, or it answered with a
+/// terminal error whose effects are rolled back.
+enum Own<O, E> {
+    Failed(Failure<E>),
+    Terminal(O),
+}
+
+impl<O, E> From<diesel::result::Error> for Own<O, E> {
+    fn from(e: diesel::result::Error) -> Self {
+        Own::Failed(Failure::from(e))
+    }
+}
+
+async fn run_body_here<D, O, E, F>(conn: &mut D, body: F) -> Result<O, Failure<E>>
 where
     D: Driver,
     F: AsyncFnOnce(&mut D::Conn) -> Result<O, E>,
