@@ -177,6 +177,51 @@ pub mod nonblocking {
         assert!(retry.is_replayed() && retry.is_terminal());
     }
 
+    pub async fn terminal_results_cost_a_savepoint_around_the_body<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let savepoints = |log: &[String], verb: &str| {
+            log.iter()
+                .filter(|sql| sql.to_uppercase().starts_with(verb))
+                .count()
+        };
+        let (approved, answer) = rt::statements(&mut conn, async |conn| {
+            charge(conn, &clock, "t-5", &NewPayment::eur(54), Network::Approves).await
+        })
+        .await;
+        assert!(!answer.unwrap().is_terminal());
+        assert_eq!(savepoints(&approved, "SAVEPOINT"), 1, "{approved:#?}");
+        assert_eq!(
+            savepoints(&approved, "RELEASE SAVEPOINT"),
+            1,
+            "{approved:#?}"
+        );
+        let (declined, answer) = rt::statements(&mut conn, async |conn| {
+            charge(conn, &clock, "t-6", &NewPayment::eur(55), Network::Declines).await
+        })
+        .await;
+        assert!(answer.unwrap().is_terminal());
+        assert_eq!(savepoints(&declined, "SAVEPOINT"), 1, "{declined:#?}");
+        assert_eq!(
+            savepoints(&declined, "ROLLBACK TO SAVEPOINT"),
+            1,
+            "{declined:#?}"
+        );
+        assert_eq!(
+            approved.len(),
+            declined.len(),
+            "ROLLBACK TO takes RELEASE's place: {approved:#?} {declined:#?}"
+        );
+        // A replay never reaches the body, nor its savepoint.
+        let (replay, answer) = rt::statements(&mut conn, async |conn| {
+            charge(conn, &clock, "t-6", &NewPayment::eur(55), Network::Approves).await
+        })
+        .await;
+        assert!(answer.unwrap().is_replayed());
+        assert_eq!(savepoints(&replay, "SAVEPOINT"), 0, "{replay:#?}");
+    }
+
     pub async fn terminal_body_panic_leaves_nothing<B: AsyncSuiteBackend>() {
         let db = B::fresh();
         let mut conn = db.connect_async().await;
@@ -217,6 +262,7 @@ macro_rules! terminal_tests {
             transient_error_stores_nothing_and_the_retry_runs,
             terminal_answer_in_callers_transaction_keeps_the_callers_work,
             terminal_body_panic_leaves_nothing,
+            terminal_results_cost_a_savepoint_around_the_body,
         );
     };
 }
