@@ -87,10 +87,10 @@
 //!
 //! # HTTP (feature `axum`)
 //!
-//! [`axum`] has the `Idempotency-Key` extractor (bare or RFC 8941 string
+//! `diesel_idempotent::axum` has the `Idempotency-Key` extractor (bare or RFC 8941 string
 //! form), RFC 9457 problem+json answers for the library's errors (400, 409
 //! with `Retry-After`, 422, 500 without internals) and for axum's
-//! rejections, and [`axum::Reply`], a response stored with its status and
+//! rejections, and `axum::Reply`, a response stored with its status and
 //! replayed with `Idempotent-Replayed: true`. As the attribute's `key`, the
 //! extractor adds the request's method and matched route to the
 //! fingerprint.
