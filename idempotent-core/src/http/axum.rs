@@ -51,7 +51,6 @@ use serde::de::DeserializeOwned;
 use super::header::parse_key;
 pub use super::{KeyRejection, Problem, Reply, problem_types};
 use crate::Error;
-use crate::fingerprint::FingerprintBuilder;
 use crate::pattern::key::KeySource;
 
 /// `Idempotency-Key`, the request header.
@@ -135,21 +134,6 @@ impl IdempotencyKey {
             route,
         }))
     }
-
-    fn add_request_line(&self, builder: FingerprintBuilder) -> FingerprintBuilder {
-        #[derive(Serialize)]
-        struct RequestLine<'a> {
-            method: &'a str,
-            route: &'a str,
-        }
-        builder.named_arg(
-            "the Idempotency-Key's method and route",
-            &RequestLine {
-                method: self.method.as_str(),
-                route: &self.route,
-            },
-        )
-    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
@@ -177,8 +161,8 @@ impl KeySource for IdempotencyKey {
         &self.key
     }
 
-    fn add_context(&self, builder: FingerprintBuilder) -> FingerprintBuilder {
-        self.add_request_line(builder)
+    fn request_line(&self) -> Option<(&str, &str)> {
+        Some((self.method.as_str(), &self.route))
     }
 }
 
@@ -187,8 +171,8 @@ impl KeySource for &IdempotencyKey {
         &self.key
     }
 
-    fn add_context(&self, builder: FingerprintBuilder) -> FingerprintBuilder {
-        self.add_request_line(builder)
+    fn request_line(&self) -> Option<(&str, &str)> {
+        Some((self.method.as_str(), &self.route))
     }
 }
 
