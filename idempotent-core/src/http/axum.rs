@@ -3,9 +3,13 @@
 //! [`Reply`], the response that replays with its status.
 //!
 //! ```no_run
-//! # extern crate idempotent_core as diesel_idempotent;
+//! # mod diesel_idempotent {
+//! #     pub use idempotent_core::*;
+//! #     pub mod axum { pub use idempotent_core::http::axum::*; }
+//! # }
 //! # #[cfg(all(feature = "async", feature = "postgres"))]
 //! # mod demo {
+//! # use crate::diesel_idempotent;
 //! use axum::extract::State;
 //! use diesel_async::AsyncPgConnection;
 //! use diesel_idempotent::axum::{IdempotencyKey, Json, Problem, Reply};
@@ -31,6 +35,7 @@
 //!         .await
 //! }
 //! # }
+//! # fn main() {}
 //! ```
 //!
 //! With `#[idempotent(key = key, ..)]` on a function that takes the

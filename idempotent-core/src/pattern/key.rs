@@ -555,7 +555,7 @@ impl<'a> Call<'a> {
     pub fn run<C, T, E, F>(self, conn: &mut C, body: F) -> Result<Outcome<T>, E>
     where
         C: IdempotentConnection,
-        T: Serialize + DeserializeOwned,
+        T: Response,
         E: From<Error>,
         F: FnOnce(&mut C) -> Result<T, E>,
     {
@@ -588,7 +588,7 @@ impl<'a> Call<'a> {
     pub async fn run_async<C, T, E, F>(self, conn: &mut C, body: F) -> Result<Outcome<T>, E>
     where
         C: AsyncIdempotentConnection,
-        T: Serialize + DeserializeOwned,
+        T: Response,
         E: From<Error>,
         F: AsyncFnOnce(&mut C) -> Result<T, E>,
     {
