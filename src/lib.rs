@@ -54,7 +54,7 @@
 //!
 //! | option | meaning |
 //! |---|---|
-//! | `key = EXPR` | the idempotency key, any expression of a type that is `AsRef<str>` |
+//! | `key = EXPR` | the idempotency key, any expression of a type that is `AsRef<str>`, or an HTTP `axum::IdempotencyKey` (whose method and route join the fingerprint) |
 //! | `hash`, `hash(a, b.c)` | instead of `key`: the key is the [`fingerprint`] of every argument, or of the named values (call history) |
 //! | `get_or_create = LOOKUP` | instead of both: return what the lookup finds, else run the body; see [`get_or_create`] |
 //! | `ttl = "24h"` | how long the record answers, a humantime literal checked at compile time (1s to 366d; default 24h) |
@@ -80,6 +80,20 @@
 //! is `&mut` a connection that implements [`IdempotentConnection`]
 //! (`SqliteConnection`, `PgConnection`, or a generic `C: IdempotentConnection`).
 //! Return `Result<Outcome<T>, E>` to learn whether a call was replayed.
+//! Return `Result<Settled<T, F>, E>` when the call can fail for good: a
+//! `Settled::Terminal(f)` (a declined card) is stored and replayed like a
+//! value while the body's effects roll back; an `Err` stays transient
+//! (nothing stored, the retry runs). See [`Settled`].
+//!
+//! # HTTP (feature `axum`)
+//!
+//! `diesel_idempotent::axum` has the `Idempotency-Key` extractor (bare or RFC 8941 string
+//! form), RFC 9457 problem+json answers for the library's errors (400, 409
+//! with `Retry-After`, 422, 500 without internals) and for axum's
+//! rejections, and `axum::Reply`, a response stored with its status and
+//! replayed with `Idempotent-Replayed: true`. As the attribute's `key`, the
+//! extractor adds the request's method and matched route to the
+//! fingerprint.
 //!
 //! # `async fn` (feature `async`)
 //!

@@ -96,20 +96,19 @@ pub mod __private {
 
     pub use crate::pattern::key::KeySource;
 
-    /// The key expression, owned, so the body may move its parameters.
+    /// The key expression, owned (so the body may move its parameters),
+    /// and the fingerprint with what the key says about the request (an
+    /// HTTP key's method and route). One call, so the expression is
+    /// evaluated once and a compile error about its type points at it.
     #[inline]
-    pub fn key<K: KeySource + ?Sized>(key: &K) -> ::std::string::String {
-        ::std::borrow::ToOwned::to_owned(key.key_text())
-    }
-
-    /// Adds what the key says about the request (an HTTP key's method and
-    /// route) to the fingerprint.
-    #[inline]
-    pub fn key_context<K: KeySource + ?Sized>(
+    pub fn key<K: KeySource + ?Sized>(
         builder: crate::FingerprintBuilder,
         key: &K,
-    ) -> crate::FingerprintBuilder {
-        key.add_context(builder)
+    ) -> (crate::FingerprintBuilder, ::std::string::String) {
+        (
+            crate::pattern::key::add_request_line(builder, key.request_line()),
+            ::std::borrow::ToOwned::to_owned(key.key_text()),
+        )
     }
 
     /// What a fingerprinted argument must be: `Serialize`. A trait of its

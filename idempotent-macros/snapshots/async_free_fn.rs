@@ -9,11 +9,8 @@ pub async fn create_payment(
         ::diesel_idempotent::__private::Fingerprint::builder(); let
         __idempotent_fingerprint =
         ::diesel_idempotent::__private::fingerprint_argument(__idempotent_fingerprint,
-        "req", & (req),); let __idempotent_key_source = & (key); let
-        __idempotent_fingerprint =
-        ::diesel_idempotent::__private::key_context(__idempotent_fingerprint,
-        __idempotent_key_source); let __idempotent_key =
-        ::diesel_idempotent::__private::key(__idempotent_key_source); let
+        "req", & (req),); let (__idempotent_fingerprint, __idempotent_key) =
+        ::diesel_idempotent::__private::key(__idempotent_fingerprint, & (key)); let
         __idempotent_fingerprint = __idempotent_fingerprint.finish(); let
         __idempotent_call = ::diesel_idempotent::__private::Call::new("payments.create",
         & __idempotent_key).ttl(::diesel_idempotent::__private::Ttl::from_secs(86400))

@@ -10,15 +10,13 @@ pub(crate) async fn charge(
         ::diesel_idempotent::__private::Fingerprint::builder(); let
         __idempotent_fingerprint =
         ::diesel_idempotent::__private::fingerprint_argument(__idempotent_fingerprint,
-        "req", & (req),); let __idempotent_key_source = & (req.idempotency_key.as_str());
-        let __idempotent_fingerprint =
-        ::diesel_idempotent::__private::key_context(__idempotent_fingerprint,
-        __idempotent_key_source); let __idempotent_key =
-        ::diesel_idempotent::__private::key(__idempotent_key_source); let
-        __idempotent_fingerprint = __idempotent_fingerprint.finish(); let
-        __idempotent_scope = ::diesel_idempotent::__private::scope(& (tenant)); let
-        __idempotent_call = ::diesel_idempotent::__private::Call::new("svc.charge", &
-        __idempotent_key).scope(& __idempotent_scope)
+        "req", & (req),); let (__idempotent_fingerprint, __idempotent_key) =
+        ::diesel_idempotent::__private::key(__idempotent_fingerprint, & (req
+        .idempotency_key.as_str())); let __idempotent_fingerprint =
+        __idempotent_fingerprint.finish(); let __idempotent_scope =
+        ::diesel_idempotent::__private::scope(& (tenant)); let __idempotent_call =
+        ::diesel_idempotent::__private::Call::new("svc.charge", & __idempotent_key)
+        .scope(& __idempotent_scope)
         .ttl(::diesel_idempotent::__private::Ttl::from_secs(900)).clock(& (self.clock))
         .on_conflict(::diesel_idempotent::__private::OnConflict::Reject)
         .mode(::diesel_idempotent::__private::Mode::Optimistic)

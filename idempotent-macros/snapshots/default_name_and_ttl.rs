@@ -9,12 +9,10 @@ fn create(conn: &mut SqliteConnection, key: String, amount: i64) -> Result<i64, 
         "amount",
         &(amount),
     );
-    let __idempotent_key_source = &(key);
-    let __idempotent_fingerprint = ::diesel_idempotent::__private::key_context(
+    let (__idempotent_fingerprint, __idempotent_key) = ::diesel_idempotent::__private::key(
         __idempotent_fingerprint,
-        __idempotent_key_source,
+        &(key),
     );
-    let __idempotent_key = ::diesel_idempotent::__private::key(__idempotent_key_source);
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();
     ::diesel_idempotent::__private::Call::new(
             ::core::concat!(::core::module_path!(), "::", "create"),

@@ -11,12 +11,10 @@ pub fn create_payment(
         "req",
         &(req),
     );
-    let __idempotent_key_source = &(key);
-    let __idempotent_fingerprint = ::diesel_idempotent::__private::key_context(
+    let (__idempotent_fingerprint, __idempotent_key) = ::diesel_idempotent::__private::key(
         __idempotent_fingerprint,
-        __idempotent_key_source,
+        &(key),
     );
-    let __idempotent_key = ::diesel_idempotent::__private::key(__idempotent_key_source);
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();
     ::diesel_idempotent::__private::Call::new("payments.create", &__idempotent_key)
         .ttl(::diesel_idempotent::__private::Ttl::from_secs(86400))

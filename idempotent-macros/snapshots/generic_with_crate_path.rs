@@ -25,13 +25,9 @@ where
         "N",
         &N,
     );
-    let __idempotent_key_source = &(key);
-    let __idempotent_fingerprint = ::my_app::idempotency::__private::key_context(
+    let (__idempotent_fingerprint, __idempotent_key) = ::my_app::idempotency::__private::key(
         __idempotent_fingerprint,
-        __idempotent_key_source,
-    );
-    let __idempotent_key = ::my_app::idempotency::__private::key(
-        __idempotent_key_source,
+        &(key),
     );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();
     ::my_app::idempotency::__private::Call::new(

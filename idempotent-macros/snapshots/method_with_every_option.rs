@@ -11,12 +11,10 @@ pub(crate) fn charge(
         "req",
         &(req),
     );
-    let __idempotent_key_source = &(req.idempotency_key.as_str());
-    let __idempotent_fingerprint = ::diesel_idempotent::__private::key_context(
+    let (__idempotent_fingerprint, __idempotent_key) = ::diesel_idempotent::__private::key(
         __idempotent_fingerprint,
-        __idempotent_key_source,
+        &(req.idempotency_key.as_str()),
     );
-    let __idempotent_key = ::diesel_idempotent::__private::key(__idempotent_key_source);
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();
     let __idempotent_scope = ::diesel_idempotent::__private::scope(&(tenant));
     ::diesel_idempotent::__private::Call::new("svc.charge", &__idempotent_key)

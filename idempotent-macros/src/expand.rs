@@ -642,17 +642,13 @@ impl<'f> Plan<'f> {
         // request (an HTTP key's method and route) joins the fingerprint,
         // and the key itself is taken as an owned `String`.
         let (key_context_stmt, key_stmt) = match self.identity {
-            Identity::Key(key) => {
-                let source_var = local("__idempotent_key_source");
-                (
-                    quote_spanned! {key.span()=>
-                        let #source_var = &(#key);
-                        let #fingerprint_var = #private::key_context(#fingerprint_var, #source_var);
-                        let #key_var = #private::key(#source_var);
-                    },
-                    TokenStream::new(),
-                )
-            }
+            Identity::Key(key) => (
+                quote_spanned! {key.span()=>
+                    let (#fingerprint_var, #key_var) =
+                        #private::key(#fingerprint_var, &(#key));
+                },
+                TokenStream::new(),
+            ),
             Identity::HashArguments | Identity::HashValues(_) | Identity::GetOrCreate(_) => (
                 TokenStream::new(),
                 quote! {

@@ -16,6 +16,7 @@ pub mod round_trips;
 pub mod rt;
 pub mod statements;
 pub mod suite;
+pub mod terminal;
 
 use diesel::QueryResult;
 use diesel_idempotent::{IdempotentConnection, ManualClock};
@@ -245,6 +246,7 @@ macro_rules! conformance {
         $crate::suite_tests!($flavour $backend);
         $crate::hardening_tests!($flavour $backend);
         $crate::modes_tests!($flavour $backend);
+        $crate::terminal_tests!($flavour $backend);
     };
     // One test function per name, calling the test of that name in
     // `common::$module::$flavour`.

@@ -3,9 +3,13 @@
 //! [`Reply`], the response that replays with its status.
 //!
 //! ```no_run
-//! # extern crate idempotent_core as diesel_idempotent;
+//! # mod diesel_idempotent {
+//! #     pub use idempotent_core::*;
+//! #     pub mod axum { pub use idempotent_core::http::axum::*; }
+//! # }
 //! # #[cfg(all(feature = "async", feature = "postgres"))]
 //! # mod demo {
+//! # use crate::diesel_idempotent;
 //! use axum::extract::State;
 //! use diesel_async::AsyncPgConnection;
 //! use diesel_idempotent::axum::{IdempotencyKey, Json, Problem, Reply};
@@ -31,6 +35,7 @@
 //!         .await
 //! }
 //! # }
+//! # fn main() {}
 //! ```
 //!
 //! With `#[idempotent(key = key, ..)]` on a function that takes the
@@ -51,7 +56,6 @@ use serde::de::DeserializeOwned;
 use super::header::parse_key;
 pub use super::{KeyRejection, Problem, Reply, problem_types};
 use crate::Error;
-use crate::fingerprint::FingerprintBuilder;
 use crate::pattern::key::KeySource;
 
 /// `Idempotency-Key`, the request header.
@@ -135,21 +139,6 @@ impl IdempotencyKey {
             route,
         }))
     }
-
-    fn add_request_line(&self, builder: FingerprintBuilder) -> FingerprintBuilder {
-        #[derive(Serialize)]
-        struct RequestLine<'a> {
-            method: &'a str,
-            route: &'a str,
-        }
-        builder.named_arg(
-            "the Idempotency-Key's method and route",
-            &RequestLine {
-                method: self.method.as_str(),
-                route: &self.route,
-            },
-        )
-    }
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
@@ -177,8 +166,8 @@ impl KeySource for IdempotencyKey {
         &self.key
     }
 
-    fn add_context(&self, builder: FingerprintBuilder) -> FingerprintBuilder {
-        self.add_request_line(builder)
+    fn request_line(&self) -> Option<(&str, &str)> {
+        Some((self.method.as_str(), &self.route))
     }
 }
 
@@ -187,8 +176,8 @@ impl KeySource for &IdempotencyKey {
         &self.key
     }
 
-    fn add_context(&self, builder: FingerprintBuilder) -> FingerprintBuilder {
-        self.add_request_line(builder)
+    fn request_line(&self) -> Option<(&str, &str)> {
+        Some((self.method.as_str(), &self.route))
     }
 }
 

@@ -45,9 +45,10 @@ pub trait KeySource {
     /// The key.
     fn key_text(&self) -> &str;
 
-    /// Adds what else the key identifies to the request's fingerprint.
-    fn add_context(&self, builder: crate::FingerprintBuilder) -> crate::FingerprintBuilder {
-        builder
+    /// The method and route of the HTTP request the key came with, which
+    /// join the request's fingerprint.
+    fn request_line(&self) -> Option<(&str, &str)> {
+        None
     }
 }
 
@@ -55,6 +56,27 @@ impl<K: AsRef<str> + ?Sized> KeySource for K {
     #[inline]
     fn key_text(&self) -> &str {
         self.as_ref()
+    }
+}
+
+/// Adds an HTTP request's method and route to a fingerprint (nothing for a
+/// key without them, so plain keys keep their fingerprints).
+#[doc(hidden)]
+pub fn add_request_line(
+    builder: crate::FingerprintBuilder,
+    request_line: Option<(&str, &str)>,
+) -> crate::FingerprintBuilder {
+    #[derive(Serialize)]
+    struct RequestLine<'a> {
+        method: &'a str,
+        route: &'a str,
+    }
+    match request_line {
+        Some((method, route)) => builder.named_arg(
+            "the Idempotency-Key's method and route",
+            &RequestLine { method, route },
+        ),
+        None => builder,
     }
 }
 
@@ -533,7 +555,7 @@ impl<'a> Call<'a> {
     pub fn run<C, T, E, F>(self, conn: &mut C, body: F) -> Result<Outcome<T>, E>
     where
         C: IdempotentConnection,
-        T: Serialize + DeserializeOwned,
+        T: Response,
         E: From<Error>,
         F: FnOnce(&mut C) -> Result<T, E>,
     {
@@ -566,7 +588,7 @@ impl<'a> Call<'a> {
     pub async fn run_async<C, T, E, F>(self, conn: &mut C, body: F) -> Result<Outcome<T>, E>
     where
         C: AsyncIdempotentConnection,
-        T: Serialize + DeserializeOwned,
+        T: Response,
         E: From<Error>,
         F: AsyncFnOnce(&mut C) -> Result<T, E>,
     {
