@@ -615,7 +615,10 @@ impl Database {
         };
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             #[cfg(feature = "postgres")]
-            return Ok(Database::Postgres(url.to_owned()));
+            {
+                eprintln!("database: PostgreSQL (--database-url)");
+                return Ok(Database::Postgres(url.to_owned()));
+            }
             #[cfg(not(feature = "postgres"))]
             return Err(StartError::Usage(
                 "--database-url names a PostgreSQL database, but this build has no PostgreSQL \
