@@ -115,3 +115,8 @@ cargo run --example bank_accounts
 
 log "cargo run --example async_quickstart --features async"
 cargo run --example async_quickstart --features async
+
+log "the payments server and its retrying client, failures and lost responses on: SQLite"
+./scripts/payments-pair.sh
+log "... on PostgreSQL"
+./scripts/payments-pair.sh "${DIESEL_IDEMPOTENT_PG_URL%/*}/payments_pair_$$"
