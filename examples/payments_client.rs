@@ -45,7 +45,8 @@
 //! double click or an impatient proxy would: two senders with the same key
 //! and body, each retrying as above. While the first request runs (the
 //! server's `--processing-delay-ms` widens the window), the other gets 409
-//! and waits; both must end with the same payment.
+//! and waits, or is made to wait by the server and gets the replay; both
+//! must end with the same payment.
 //!
 //! Whoever sent them, all the 201 answers a key gets must be the same
 //! bytes, and at most one of them may be an original (no
