@@ -89,8 +89,8 @@ fi
 log "cargo test --workspace --all-features $*"
 cargo test --workspace --all-features "$@"
 
-log "cargo test --test ui (default features: \`async fn\` without the \`async\` feature is a compile error)"
-cargo test --test ui
+log "cargo test -p diesel-idempotent --test ui (default features, this package alone: \`async fn\` without the \`async\` feature is a compile error)"
+cargo test -p diesel-idempotent --test ui
 
 log "fingerprints: serde_json feature matrix and the lowest dependency versions"
 ./scripts/fingerprint-compat.sh
@@ -115,3 +115,8 @@ cargo run --example bank_accounts
 
 log "cargo run --example async_quickstart --features async"
 cargo run --example async_quickstart --features async
+
+log "the payments server and its retrying client, failures and lost responses on: SQLite"
+./scripts/payments-pair.sh
+log "... on PostgreSQL"
+./scripts/payments-pair.sh "${DIESEL_IDEMPOTENT_PG_URL%/*}/payments_pair_$$"

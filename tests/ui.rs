@@ -4,7 +4,8 @@
 //! The `.stderr` files are pinned to the toolchain the README names (rustc 1.95.0);
 //! after an intended change of a message, regenerate them with
 //! `TRYBUILD=overwrite cargo test --all-features --test ui` (`ui/async`) and
-//! `TRYBUILD=overwrite cargo test --test ui` (`ui/no_async`), and review the
+//! `TRYBUILD=overwrite cargo test -p diesel-idempotent --test ui` (`ui/no_async`;
+//! `-p`: the examples package, a default member, turns `async` on), and review the
 //! diff.
 
 #[cfg(feature = "sqlite")]

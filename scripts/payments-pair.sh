@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# The payments server and its retrying client, under failures and lost
+# responses: `./scripts/payments-pair.sh [DATABASE_URL]`.
+#
+# Builds the examples `payments_server` and `payments_client` (all
+# features), then makes two runs, each against a server of its own on a
+# free loopback port:
+#
+# 1. a server whose first attempts fail with 500 a fifth of the time
+#    (`--fail-rate 0.2`), and a client making 200 payments, 16 at a time,
+#    discarding a fifth of the 201 answers as lost (`--drop-rate 0.2`);
+# 2. the same, with the server taking 200 ms per payment
+#    (`--processing-delay-ms 200`) and the client sending 40 payments, half
+#    of them twice at once (`--race-rate 0.5`), so that the second request
+#    of a key finds the first one running: on PostgreSQL a 409 with
+#    `Retry-After`; on SQLite, whose writers wait for the database lock,
+#    mostly a wait and then the replay.
+#
+# The client retries under each payment's idempotency key and exits non-zero
+# unless the server holds every payment exactly once, so the script exits
+# with the first client status that is not 0 (124 when a client ran past 5
+# minutes), or 0.
+#
+# Without DATABASE_URL the servers use their embedded SQLite file, started
+# in a fresh temporary directory (also their TMPDIR) that is removed at the
+# end. With a `postgres://` URL they use that database; when it does not
+# exist and `psql` is there, the script creates it through the server's
+# `postgres` database and drops it at the end. The servers run migrations at
+# start-up. A server that prints no `listening on http://...` line within
+# 120 s fails the run, with its output shown.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+. scripts/lib.sh
+
+database_url="${1:-}"
+if [ "$#" -gt 1 ]; then
+  log "usage: $0 [DATABASE_URL]"
+  exit 2
+fi
+
+workdir=$(mktemp -d /tmp/diesel-idempotent-payments.XXXXXX)
+server_pid=""
+created_db=""
+pg_admin_url=""
+psql_bin=""
+
+stop_server() {
+  [ -n "$server_pid" ] || return 0
+  kill "$server_pid" 2>/dev/null || true
+  for _ in $(seq 1 100); do
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$server_pid" 2>/dev/null || true
+  wait "$server_pid" 2>/dev/null || true
+  server_pid=""
+}
+
+cleanup() {
+  stop_server
+  if [ -n "$created_db" ]; then
+    "$psql_bin" "$pg_admin_url" -qAt -v ON_ERROR_STOP=1 \
+      -c "DROP DATABASE IF EXISTS \"$created_db\" WITH (FORCE)" >/dev/null 2>&1 \
+      || log "could not drop the database $created_db"
+  fi
+  rm -rf "$workdir"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# Creates the PostgreSQL database of `database_url` when it does not exist
+# (and psql is there to do it).
+ensure_pg_database() {
+  local base="${database_url%%\?*}"
+  local name="${base##*/}"
+  pg_admin_url="${base%/*}/postgres"
+  psql_bin=$(command -v psql || true)
+  if [ -z "$psql_bin" ]; then
+    local dir
+    dir=$(pg_bindir psql) && psql_bin="$dir/psql"
+  fi
+  if [ -z "$psql_bin" ]; then
+    log "no psql: using the database of $database_url as it is (it must exist)"
+    return 0
+  fi
+  if ! [[ "$name" =~ ^[a-z_][a-z0-9_]*$ ]]; then
+    log "using the database \"$name\" as it is (a name this script creates is lowercase letters, digits and _)"
+    return 0
+  fi
+  local exists
+  exists=$("$psql_bin" "$pg_admin_url" -qAt -v ON_ERROR_STOP=1 \
+    -c "SELECT 1 FROM pg_database WHERE datname = '$name'")
+  if [ -z "$exists" ]; then
+    log "creating the database $name"
+    "$psql_bin" "$pg_admin_url" -qAt -v ON_ERROR_STOP=1 -c "CREATE DATABASE \"$name\"" >/dev/null
+    created_db="$name"
+  fi
+}
+
+server_url=""
+# Starts a payments server with the options given (and `--database-url`
+# when the script got one); sets server_pid and server_url.
+start_server() {
+  local args=(--listen 127.0.0.1:0 "$@")
+  [ -n "$database_url" ] && args+=(--database-url "$database_url")
+  log "payments_server ${args[*]}"
+  : >"$workdir/server.out"
+  : >"$workdir/server.err"
+  (cd "$workdir" && TMPDIR="$workdir" exec "$bin/payments_server" "${args[@]}") \
+    >"$workdir/server.out" 2>"$workdir/server.err" &
+  server_pid=$!
+  local line=""
+  for _ in $(seq 1 1200); do
+    # A whole line, newline included, or nothing yet.
+    if [ "$(wc -l <"$workdir/server.out")" -ge 1 ]; then
+      line=$(head -n 1 "$workdir/server.out")
+      break
+    fi
+    kill -0 "$server_pid" 2>/dev/null || break
+    sleep 0.1
+  done
+  if [[ "$line" != "listening on http://"* ]]; then
+    if kill -0 "$server_pid" 2>/dev/null; then
+      log "the server printed no 'listening on http://...' line within 120 s; its output:"
+    else
+      log "the server stopped before it listened; its output:"
+    fi
+    cat "$workdir/server.out" "$workdir/server.err" >&2
+    exit 1
+  fi
+  server_url="${line#listening on }"
+  log "the server listens on $server_url"
+}
+
+# Runs the client against the running server with the options given, then
+# stops the server; exits with the client's status when it is not 0.
+run_client() {
+  log "payments_client --server $server_url $*"
+  local status=0
+  timeout 300 "$bin/payments_client" --server "$server_url" "$@" || status=$?
+  stop_server
+  if [ "$status" -ne 0 ]; then
+    log "the client exited with $status; the server's last output:"
+    tail -n 40 "$workdir/server.err" >&2
+    exit "$status"
+  fi
+}
+
+log "cargo build --all-features --example payments_server --example payments_client"
+cargo build --all-features --example payments_server --example payments_client
+bin="$(cd "${CARGO_TARGET_DIR:-target}/debug/examples" && pwd)"
+
+if [ -n "$database_url" ]; then
+  case "$database_url" in
+    postgres://* | postgresql://*) ensure_pg_database ;;
+  esac
+  log "database: $database_url"
+else
+  log "database: the server's embedded SQLite file, in $workdir"
+fi
+
+log "run 1: 500 on a fifth of first attempts, a fifth of the 201 answers lost"
+start_server --fail-rate 0.2
+run_client --payments 200 --concurrency 16 --drop-rate 0.2
+
+log "run 2: the same with 200 ms per payment and half of the payments sent twice at once"
+start_server --fail-rate 0.2 --processing-delay-ms 200
+run_client --payments 40 --concurrency 8 --drop-rate 0.2 --race-rate 0.5
+
+log "every payment held exactly once"
