@@ -3,10 +3,13 @@
 //! SQLite file (no server) or PostgreSQL.
 //!
 //! ```text
-//! cargo run --example payments_server --features sqlite,async,axum -- --listen 127.0.0.1:0
-//! cargo run --example payments_server --features sqlite,async,axum,postgres -- \
+//! cargo run --example payments_server -- --listen 127.0.0.1:0
+//! cargo run --example payments_server --features postgres -- \
 //!     --listen 127.0.0.1:8080 --database-url postgres://user@host/payments
 //! ```
+//!
+//! (The example belongs to the `examples/payments` package, which turns on
+//! diesel-idempotent's `sqlite`, `async` and `axum` features.)
 //!
 //! | flag | meaning |
 //! |---|---|
