@@ -214,8 +214,9 @@ impl From<PaymentRow> for Payment {
 /// A connection the payments API runs on. The handlers and the idempotent
 /// function are written once, generic over it; `payments_connection!`
 /// implements it for each backend's connection type with the same Diesel
-/// statements (diesel-async's query traits are easier to name on a
-/// concrete connection than to bound on a generic one).
+/// statements. (On a concrete connection, diesel-async's query traits and
+/// deadpool's pool need no bounds; on a generic one, each function that
+/// runs a query or checks a connection out would have to repeat theirs.)
 trait PaymentsConnection: AsyncIdempotentConnection + 'static {
     /// A pool of these connections.
     type Pool: Clone + Send + Sync + 'static;
