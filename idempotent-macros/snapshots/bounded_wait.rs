@@ -9,8 +9,11 @@ pub fn create_payment(
         "req",
         &(req),
     );
+    let (__idempotent_fingerprint, __idempotent_key) = ::diesel_idempotent::__private::key(
+        __idempotent_fingerprint,
+        &(key),
+    );
     let __idempotent_fingerprint = __idempotent_fingerprint.finish();
-    let __idempotent_key = ::diesel_idempotent::__private::key(&(key));
     ::diesel_idempotent::__private::Call::new("payments.create", &__idempotent_key)
         .ttl(::diesel_idempotent::__private::Ttl::from_secs(86400))
         .on_conflict(
