@@ -822,7 +822,7 @@ where
 /// writers take it at the `BEGIN` (SQLite's `BEGIN IMMEDIATE`); one that
 /// gave up answers [`Error::InFlight`], as the claim does after a bounded
 /// wait.
-async fn in_level<D, O, E, F>(conn: &mut D, call: &Prepared<'_>, f: F) -> Settled<O, E>
+async fn in_level<D, O, E, F>(conn: &mut D, call: &Prepared<'_>, f: F) -> Ended<O, E>
 where
     D: Driver,
     F: AsyncFnOnce(&mut D) -> Result<O, Failure<E>>,
