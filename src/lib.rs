@@ -46,6 +46,8 @@
 //!    [`Error::PayloadMismatch`] and changes nothing;
 //! 6. a concurrent duplicate waits for the first call's transaction, then
 //!    replays its result (or, if it rolled back, runs the body itself);
+//!    with `wait_for` it waits a bounded time, with `on_conflict = "reject"`
+//!    not at all, and then gets [`Error::InFlight`];
 //! 7. an `Err` or a panic in the body leaves no record, and a rollback of the
 //!    caller's transaction removes the record with the body's effects;
 //! 8. an expired record is treated as absent.
@@ -64,6 +66,7 @@
 //! | `skip(a, b)` | arguments left out of the fingerprint |
 //! | `clock = EXPR` | a [`Clock`] (default [`SystemClock`]); tests pass a [`ManualClock`] |
 //! | `on_conflict = "wait"` / `"reject"` | a duplicate of an unfinished call waits (default) or gets [`Error::InFlight`] at once ([`OnConflict`]) |
+//! | `wait_for = "2s"` | a duplicate of an unfinished call waits at most this long, then gets [`Error::InFlight`] (1 ms to 1 h; MySQL rounds up to whole seconds; [`OnConflict::WaitFor`]) |
 //! | `mode = "claim_first"` / `"optimistic"` | claim the key before the body (default), or run the body first and insert the record with its result after it, for bodies whose every effect is in this transaction ([`Mode`]) |
 //! | `replay = "in_transaction"` / `"read_first"` | find a stored result inside the call's transaction (default), or with one plain read before it: a replay in one statement ([`Replay`]) |
 //! | `max_response_bytes = N` | refuse results whose JSON exceeds N bytes ([`Error::ResponseTooLarge`]) |

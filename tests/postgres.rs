@@ -99,6 +99,22 @@ fn edge_in_transaction_reject_in_callers_transaction() {
     >(diesel_idempotent::Replay::InTransaction);
 }
 
+#[cfg(feature = "postgres")]
+#[test]
+fn edge_read_first_bounded_wait_in_callers_transaction() {
+    common::edges::blocking::bounded_wait_in_callers_transaction_answers_in_flight::<
+        common::Postgres,
+    >(diesel_idempotent::Replay::ReadFirst);
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn edge_in_transaction_bounded_wait_in_callers_transaction() {
+    common::edges::blocking::bounded_wait_in_callers_transaction_answers_in_flight::<
+        common::Postgres,
+    >(diesel_idempotent::Replay::InTransaction);
+}
+
 /// The edge cases on the backend's diesel-async connection.
 #[cfg(all(feature = "postgres", feature = "async"))]
 mod nonblocking_edges {
@@ -149,6 +165,20 @@ mod nonblocking_edges {
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn edge_in_transaction_reject_in_callers_transaction() {
         edges::read_first_reject_in_callers_transaction_answers_at_once::<Postgres>(
+            Replay::InTransaction,
+        )
+        .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_read_first_bounded_wait_in_callers_transaction() {
+        edges::bounded_wait_in_callers_transaction_answers_in_flight::<Postgres>(Replay::ReadFirst)
+            .await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn edge_in_transaction_bounded_wait_in_callers_transaction() {
+        edges::bounded_wait_in_callers_transaction_answers_in_flight::<Postgres>(
             Replay::InTransaction,
         )
         .await;

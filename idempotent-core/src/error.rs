@@ -64,8 +64,8 @@ pub enum Error {
     },
 
     /// The key is held by a call that has not finished (it is being processed
-    /// by this same transaction, or the caller chose not to wait). Nothing was
-    /// changed.
+    /// by this same transaction, or the caller chose not to wait, or not
+    /// longer than `wait_for`). Nothing was changed.
     #[error(
         "a request with this idempotency key is still being processed; retry after it completes"
     )]
@@ -220,8 +220,10 @@ const DEADLOCK_MESSAGES: [&str; 2] = [
     // SerializationFailure and diesel-async as `Unknown`.
     "Deadlock found when trying to get lock",
 ];
+/// SQLite's SQLITE_BUSY: its busy timeout ran out.
+const SQLITE_BUSY_MESSAGE: &str = "database is locked";
 const BUSY_OR_LOST_MESSAGES: [&str; 9] = [
-    "database is locked",       // SQLite SQLITE_BUSY
+    SQLITE_BUSY_MESSAGE,
     "database table is locked", // SQLite SQLITE_LOCKED
     "server has gone away",     // MySQL/MariaDB 2006
     "Lost connection to",       // MySQL/MariaDB 2013
@@ -257,6 +259,12 @@ fn unknown_message_matches(error: &diesel::result::Error, messages: &[&str]) -> 
 /// A lock wait that timed out (PostgreSQL 55P03, MySQL 1205).
 pub(crate) fn is_lock_timeout(error: &diesel::result::Error) -> bool {
     unknown_message_matches(error, &LOCK_TIMEOUT_MESSAGES)
+}
+
+/// A wait for a lock that ran out of time: a lock wait timeout (PostgreSQL
+/// 55P03, MySQL 1205) or SQLite's busy timeout (SQLITE_BUSY).
+pub(crate) fn is_lock_wait_exhausted(error: &diesel::result::Error) -> bool {
+    is_lock_timeout(error) || unknown_message_matches(error, &[SQLITE_BUSY_MESSAGE])
 }
 
 /// A transaction the database aborted to resolve a conflict: a
@@ -332,8 +340,16 @@ mod tests {
         }
         for message in &transient[..3] {
             assert!(is_lock_timeout(&unknown(message)), "{message}");
+            assert!(is_lock_wait_exhausted(&unknown(message)), "{message}");
             assert!(!is_conflict_abort(&unknown(message)), "{message}");
         }
+        // SQLite's busy timeout ran out (a bounded `BEGIN IMMEDIATE`); a
+        // locked table (SQLITE_LOCKED) is no wait that ran out.
+        assert!(is_lock_wait_exhausted(&unknown("database is locked")));
+        assert!(!is_lock_wait_exhausted(&unknown(
+            "database table is locked"
+        )));
+        assert!(!is_lock_wait_exhausted(&unknown("deadlock detected")));
         assert!(is_conflict_abort(&unknown("deadlock detected")));
         assert!(is_conflict_abort(&unknown(
             "Deadlock found when trying to get lock; try restarting transaction"

@@ -30,6 +30,7 @@ const OPTIONS: &[&str] = &[
     "clock",
     "skip",
     "on_conflict",
+    "wait_for",
     "mode",
     "replay",
     "max_response_bytes",
@@ -40,6 +41,8 @@ const OPTIONS: &[&str] = &[
 const MAX_TTL: Duration = Duration::from_secs(366 * 24 * 60 * 60);
 /// The longest `abandon_after` accepted.
 const MAX_ABANDON_AFTER: Duration = Duration::from_secs(24 * 60 * 60);
+/// The longest `wait_for` accepted.
+const MAX_WAIT_FOR: Duration = Duration::from_secs(60 * 60);
 /// The longest namespace the record table holds, as in the runtime.
 pub(crate) const MAX_NAME_LEN: usize = 255;
 
@@ -65,6 +68,9 @@ pub(crate) struct Options {
     pub(crate) clock: Option<Expr>,
     /// `on_conflict = "reject"` (true) or `"wait"` (false, the default).
     pub(crate) reject: Option<(Span, bool)>,
+    /// `wait_for = "2s"`: how long a duplicate waits for the call holding
+    /// its key before it gets `Error::InFlight`.
+    pub(crate) wait_for: Option<(Span, Duration)>,
     /// `mode = "optimistic"` (true) or `"claim_first"` (false, the default).
     pub(crate) optimistic: Option<(Span, bool)>,
     /// `replay = "read_first"` (true) or `"in_transaction"` (false, the
@@ -276,6 +282,13 @@ impl Options {
                     Err(e) => errors.push(e),
                 }
             }
+            "wait_for" => {
+                let expr: Expr = value(input, &name, "wait_for = \"2s\"")?;
+                match parse_wait_for(&expr) {
+                    Ok(limit) => once(&mut self.wait_for, (name.span(), limit), &name, errors),
+                    Err(e) => errors.push(e),
+                }
+            }
             "mode" => {
                 let expr: Expr = value(input, &name, "mode = \"optimistic\"")?;
                 match parse_mode(&expr) {
@@ -442,7 +455,8 @@ fn parse_on_conflict(expr: &Expr) -> syn::Result<bool> {
         _ => Err(syn::Error::new(
             expr.span(),
             "`on_conflict` is `\"wait\"` (block until the call holding the key \
-             finishes, then replay) or `\"reject\"` (return `Error::InFlight` at once)",
+             finishes, then replay) or `\"reject\"` (return `Error::InFlight` at once); \
+             to wait a bounded time, write `wait_for = \"2s\"`",
         )),
     }
 }
@@ -574,6 +588,32 @@ fn parse_abandon_after(expr: &Expr) -> syn::Result<Duration> {
     whole_milliseconds(&lit, "abandon_after", after)
 }
 
+fn parse_wait_for(expr: &Expr) -> syn::Result<Duration> {
+    let (lit, limit) = parse_duration(
+        expr,
+        "wait_for",
+        "`wait_for` must be a string literal such as `wait_for = \"2s\"` or `\"500ms\"`",
+        "\"500ms\", \"2s\" or \"1m\"",
+    )?;
+    if limit.is_zero() {
+        return Err(syn::Error::new(
+            lit.span(),
+            "`wait_for` must be longer than zero: it is how long a duplicate waits for the call \
+             holding its key before it gets `Error::InFlight`; use `on_conflict = \"reject\"` \
+             to never wait",
+        ));
+    }
+    if limit > MAX_WAIT_FOR {
+        return Err(syn::Error::new(
+            lit.span(),
+            "`wait_for` must be at most 1 hour: a duplicate holds its connection for as long as \
+             it waits, and a client has given up long before; write it like \"500ms\" or \"2s\", \
+             or use `on_conflict = \"wait\"` to wait as long as the database lets it",
+        ));
+    }
+    whole_milliseconds(&lit, "wait_for", limit)
+}
+
 fn parse_crate_path(expr: &Expr) -> syn::Result<syn::Path> {
     let Some(lit) = string_literal(expr) else {
         return Err(syn::Error::new(
@@ -659,10 +699,11 @@ mod tests {
         let key = fragment(quote!(key));
         let conn = fragment(quote!(db));
         let after = fragment(quote!("45s"));
+        let wait = fragment(quote!("750ms"));
         let options = parse(quote!(
             name = #name, ttl = #ttl, on_conflict = #conflict,
             max_response_bytes = #limit, crate = #krate, key = #key, conn = #conn,
-            abandon_after = #after
+            abandon_after = #after, wait_for = #wait
         ));
         assert_eq!(
             options.name.as_ref().map(LitStr::value).as_deref(),
@@ -674,6 +715,10 @@ mod tests {
             Some(Duration::from_secs(45))
         );
         assert_eq!(options.reject.map(|r| r.1), Some(true));
+        assert_eq!(
+            options.wait_for.map(|w| w.1),
+            Some(Duration::from_millis(750))
+        );
         assert_eq!(options.max_response_bytes.map(|m| m.1), Some(4096));
         assert_eq!(
             options.krate.to_token_stream().to_string(),
@@ -784,6 +829,34 @@ mod tests {
         assert!(messages(parse(quote!(abandon_after = "24h"))).is_empty());
         assert_eq!(closest("abandon"), Some("abandon_after"));
         assert_eq!(closest("abandon_afer"), Some("abandon_after"));
+    }
+
+    #[test]
+    fn wait_for_is_a_bounded_duration() {
+        let options = parse(quote!(key = k, on_conflict = "wait", wait_for = "1s 500ms"));
+        assert_eq!(
+            options.wait_for.map(|w| w.1),
+            Some(Duration::from_millis(1500))
+        );
+        assert_eq!(options.reject.map(|r| r.1), Some(false));
+        for (value, expected) in [
+            (quote!("0s"), "use `on_conflict = \"reject\"` to never wait"),
+            (quote!("2h"), "must be at most 1 hour"),
+            (quote!("a bit"), "invalid wait_for \"a bit\""),
+            (quote!("1s 500us"), "is finer than a millisecond"),
+            (quote!(2), "must be a string literal"),
+        ] {
+            let messages = messages(parse(quote!(wait_for = #value)));
+            assert!(
+                messages.len() == 1 && messages[0].contains(expected),
+                "{value}: {messages:?}"
+            );
+        }
+        assert!(messages(parse(quote!(wait_for = "1h"))).is_empty());
+        assert!(messages(parse(quote!(wait_for = "1ms"))).is_empty());
+        assert_eq!(closest("wait"), Some("wait_for"));
+        assert_eq!(closest("wait_fro"), Some("wait_for"));
+        assert_eq!(closest("waitfor"), Some("wait_for"));
     }
 
     #[test]

@@ -112,6 +112,8 @@ struct Plan<'f> {
     abandon_after: Option<Duration>,
     krate: Option<&'f syn::Path>,
     reject: bool,
+    /// `wait_for = "2s"`: a bounded wait for a held key.
+    wait_for: Option<Duration>,
     optimistic: bool,
     read_first: bool,
     max_response_bytes: Option<u64>,
@@ -213,6 +215,13 @@ impl<'f> Plan<'f> {
                     "a concurrent creator always waits on the unique constraint",
                 ));
             }
+            if let Some((span, _)) = &options.wait_for {
+                errors.push(pointless(
+                    *span,
+                    "wait_for",
+                    "a concurrent creator always waits on the unique constraint",
+                ));
+            }
             if let Some((span, _)) = &options.optimistic {
                 errors.push(pointless(*span, "mode", "the body is the insert"));
             }
@@ -241,6 +250,16 @@ impl<'f> Plan<'f> {
                 "`abandon_after` bounds how long the key of a dropped `async fn` call stays \
                  held; a blocking call cannot be dropped mid-way: remove it or make the \
                  function `async`",
+            ));
+        }
+        if options.get_or_create.is_none()
+            && let (Some((span, _)), Some((_, true))) = (&options.wait_for, &options.reject)
+        {
+            errors.push(syn::Error::new(
+                *span,
+                "`wait_for` and `on_conflict = \"reject\"` contradict each other: `wait_for` \
+                 waits a bounded time for the call holding the key, `reject` never waits; \
+                 remove one of them",
             ));
         }
         let identity = match (&options.key, &options.hash) {
@@ -507,6 +526,7 @@ impl<'f> Plan<'f> {
             abandon_after: options.abandon_after.map(|(_, after)| after),
             krate: options.krate.as_ref(),
             reject: options.reject.is_some_and(|(_, reject)| reject),
+            wait_for: options.wait_for.map(|(_, limit)| limit),
             optimistic: options.optimistic.is_some_and(|(_, optimistic)| optimistic),
             read_first: options.read_first.is_some_and(|(_, read_first)| read_first),
             max_response_bytes: options.max_response_bytes.map(|(_, limit)| limit),
@@ -666,9 +686,18 @@ impl<'f> Plan<'f> {
             None => (TokenStream::new(), TokenStream::new()),
         };
         let clock_call = self.clock.map(|clock| quote! { .clock(&(#clock)) });
-        let reject_call = self
-            .reject
-            .then(|| quote! { .on_conflict(#private::OnConflict::Reject) });
+        let on_conflict_call = match (self.reject, self.wait_for) {
+            (true, _) => Some(quote! { .on_conflict(#private::OnConflict::Reject) }),
+            (false, Some(limit)) => {
+                let millis = Literal::u128_unsuffixed(limit.as_millis());
+                Some(quote! {
+                    .on_conflict(#private::OnConflict::WaitFor(
+                        ::core::time::Duration::from_millis(#millis)
+                    ))
+                })
+            }
+            (false, None) => None,
+        };
         let mode_call = self
             .optimistic
             .then(|| quote! { .mode(#private::Mode::Optimistic) });
@@ -700,7 +729,7 @@ impl<'f> Plan<'f> {
                 #scope_call
                 .ttl(#ttl)
                 #clock_call
-                #reject_call
+                #on_conflict_call
                 #mode_call
                 #replay_call
                 #limit_call

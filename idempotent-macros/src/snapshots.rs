@@ -278,3 +278,21 @@ fn async_get_or_create() {
         },
     );
 }
+
+#[test]
+fn bounded_wait() {
+    check(
+        "bounded_wait",
+        quote!(
+            key = key,
+            name = "payments.create",
+            on_conflict = "wait",
+            wait_for = "2s 500ms"
+        ),
+        quote! {
+            pub fn create_payment(conn: &mut PgConnection, key: &str, req: &NewPayment) -> Result<Payment, AppError> {
+                insert(conn, req)
+            }
+        },
+    );
+}

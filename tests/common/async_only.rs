@@ -208,6 +208,78 @@ pub async fn pooled_duplicates_run_body_once<B: AsyncSuiteBackend, P: PoolKind>(
     assert_eq!(executions, ROUNDS as i64, "exactly one execution per key");
 }
 
+/// A pool of 4 connections; a first call holds its key (its transaction
+/// open on one of them); 20 duplicates with a bounded wait (`wait_for =
+/// "300ms"`, on MySQL 1 s) share the other three. Each duplicate gets
+/// `InFlight` and gives its connection back while the first still holds the
+/// key, so an unrelated query then gets a pooled connection (all three, at
+/// once, outside any transaction). With `on_conflict = "wait"` the
+/// duplicates would hold those three connections until the first call
+/// finished, and the query would queue behind them. Then the first commits
+/// and a later call replays: one execution.
+pub async fn bounded_waits_give_pooled_connections_back<B: AsyncSuiteBackend, P: PoolKind>() {
+    const POOL: usize = 4;
+    const DUPLICATES: usize = 20;
+    let db = B::fresh();
+    let pool = P::pool(&db, POOL).await;
+    let clock = Arc::new(super::clock());
+    let req = NewPayment::eur(20);
+    let mut holder = pool.checkout().await;
+    let first =
+        super::rt::nonblocking::transaction(&mut *holder, async |conn: &mut B::AsyncConn| {
+            let first = create_payment(conn, &clock, "held", &req, Then::Succeed).await?;
+            // The key is held until this transaction ends.
+            let duplicates: Vec<_> = (0..DUPLICATES)
+                .map(|_| {
+                    let (pool, clock, req) = (pool.clone(), Arc::clone(&clock), req.clone());
+                    tokio::spawn(async move {
+                        let mut conn = pool.checkout().await;
+                        create_payment_waiting_briefly(
+                            &mut *conn,
+                            &clock,
+                            "held",
+                            &req,
+                            Then::Succeed,
+                        )
+                        .await
+                    })
+                })
+                .collect();
+            for duplicate in duplicates {
+                let answer = joined(duplicate).await;
+                assert!(
+                    is_in_flight(&answer, "held"),
+                    "[{}] a duplicate answers InFlight: {answer:?}",
+                    label::<B, P>()
+                );
+            }
+            // Every duplicate's connection is back in the pool, outside any
+            // transaction, while the first call still holds its key.
+            let mut others = Vec::with_capacity(POOL - 1);
+            for _ in 1..POOL {
+                others.push(pool.checkout().await);
+            }
+            for other in &mut others {
+                assert_eq!(super::rt::nonblocking::depth(&mut **other), 0);
+                assert_eq!(
+                    other.count_payments().await?,
+                    0,
+                    "an unrelated query runs; the first call's payment is not committed yet"
+                );
+            }
+            Ok::<_, AppError>(first)
+        })
+        .await
+        .expect("the first call commits");
+    let replay = create_payment_waiting_briefly(&mut *holder, &clock, "held", &req, Then::Fail)
+        .await
+        .expect("a later call replays");
+    assert_eq!(replay, first);
+    let mut check = db.connect();
+    assert_eq!(payments(&mut check), 1, "one execution");
+    assert_eq!(records(&mut check), 1);
+}
+
 // ---------------------------------------------------------------------------
 // One procedure for both drivers.
 
@@ -337,15 +409,18 @@ pub async fn statements_match_the_blocking_path<B: AsyncSuiteBackend, P: PoolKin
     let req = NewPayment::eur(1);
     let other = NewPayment::eur(2);
     let stage = Payer::new(Shape::CLAIM_FIRST, &clock);
+    let wait_for = Some(Duration::from_secs(2));
     let shapes = [
-        ("claim-first", Shape::CLAIM_FIRST, false),
-        ("reject", Shape::CLAIM_FIRST, true),
-        ("read-first", Shape::READ_FIRST, false),
-        ("optimistic", Shape::OPTIMISTIC, false),
+        ("claim-first", Shape::CLAIM_FIRST, false, None),
+        ("reject", Shape::CLAIM_FIRST, true, None),
+        ("wait_for", Shape::CLAIM_FIRST, false, wait_for),
+        ("read-first", Shape::READ_FIRST, false, None),
+        ("optimistic", Shape::OPTIMISTIC, false, None),
         (
             "optimistic + read-first",
             Shape::OPTIMISTIC_READ_FIRST,
             false,
+            None,
         ),
     ];
     #[rustfmt::skip]
@@ -359,15 +434,17 @@ pub async fn statements_match_the_blocking_path<B: AsyncSuiteBackend, P: PoolKin
         (1, "replay", Record, &req, Replayed),
         (2, "first call", Nothing, &req, Fresh),
         (2, "replay", Record, &req, Replayed),
-        (2, "mismatch", Record, &other, Mismatch),
-        (2, "take-over", Expired, &req, Fresh),
         (3, "first call", Nothing, &req, Fresh),
         (3, "replay", Record, &req, Replayed),
         (3, "mismatch", Record, &other, Mismatch),
         (3, "take-over", Expired, &req, Fresh),
-        (3, "body error", Nothing, &req, Declined),
         (4, "first call", Nothing, &req, Fresh),
         (4, "replay", Record, &req, Replayed),
+        (4, "mismatch", Record, &other, Mismatch),
+        (4, "take-over", Expired, &req, Fresh),
+        (4, "body error", Nothing, &req, Declined),
+        (5, "first call", Nothing, &req, Fresh),
+        (5, "replay", Record, &req, Replayed),
     ];
     let mut report = vec![format!(
         "| path | blocking | {} | blocking, in a transaction | {}, in a transaction |",
@@ -376,21 +453,22 @@ pub async fn statements_match_the_blocking_path<B: AsyncSuiteBackend, P: PoolKin
     )];
     let mut wrong = Vec::new();
     for (n, &(s, path, before, with, answer)) in paths.iter().enumerate() {
-        let (shape_label, shape, rejecting) = shapes[s];
+        let (shape_label, shape, rejecting, limit) = shapes[s];
         let label = format!("{shape_label}, {path}");
         if before == Held && !B::REJECTS_AT_ONCE {
             // SQLite: the duplicate would wait for the database lock.
             continue;
         }
-        let blocking_payer = if rejecting {
-            Payer::new(shape, &clock).rejecting()
-        } else {
-            Payer::new(shape, &clock)
-        };
-        let async_payer = if rejecting {
-            AsyncPayer::new(shape, &clock).rejecting()
-        } else {
-            AsyncPayer::new(shape, &clock)
+        let (blocking_payer, async_payer) = match (rejecting, limit) {
+            (true, _) => (
+                Payer::new(shape, &clock).rejecting(),
+                AsyncPayer::new(shape, &clock).rejecting(),
+            ),
+            (false, Some(limit)) => (
+                Payer::new(shape, &clock).waiting_at_most(limit),
+                AsyncPayer::new(shape, &clock).waiting_at_most(limit),
+            ),
+            (false, None) => (Payer::new(shape, &clock), AsyncPayer::new(shape, &clock)),
         };
         let then = if answer == Declined {
             Then::Fail
@@ -552,6 +630,7 @@ macro_rules! async_only {
     ($backend:ty, $pool:ty) => {
         $crate::async_only!(@tests $backend, $pool;
             pooled_duplicates_run_body_once,
+            bounded_waits_give_pooled_connections_back,
             blocking_and_async_calls_share_records,
             statements_match_the_blocking_path,
             abandon_after_round_trips,

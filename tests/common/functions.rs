@@ -119,6 +119,35 @@ pub mod nonblocking {
         })
     }
 
+    /// `create_payment`'s records, but a duplicate waits at most 300 ms for
+    /// the call holding its key (MySQL rounds it up to 1 s), then gets
+    /// `InFlight`.
+    #[idempotent(
+        key = key,
+        ttl = "1h",
+        name = "tests.create_payment",
+        clock = clock,
+        skip(then),
+        wait_for = "300ms"
+    )]
+    pub async fn create_payment_waiting_briefly<C: AsyncTestConn>(
+        conn: &mut C,
+        clock: &ManualClock,
+        key: &str,
+        req: &NewPayment,
+        then: Then,
+    ) -> Result<Payment, AppError> {
+        let id = conn.insert_payment(req.amount).await?;
+        match then {
+            Then::Succeed => Ok(Payment {
+                id,
+                amount: req.amount,
+            }),
+            Then::Fail => Err(AppError::Declined),
+            Then::Panic => panic!("injected panic after the payment insert"),
+        }
+    }
+
     /// The key is the hash of every argument (here: the event).
     #[idempotent(hash, ttl = "7d", name = "tests.consume", clock = clock)]
     pub async fn consume<C: AsyncTestConn>(

@@ -171,6 +171,13 @@ pub mod nonblocking {
             self
         }
 
+        /// The same payer, waiting at most `limit` for a key held by an
+        /// unfinished call, then answering `InFlight`.
+        pub fn waiting_at_most(mut self, limit: Duration) -> Self {
+            self.on_conflict = OnConflict::WaitFor(limit);
+            self
+        }
+
         /// How often the body started.
         pub fn runs(&self) -> usize {
             self.runs.load(Ordering::SeqCst)
@@ -903,6 +910,37 @@ pub mod nonblocking {
         }
     }
 
+    /// In every shape a duplicate with a bounded wait (200 ms; MySQL rounds
+    /// it up to 1 s) gets `InFlight` while the first call holds the key,
+    /// and has no effect (an optimistic duplicate's body is rolled back);
+    /// after the first commits it replays.
+    pub async fn shapes_bounded_wait_answers_in_flight<B: AsyncSuiteBackend>() {
+        let db = Arc::new(B::fresh());
+        let clock = Arc::new(clock());
+        let req = NewPayment::eur(8);
+        for shape in SHAPES {
+            let holder = Arc::new(Payer::new(shape, &clock));
+            let bounded = Payer::new(shape, &clock).waiting_at_most(Duration::from_millis(200));
+            let key = format!("bounded-{}", shape.name());
+            let before = payments(&mut db.connect_async().await).await;
+            let held = hold(&db, &holder, &key, &req).await;
+            let first_result = held.first.clone();
+            let mut conn = db.connect_async().await;
+            let answer = bounded.pay(&mut conn, &key, &req, Then::Succeed).await;
+            assert!(is_in_flight(&answer, &key), "{shape:?}: {answer:?}");
+            assert_eq!(held.finish(true).await.unwrap(), first_result);
+            let replay = bounded.pay(&mut conn, &key, &req, Then::Succeed).await;
+            let replay = replay.unwrap_or_else(|e| panic!("{shape:?}: {e:?}"));
+            assert!(replay.is_replayed(), "{shape:?}: replayed after the commit");
+            assert_eq!(replay.value(), &first_result, "{shape:?}");
+            assert_eq!(
+                payments(&mut conn).await,
+                before + 1,
+                "{shape:?}: the first call's effect only"
+            );
+        }
+    }
+
     /// A read-first duplicate never replays a result that is written but
     /// not committed: with `reject` it is `InFlight` (SQLite: a connection
     /// that will not wait for the database lock fails instead of
@@ -1237,6 +1275,7 @@ macro_rules! modes_tests {
             shapes_concurrent_duplicates_run_body_once,
             shapes_duplicate_waits_for_held_first_call,
             shapes_reject_answers_in_flight,
+            shapes_bounded_wait_answers_in_flight,
             read_first_never_replays_an_uncommitted_result,
             read_first_respects_expiry_to_the_microsecond,
             shapes_concurrent_takeover_runs_body_once,

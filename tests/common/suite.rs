@@ -25,13 +25,13 @@ fn click(occurred_at: i64, delivery: u32) -> ClickEvent {
 #[dual::blocking]
 pub mod nonblocking {
     use std::sync::Arc;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     use std::sync::Mutex;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
     use chrono::{DateTime, Utc};
-    use diesel_idempotent::{Call, Clock, Error, IdempotencyRecord, Ttl};
+    use diesel_idempotent::{Call, Clock, Error, IdempotencyRecord, ManualClock, Outcome, Ttl};
 
     use super::click;
     use crate::common::functions::nonblocking::*;
@@ -1049,6 +1049,153 @@ pub mod nonblocking {
         assert_eq!(db.connect_async().await.count_payments().await.unwrap(), 1);
     }
 
+    /// How long [`create_payment_waiting_briefly`] waits on `B`: its
+    /// `wait_for = "300ms"`, which MySQL rounds up to whole seconds.
+    fn brief_wait<B: AsyncSuiteBackend>() -> Duration {
+        if B::NAME == "mysql" {
+            Duration::from_secs(1)
+        } else {
+            Duration::from_millis(300)
+        }
+    }
+
+    /// A first call holds the key in an open transaction, its body blocked
+    /// until the test releases it; a duplicate with `wait_for = "300ms"`
+    /// (the attribute) waits that long (MySQL: 1 s), then gets `InFlight`,
+    /// while the first still holds the key. The first then commits, and a
+    /// later call replays its result: one execution, one record.
+    pub async fn bounded_wait_answers_in_flight_after_its_limit<B: AsyncSuiteBackend>() {
+        let db = Arc::new(B::fresh());
+        let clock = Arc::new(clock());
+        let req = NewPayment::eur(6);
+        let (claimed_tx, claimed_rx) = rt::channel();
+        let (finish_tx, finish_rx) = rt::channel::<()>();
+        let first = rt::spawn({
+            let (db, clock, req) = (Arc::clone(&db), Arc::clone(&clock), req.clone());
+            move || async move {
+                let mut conn = db.connect_async().await;
+                rt::transaction(&mut conn, async |conn| {
+                    let p = create_payment(conn, &clock, "held", &req, Then::Succeed).await?;
+                    claimed_tx.send(()).unwrap();
+                    finish_rx.recv().await.unwrap();
+                    Ok::<_, AppError>(p)
+                })
+                .await
+            }
+        });
+        claimed_rx
+            .recv_timeout(rt::DEADLINE)
+            .await
+            .expect("the first call holds the key");
+        let mut conn = db.connect_async().await;
+        let started = Instant::now();
+        let answer =
+            create_payment_waiting_briefly(&mut conn, &clock, "held", &req, Then::Succeed).await;
+        let waited = started.elapsed();
+        println!(
+            "[{}] a duplicate with wait_for = 300ms answered after {waited:?}: {answer:?}",
+            B::NAME
+        );
+        // The first call is still blocked in its body: it finishes only
+        // when told to, below.
+        assert!(
+            matches!(
+                answer.as_ref().err().and_then(AppError::idempotency),
+                Some(Error::InFlight { key, .. }) if key == "held"
+            ),
+            "InFlight while the key is held, never a database error: {answer:?}"
+        );
+        assert!(
+            waited >= brief_wait::<B>(),
+            "it waited its limit, {:?}, before answering: {waited:?}",
+            brief_wait::<B>()
+        );
+        finish_tx.send(()).unwrap();
+        let first = rt::join(first).await.expect("the first call commits");
+        let replay =
+            create_payment_waiting_briefly(&mut conn, &clock, "held", &req, Then::Fail).await;
+        assert_eq!(replay.unwrap(), first, "after the commit it replays");
+        assert_eq!(conn.count_payments().await.unwrap(), 1, "the body ran once");
+        assert_eq!(conn.count_records().await.unwrap(), 1, "one record");
+    }
+
+    /// A payment under `key` through the runtime API (`Call::wait_for`,
+    /// or the default wait without a limit), in its own namespace.
+    async fn pay_waiting<C: AsyncTestConn>(
+        conn: &mut C,
+        clock: &ManualClock,
+        key: &str,
+        req: &NewPayment,
+        limit: Option<Duration>,
+    ) -> Result<Outcome<Payment>, AppError> {
+        let call = Call::new("tests.bounded_wait", key)
+            .clock(clock)
+            .request(req);
+        let call = match limit {
+            Some(limit) => call.wait_for(limit),
+            None => call,
+        };
+        call.run_async(conn, async |conn: &mut C| -> Result<Payment, AppError> {
+            Ok(Payment {
+                id: conn.insert_payment(req.amount).await?,
+                amount: req.amount,
+            })
+        })
+        .await
+    }
+
+    /// A duplicate with a generous bounded wait (`Call::wait_for`, 30 s)
+    /// whose holder finishes within it (released by the test once the
+    /// duplicate waits) replays the holder's result; its body never runs.
+    pub async fn bounded_wait_replays_a_holder_that_finishes<B: AsyncSuiteBackend>() {
+        let db = Arc::new(B::fresh());
+        let clock = Arc::new(clock());
+        let req = NewPayment::eur(7);
+        let (claimed_tx, claimed_rx) = rt::channel();
+        let (finish_tx, finish_rx) = rt::channel::<()>();
+        let first = rt::spawn({
+            let (db, clock, req) = (Arc::clone(&db), Arc::clone(&clock), req.clone());
+            move || async move {
+                let mut conn = db.connect_async().await;
+                rt::transaction(&mut conn, async |conn| {
+                    let p = pay_waiting(conn, &clock, "held", &req, None).await?;
+                    claimed_tx.send(()).unwrap();
+                    finish_rx.recv().await.unwrap();
+                    Ok::<_, AppError>(p)
+                })
+                .await
+            }
+        });
+        claimed_rx
+            .recv_timeout(rt::DEADLINE)
+            .await
+            .expect("the first call holds the key");
+        let second = rt::spawn({
+            let (db, clock, req) = (Arc::clone(&db), Arc::clone(&clock), req.clone());
+            move || async move {
+                let mut conn = db.connect_async().await;
+                pay_waiting(
+                    &mut conn,
+                    &clock,
+                    "held",
+                    &req,
+                    Some(Duration::from_secs(30)),
+                )
+                .await
+            }
+        });
+        db.wait_for_lock_waiters_async(1).await;
+        finish_tx.send(()).unwrap();
+        let first = rt::join(first).await.expect("the first call commits");
+        let second = rt::join(second).await.expect("the duplicate replays");
+        assert!(!first.is_replayed());
+        assert!(second.is_replayed(), "the duplicate's body did not run");
+        assert_eq!(second.value(), first.value());
+        let mut conn = db.connect_async().await;
+        assert_eq!(conn.count_payments().await.unwrap(), 1, "one execution");
+        assert_eq!(conn.count_records().await.unwrap(), 1);
+    }
+
     /// At each isolation level the backend offers, 16 callers race for one key
     /// inside their own transactions (which read first, so their snapshot
     /// predates the winner): each replays or gets an error that is retryable,
@@ -1181,6 +1328,8 @@ pub mod nonblocking {
         let other = NewPayment::eur(2);
         let claim_first = Payer::new(Shape::CLAIM_FIRST, &clock);
         let reject = Payer::new(Shape::CLAIM_FIRST, &clock).rejecting();
+        let wait_for =
+            Payer::new(Shape::CLAIM_FIRST, &clock).waiting_at_most(Duration::from_secs(2));
         let read_first = Payer::new(Shape::READ_FIRST, &clock);
         let optimistic = Payer::new(Shape::OPTIMISTIC, &clock);
         let both = Payer::new(Shape::OPTIMISTIC_READ_FIRST, &clock);
@@ -1193,6 +1342,8 @@ pub mod nonblocking {
             ("claim-first, in flight (reject)", &reject, Held, &req, InFlight),
             ("reject, first call", &reject, Nothing, &req, Fresh),
             ("reject, replay", &reject, Record, &req, Replayed),
+            ("wait_for, first call", &wait_for, Nothing, &req, Fresh),
+            ("wait_for, replay", &wait_for, Record, &req, Replayed),
             ("read-first, first call", &read_first, Nothing, &req, Fresh),
             ("read-first, replay", &read_first, Record, &req, Replayed),
             ("read-first, mismatch", &read_first, Record, &other, Mismatch),
@@ -1313,6 +1464,9 @@ pub mod nonblocking {
         // `on_conflict = "reject"` disables lock waits before the claim and
         // restores the setting after it (PostgreSQL, MySQL).
         let lock_settings = if B::REJECTS_AT_ONCE { 2 } else { 0 };
+        // `wait_for` bounds the lock waits of the claim (PostgreSQL, MySQL)
+        // or SQLite's wait for the database lock at its `BEGIN IMMEDIATE`.
+        let bounded = if B::REJECTS_AT_ONCE { 2 } else { 3 };
         #[rustfmt::skip]
         let expected: &[(&str, usize)] = &[
             // BEGIN, the claim (an insert), the result (UPDATE), COMMIT.
@@ -1329,6 +1483,12 @@ pub mod nonblocking {
             ("claim-first, in flight (reject)", if B::NAME == "postgres" { 4 } else { 5 }),
             ("reject, first call", 4 + lock_settings),
             ("reject, replay", 2 + claim + lock_settings),
+            // PostgreSQL and MySQL: the lock-wait limit set before the claim
+            // and restored after it, as with `reject`. SQLite: the busy
+            // timeout read, set to the limit and restored around its `BEGIN
+            // IMMEDIATE` (outside a caller's transaction only, see below).
+            ("wait_for, first call", 4 + bounded),
+            ("wait_for, replay", 2 + claim + bounded),
             // One read that misses, then the claim-first path.
             ("read-first, first call", 1 + 4),
             // One read: a finished, unexpired record of the same request.
@@ -1369,6 +1529,10 @@ pub mod nonblocking {
                 // snapshot): BEGIN and ROLLBACK only.
                 let expected = if *label == "optimistic, body error" && position == 1 {
                     &2
+                } else if label.starts_with("wait_for") && position == 1 && !B::REJECTS_AT_ONCE {
+                    // SQLite inside a caller's transaction: the library's
+                    // level is a savepoint, which waits for nothing.
+                    &(expected - bounded)
                 } else {
                     expected
                 };
@@ -1654,6 +1818,8 @@ macro_rules! suite_tests {
             get_or_create_propagates_other_errors,
             concurrent_creators_get_one_row,
             on_conflict_reject_answers_in_flight,
+            bounded_wait_answers_in_flight_after_its_limit,
+            bounded_wait_replays_a_holder_that_finishes,
             oversized_result_is_refused_and_nothing_stored,
             isolation_levels_replay_or_retry,
         );

@@ -343,17 +343,61 @@ impl<T: Response, F: Serialize + DeserializeOwned> Response for Settled<T, F> {
 
 /// What a call does when its key is held by a call that has not finished
 /// (an uncommitted transaction on another connection).
+///
+/// A duplicate that waits holds its connection while it waits: with a
+/// pool, [`OnConflict::Wait`] lets duplicates of a slow call take every
+/// connection for as long as that call runs; [`OnConflict::WaitFor`]
+/// bounds that, and [`OnConflict::Reject`] holds a connection for one
+/// round trip.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum OnConflict {
     /// Wait for that transaction, then replay its result (or run the body
-    /// if it rolled back). The default.
+    /// if it rolled back), as long as the database lets a lock wait last
+    /// (`lock_timeout`, `innodb_lock_wait_timeout`, SQLite's busy timeout;
+    /// a wait that times out is a retryable [`Error::Database`]). The
+    /// default.
     #[default]
     Wait,
+    /// Wait at most this long for that transaction, then return
+    /// [`Error::InFlight`] (HTTP 409; never a database error). If it
+    /// finishes in time, as [`OnConflict::Wait`]: replay its result, or run
+    /// the body if it rolled back. [`Call::wait_for`] is the shorthand;
+    /// `Duration::ZERO` is [`OnConflict::Reject`].
+    ///
+    /// The limit bounds each lock wait of the claim:
+    ///
+    /// - PostgreSQL: the claim runs with `lock_timeout` set to the limit
+    ///   (in milliseconds, rounded up) for the transaction, restored after
+    ///   it;
+    /// - MySQL / MariaDB: with the session's `innodb_lock_wait_timeout` set
+    ///   to the limit in whole seconds, rounded up (at least 1 s: `"300ms"`
+    ///   waits up to a second), restored after it;
+    /// - SQLite serializes writers before the claim, at its `BEGIN
+    ///   IMMEDIATE`: a call that owns its transaction waits at most the
+    ///   limit there (the connection's busy timeout is set to it for the
+    ///   `BEGIN` and restored after it). That is a wait for the database's
+    ///   write lock, which a call with any key may hold, so a call whose key
+    ///   is not in flight can get `InFlight` too (its retry runs). Inside a
+    ///   caller's transaction the library begins no transaction of its own:
+    ///   there is nothing to bound, and the call behaves as with `Wait`.
+    WaitFor(Duration),
     /// Return [`Error::InFlight`] at once (HTTP 409). PostgreSQL: the claim
     /// runs with `lock_timeout = 1ms`; MariaDB: `innodb_lock_wait_timeout = 0`
     /// (MySQL 8 waits at least 1 s); SQLite serializes writers before the
     /// claim, so a duplicate waits for the database lock as with `Wait`.
     Reject,
+}
+
+impl OnConflict {
+    /// How long each lock wait of the claim may last: `None` as long as the
+    /// database lets it, `Duration::ZERO` not at all.
+    fn lock_wait_limit(self) -> Option<Duration> {
+        match self {
+            OnConflict::Wait => None,
+            OnConflict::WaitFor(limit) => Some(limit),
+            OnConflict::Reject => Some(Duration::ZERO),
+        }
+    }
 }
 
 /// When a call writes its record: before the body runs or after.
@@ -446,6 +490,7 @@ impl std::fmt::Debug for Call<'_> {
             .field("key", &self.key)
             .field("ttl", &self.ttl)
             .field("fingerprint", &self.fingerprint)
+            .field("on_conflict", &self.on_conflict)
             .field("mode", &self.mode)
             .field("replay", &self.replay)
             .finish_non_exhaustive()
@@ -506,8 +551,20 @@ impl<'a> Call<'a> {
 
     /// What to do when the key is held by a call that has not finished.
     pub fn on_conflict(mut self, on_conflict: OnConflict) -> Self {
-        self.on_conflict = on_conflict;
+        self.on_conflict = match on_conflict {
+            OnConflict::WaitFor(limit) if limit.is_zero() => OnConflict::Reject,
+            other => other,
+        };
         self
+    }
+
+    /// Waits at most `limit` for a call that holds the key, then answers
+    /// [`Error::InFlight`]: `.on_conflict(OnConflict::WaitFor(limit))`
+    /// (see [`OnConflict::WaitFor`] for each backend; MySQL rounds up to
+    /// whole seconds). `Duration::ZERO` never waits, as
+    /// [`OnConflict::Reject`].
+    pub fn wait_for(self, limit: Duration) -> Self {
+        self.on_conflict(OnConflict::WaitFor(limit))
     }
 
     /// Refuses to store a result whose JSON exceeds `limit` bytes: the call
@@ -727,13 +784,7 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
-        // The claim is the level's first statement: a driver may send the
-        // `BEGIN` with it.
-        let begin = match prepared.on_conflict {
-            OnConflict::Wait => Begin::BeforeClaim,
-            OnConflict::Reject => Begin::Now,
-        };
-        let result = guarded_level(conn, begin, async |conn: &mut D| -> Result<O, Failure<E>> {
+        let result = in_level(conn, prepared, async |conn: &mut D| {
             let claim = prepared.record(None);
             match settle(conn, prepared, &claim)
                 .await
@@ -765,6 +816,44 @@ where
     }
 }
 
+/// Runs `f` in the call's transaction level ([`guarded_level`]), begun as
+/// its [`OnConflict`] and [`Mode`] ask. With [`OnConflict::WaitFor`] the
+/// `BEGIN` waits at most the limit for the database's write lock where
+/// writers take it at the `BEGIN` (SQLite's `BEGIN IMMEDIATE`); one that
+/// gave up answers [`Error::InFlight`], as the claim does after a bounded
+/// wait.
+async fn in_level<D, O, E, F>(conn: &mut D, call: &Prepared<'_>, f: F) -> Ended<O, E>
+where
+    D: Driver,
+    F: AsyncFnOnce(&mut D) -> Result<O, Failure<E>>,
+{
+    let begin = match (call.on_conflict, call.mode) {
+        (OnConflict::WaitFor(limit), _) => Begin::Within(limit),
+        // The claim is the level's first statement: a driver may send the
+        // `BEGIN` with it.
+        (OnConflict::Wait, Mode::ClaimFirst) => Begin::BeforeClaim,
+        // The body comes first, or the lock-wait setting does.
+        (OnConflict::Wait, Mode::Optimistic) | (OnConflict::Reject, _) => Begin::Now,
+    };
+    // Set once the level is open: a failure before it is the `BEGIN`'s.
+    let mut begun = false;
+    let result = guarded_level(conn, begin, async |conn: &mut D| {
+        begun = true;
+        f(conn).await
+    })
+    .await;
+    match result {
+        Err(Unwound::Failed(Failure::Library(Error::Database(e))))
+            if !begun
+                && matches!(begin, Begin::Within(_))
+                && crate::error::is_lock_wait_exhausted(&e) =>
+        {
+            Err(Unwound::Failed(Failure::Claim(call.in_flight())))
+        }
+        other => other,
+    }
+}
+
 /// [`Mode::Optimistic`]: run the body, then insert the record with its
 /// result; a key found taken rolls the body back (or, expired, is taken
 /// over).
@@ -774,7 +863,7 @@ where
     O: Response,
     F: AsyncFnOnce(&mut D::Conn) -> Result<O, E>,
 {
-    guarded_transaction(conn, async |conn: &mut D| -> Result<O, Failure<E>> {
+    in_level(conn, prepared, async |conn: &mut D| {
         let out = run_body(conn, body).await?;
         // A result this call cannot store is its error only if no earlier
         // call's result answers the key (`after_error`).
@@ -935,11 +1024,13 @@ where
 /// finished, unexpired record of this request; `None` otherwise.
 async fn read_first<D: Driver>(conn: &mut D, call: &Prepared<'_>) -> Result<Option<String>, Error> {
     let read =
-        if D::PLAIN_READS_MAY_LOCK && call.on_conflict == OnConflict::Reject && conn.depth()? > 0 {
+        if D::PLAIN_READS_MAY_LOCK && call.on_conflict != OnConflict::Wait && conn.depth()? > 0 {
             // Inside the caller's SERIALIZABLE transaction InnoDB makes this
-            // read a locking one; `reject` never waits for a lock: a read that
-            // would is a miss, and the claim answers `InFlight`.
-            without_lock_waits(conn, async |conn: &mut D| {
+            // read a locking one. `reject` never waits for a lock, and
+            // `wait_for` waits only at the claim (its limit bounds the call's
+            // wait, not each statement's): a read that would wait is a miss,
+            // and the claim answers, `InFlight` or after its bounded wait.
+            with_lock_wait_limit(conn, Duration::ZERO, async |conn: &mut D| {
                 conn.read_committed(call.id())
                     .await
                     .map_err(Error::Database)
@@ -960,15 +1051,20 @@ async fn read_first<D: Driver>(conn: &mut D, call: &Prepared<'_>) -> Result<Opti
     )
 }
 
-/// Runs `f` with row-lock waits turned off ([`Driver::disable_lock_waits`]):
-/// `Ok(None)` when a statement in it would have waited for another
+/// Runs `f` with each row-lock wait cut to `limit`
+/// ([`Driver::limit_lock_waits`]; `Duration::ZERO`: no wait at all):
+/// `Ok(None)` when a statement in it waited that long for another
 /// transaction's lock (the transaction may be aborted: roll it back).
-async fn without_lock_waits<D, R, F>(conn: &mut D, f: F) -> Result<Option<R>, Error>
+async fn with_lock_wait_limit<D, R, F>(
+    conn: &mut D,
+    limit: Duration,
+    f: F,
+) -> Result<Option<R>, Error>
 where
     D: Driver,
     F: AsyncFnOnce(&mut D) -> Result<R, Error>,
 {
-    let saved = conn.disable_lock_waits().await?;
+    let saved = conn.limit_lock_waits(limit).await?;
     let result = f(conn).await;
     conn.restore_lock_waits(saved, result.is_err()).await?;
     match result {
@@ -1000,7 +1096,8 @@ impl Prepared<'_> {
     /// committed record. Inside a caller's transaction the look would read
     /// that transaction's snapshot, or run after the database had already
     /// aborted it (an InnoDB deadlock ends the caller's whole transaction).
-    /// Not with [`OnConflict::Reject`], whose answers never wait for a lock.
+    /// Not with [`OnConflict::Reject`], whose answers never wait for a lock,
+    /// nor with [`OnConflict::WaitFor`], whose wait the look would not bound.
     fn optimistic_looks_again(&self, owns_transaction: bool) -> bool {
         self.mode == Mode::Optimistic && owns_transaction && self.on_conflict == OnConflict::Wait
     }
@@ -1218,15 +1315,16 @@ pub fn judge<'s>(existing: &'s StoredState, fingerprint: &str, now: NaiveDateTim
 /// With [`OnConflict::Reject`] every statement runs without waiting for row
 /// locks, so a key held by an unfinished call (a first call, or another
 /// caller taking over the expired record) answers [`Error::InFlight`] after
-/// one attempt.
+/// one attempt; with [`OnConflict::WaitFor`] each waits at most the limit,
+/// and a wait that reaches it answers the same.
 async fn settle<D: Driver>(
     conn: &mut D,
     call: &Prepared<'_>,
     record: &NewRecord<'_>,
 ) -> Result<Step, Error> {
-    match call.on_conflict {
-        OnConflict::Wait => settle_once(conn, call, record).await,
-        OnConflict::Reject => without_lock_waits(conn, async |conn: &mut D| {
+    match call.on_conflict.lock_wait_limit() {
+        None => settle_once(conn, call, record).await,
+        Some(limit) => with_lock_wait_limit(conn, limit, async |conn: &mut D| {
             settle_once(conn, call, record).await
         })
         .await?

@@ -16,6 +16,7 @@ use std::pin::pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, Thread};
+use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use diesel::QueryResult;
@@ -52,6 +53,16 @@ pub(crate) trait Driver {
         self.begin()
     }
 
+    /// Begins the library's level as [`Driver::begin`] does, waiting at
+    /// most `limit` for a lock the `BEGIN` itself takes (SQLite's `BEGIN
+    /// IMMEDIATE` at the top takes the database's write lock; elsewhere the
+    /// `BEGIN` takes none). A `BEGIN` that gave up fails with the
+    /// database's busy or lock-timeout error and opened nothing.
+    fn begin_within(&mut self, limit: Duration) -> impl Future<Output = QueryResult<()>> + Send {
+        let _ = limit;
+        self.begin()
+    }
+
     /// Commits (releases) the innermost level.
     fn commit(&mut self) -> impl Future<Output = QueryResult<()>> + Send;
 
@@ -85,12 +96,16 @@ pub(crate) trait Driver {
         response: &str,
     ) -> impl Future<Output = QueryResult<usize>> + Send;
 
-    /// Turns row-lock waits off; returns what [`Driver::restore_lock_waits`]
-    /// needs to turn them back on.
-    fn disable_lock_waits(&mut self) -> impl Future<Output = QueryResult<LockWaits>> + Send;
+    /// Cuts each row-lock wait to `limit` (`Duration::ZERO`: no wait);
+    /// returns what [`Driver::restore_lock_waits`] needs to put the setting
+    /// back.
+    fn limit_lock_waits(
+        &mut self,
+        limit: Duration,
+    ) -> impl Future<Output = QueryResult<LockWaits>> + Send;
 
-    /// Turns row-lock waits back on after the statements in between
-    /// succeeded (`failed = false`) or failed.
+    /// Puts row-lock waits back as they were after the statements in
+    /// between succeeded (`failed = false`) or failed.
     fn restore_lock_waits(
         &mut self,
         saved: LockWaits,
@@ -100,7 +115,7 @@ pub(crate) trait Driver {
     fn reads_from_snapshot(&mut self) -> impl Future<Output = QueryResult<bool>> + Send;
 }
 
-/// A dialect's lock-wait setting from before [`Driver::disable_lock_waits`].
+/// A dialect's lock-wait setting from before [`Driver::limit_lock_waits`].
 pub(crate) type LockWaits = Option<String>;
 
 /// A blocking Diesel connection as a [`Driver`].
@@ -124,6 +139,10 @@ impl<C: IdempotentConnection> Driver for Blocking<'_, C> {
 
     fn begin(&mut self) -> Ready<QueryResult<()>> {
         ready(self.0.begin_idempotent())
+    }
+
+    fn begin_within(&mut self, limit: Duration) -> Ready<QueryResult<()>> {
+        ready(self.0.begin_idempotent_within(limit))
     }
 
     fn commit(&mut self) -> Ready<QueryResult<()>> {
@@ -158,8 +177,8 @@ impl<C: IdempotentConnection> Driver for Blocking<'_, C> {
         ready(self.0.complete(id, response))
     }
 
-    fn disable_lock_waits(&mut self) -> Ready<QueryResult<LockWaits>> {
-        ready(self.0.disable_lock_waits())
+    fn limit_lock_waits(&mut self, limit: Duration) -> Ready<QueryResult<LockWaits>> {
+        ready(self.0.limit_lock_waits(limit))
     }
 
     fn restore_lock_waits(&mut self, saved: LockWaits, failed: bool) -> Ready<QueryResult<()>> {
@@ -308,6 +327,9 @@ pub(crate) enum Begin {
     Now,
     /// [`Driver::begin_before_claim`]: `f`'s first statement is the claim.
     BeforeClaim,
+    /// [`Driver::begin_within`]: the `BEGIN` waits at most this long for a
+    /// lock it takes.
+    Within(Duration),
 }
 
 /// [`guarded_transaction`], beginning the level as `begin` says.
@@ -326,6 +348,7 @@ where
     match begin {
         Begin::Now => driver.begin().await?,
         Begin::BeforeClaim => driver.begin_before_claim().await?,
+        Begin::Within(limit) => driver.begin_within(limit).await?,
     }
     // The call itself inside the catch: a blocking body runs when called.
     let result = match catch_unwind(async { f(driver).await }).await {

@@ -106,19 +106,35 @@ pub trait IdempotentConnection:
         AnsiTransactionManager::begin_transaction(self)
     }
 
-    /// Turns row-lock waits off (`on_conflict = "reject"`): a statement
-    /// that would wait for another transaction's lock fails at once (the
-    /// transaction may be aborted: roll it back). PostgreSQL sets
-    /// `lock_timeout` to 1 ms for the transaction; MariaDB sets
-    /// `innodb_lock_wait_timeout` to 0 (MySQL 8 raises it to 1 s). SQLite
-    /// serializes writers before any claim, so there it does nothing.
-    /// Returns what [`Self::restore_lock_waits`] needs.
+    /// Begins the library's level as [`Self::begin_idempotent`] does,
+    /// waiting at most `limit` for a lock the `BEGIN` itself takes
+    /// (`wait_for`): SQLite's `BEGIN IMMEDIATE` at the top, with the busy
+    /// timeout set to `limit` for it and restored after it (also when it
+    /// fails). A `BEGIN` that gave up fails with SQLite's busy error and
+    /// opened nothing. Elsewhere the `BEGIN` waits for no lock.
     #[doc(hidden)]
-    fn disable_lock_waits(&mut self) -> QueryResult<Option<String>> {
+    fn begin_idempotent_within(&mut self, limit: std::time::Duration) -> QueryResult<()> {
+        let _ = limit;
+        self.begin_idempotent()
+    }
+
+    /// Cuts each row-lock wait to `limit` (`wait_for`), or turns waits off
+    /// with `Duration::ZERO` (`on_conflict = "reject"`): a statement
+    /// that waited that long for another transaction's lock fails (the
+    /// transaction may be aborted: roll it back). PostgreSQL sets
+    /// `lock_timeout` for the transaction to the limit in milliseconds,
+    /// rounded up (1 ms for no wait, since 0 would wait for ever); MySQL
+    /// sets the session's `innodb_lock_wait_timeout` to the limit in whole
+    /// seconds, rounded up (0 for no wait on MariaDB; MySQL 8 raises 0 to
+    /// 1 s). SQLite serializes writers before any claim, so there it does
+    /// nothing. Returns what [`Self::restore_lock_waits`] needs.
+    #[doc(hidden)]
+    fn limit_lock_waits(&mut self, limit: std::time::Duration) -> QueryResult<Option<String>> {
+        let _ = limit;
         Ok(None)
     }
 
-    /// Turns row-lock waits back on, after the statements in between
+    /// Puts the lock-wait setting back, after the statements in between
     /// succeeded or `failed`.
     #[doc(hidden)]
     fn restore_lock_waits(&mut self, saved: Option<String>, failed: bool) -> QueryResult<()> {

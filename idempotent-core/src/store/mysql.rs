@@ -64,10 +64,27 @@ impl QueryFragment<Mysql> for Claim<'_> {
 }
 
 /// `SET @diesel_idempotent_lock_wait = @@innodb_lock_wait_timeout,
-/// innodb_lock_wait_timeout = 0`. MariaDB accepts 0 (do not wait); MySQL 8
-/// raises it to 1 second.
-const DISABLE_LOCK_WAITS: &str = "SET @diesel_idempotent_lock_wait = @@innodb_lock_wait_timeout, \
-                                  innodb_lock_wait_timeout = 0";
+/// innodb_lock_wait_timeout = N`: the setting before, kept for
+/// [`RESTORE_LOCK_WAITS`], and each lock wait cut to `limit` for the
+/// session, in whole seconds rounded up (the variable counts seconds):
+/// `"300ms"` waits up to 1 s. `Duration::ZERO` sets 0, which MariaDB
+/// takes as "do not wait" and MySQL 8 raises to 1 second.
+fn limit_lock_waits_sql(limit: std::time::Duration) -> String {
+    format!(
+        "SET @diesel_idempotent_lock_wait = @@innodb_lock_wait_timeout, \
+         innodb_lock_wait_timeout = {}",
+        lock_wait_timeout_secs(limit)
+    )
+}
+
+/// `innodb_lock_wait_timeout` for `limit`: whole seconds, rounded up, at
+/// most the server's maximum (1 073 741 824).
+fn lock_wait_timeout_secs(limit: std::time::Duration) -> u64 {
+    let secs = limit
+        .as_secs()
+        .saturating_add(u64::from(limit.subsec_nanos() > 0));
+    secs.min(1_073_741_824)
+}
 
 /// Puts the session's setting back. A lock wait timeout rolls back the
 /// statement only (InnoDB's default), so the session is restored whether
@@ -104,9 +121,12 @@ macro_rules! mysql_statements {
     ([$($async:ident)?] [$($await:tt)*] [$($dsl:tt)*], $conn:ident) => {
         const PLAIN_READS_MAY_LOCK: bool = true;
 
-        $($async)? fn disable_lock_waits(&mut self) -> QueryResult<Option<String>> {
+        $($async)? fn limit_lock_waits(
+            &mut self,
+            limit: std::time::Duration,
+        ) -> QueryResult<Option<String>> {
             use $($dsl)* as _;
-            diesel::sql_query(DISABLE_LOCK_WAITS).execute(self) $($await)* ?;
+            diesel::sql_query(limit_lock_waits_sql(limit)).execute(self) $($await)* ?;
             Ok(None)
         }
 
@@ -173,7 +193,7 @@ mod nonblocking {
     };
 
     use super::{
-        DISABLE_LOCK_WAITS, ISOLATION_VARIABLES, Level, LockingLoad, RESTORE_LOCK_WAITS,
+        ISOLATION_VARIABLES, Level, LockingLoad, RESTORE_LOCK_WAITS, limit_lock_waits_sql,
         snapshot_level,
     };
     use crate::store::nonblocking::{AsyncIdempotentConnection, depth};
@@ -238,6 +258,28 @@ mod nonblocking {
         mysql_statements!(
             [async] [.await] [::diesel_async::RunQueryDsl],
             AsyncIdempotentConnection
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{limit_lock_waits_sql, lock_wait_timeout_secs};
+
+    #[test]
+    fn lock_wait_limits_round_up_to_whole_seconds() {
+        assert_eq!(lock_wait_timeout_secs(Duration::ZERO), 0, "reject: no wait");
+        assert_eq!(lock_wait_timeout_secs(Duration::from_millis(1)), 1);
+        assert_eq!(lock_wait_timeout_secs(Duration::from_millis(300)), 1);
+        assert_eq!(lock_wait_timeout_secs(Duration::from_secs(2)), 2);
+        assert_eq!(lock_wait_timeout_secs(Duration::from_millis(2001)), 3);
+        assert_eq!(lock_wait_timeout_secs(Duration::MAX), 1_073_741_824);
+        assert_eq!(
+            limit_lock_waits_sql(Duration::ZERO),
+            "SET @diesel_idempotent_lock_wait = @@innodb_lock_wait_timeout, \
+             innodb_lock_wait_timeout = 0"
         );
     }
 }

@@ -83,6 +83,19 @@ pub trait AsyncIdempotentConnection: AsyncConnection + Send + Sized {
         abandon_after: Option<Duration>,
     ) -> impl Future<Output = QueryResult<()>> + Send;
 
+    /// Begins the library's level as `begin_idempotent` does, waiting at
+    /// most `limit` for a lock the `BEGIN` itself takes (see
+    /// `IdempotentConnection`: SQLite's `BEGIN IMMEDIATE`).
+    #[doc(hidden)]
+    fn begin_idempotent_within(
+        &mut self,
+        abandon_after: Option<Duration>,
+        limit: Duration,
+    ) -> impl Future<Output = QueryResult<()>> + Send {
+        let _ = limit;
+        self.begin_idempotent(abandon_after)
+    }
+
     /// Called once the library's level has ended (committed or rolled
     /// back), with the `abandon_after` its `begin_idempotent` got: undoes
     /// what that set for the session (MySQL's `wait_timeout`).
@@ -144,7 +157,10 @@ pub trait AsyncIdempotentConnection: AsyncConnection + Send + Sized {
     ) -> impl Future<Output = QueryResult<usize>> + Send;
 
     #[doc(hidden)]
-    fn disable_lock_waits(&mut self) -> impl Future<Output = QueryResult<LockWaits>> + Send;
+    fn limit_lock_waits(
+        &mut self,
+        limit: Duration,
+    ) -> impl Future<Output = QueryResult<LockWaits>> + Send;
 
     #[doc(hidden)]
     fn restore_lock_waits(
@@ -239,6 +255,29 @@ impl<'c, C: AsyncIdempotentConnection> NonBlocking<'c, C> {
         }
         ended
     }
+
+    /// Begins the library's level now; with `limit`, the `BEGIN` waits at
+    /// most that long for a lock it takes (`Driver::begin_within`).
+    async fn begin_level(&mut self, limit: Option<Duration>) -> QueryResult<()> {
+        let outside = depth(self.conn)?;
+        // Armed before the `BEGIN` is sent: a drop while it is on its way
+        // leaves the connection's state unknown.
+        if self.open_above.is_none() {
+            self.open_above = Some(outside);
+        }
+        let begun = match limit {
+            None => self.conn.begin_idempotent(self.abandon_after).await,
+            Some(limit) => {
+                self.conn
+                    .begin_idempotent_within(self.abandon_after, limit)
+                    .await
+            }
+        };
+        if begun.is_err() {
+            return self.after_level(begun).await;
+        }
+        begun
+    }
 }
 
 impl<C: AsyncIdempotentConnection> Drop for NonBlocking<'_, C> {
@@ -273,17 +312,11 @@ impl<C: AsyncIdempotentConnection> Driver for NonBlocking<'_, C> {
     }
 
     async fn begin(&mut self) -> QueryResult<()> {
-        let outside = depth(self.conn)?;
-        // Armed before the `BEGIN` is sent: a drop while it is on its way
-        // leaves the connection's state unknown.
-        if self.open_above.is_none() {
-            self.open_above = Some(outside);
-        }
-        let begun = self.conn.begin_idempotent(self.abandon_after).await;
-        if begun.is_err() {
-            return self.after_level(begun).await;
-        }
-        begun
+        self.begin_level(None).await
+    }
+
+    async fn begin_within(&mut self, limit: Duration) -> QueryResult<()> {
+        self.begin_level(Some(limit)).await
     }
 
     async fn begin_before_claim(&mut self) -> QueryResult<()> {
@@ -356,9 +389,9 @@ impl<C: AsyncIdempotentConnection> Driver for NonBlocking<'_, C> {
         AsyncIdempotentConnection::complete(self.conn, id, response).await
     }
 
-    async fn disable_lock_waits(&mut self) -> QueryResult<LockWaits> {
+    async fn limit_lock_waits(&mut self, limit: Duration) -> QueryResult<LockWaits> {
         self.send_pending_begin().await?;
-        AsyncIdempotentConnection::disable_lock_waits(self.conn).await
+        AsyncIdempotentConnection::limit_lock_waits(self.conn, limit).await
     }
 
     async fn restore_lock_waits(&mut self, saved: LockWaits, failed: bool) -> QueryResult<()> {

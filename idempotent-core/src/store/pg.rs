@@ -96,29 +96,42 @@ fn lock_waits_to_restore(saved: Option<String>, failed: bool) -> Option<String> 
 
 impl RunQueryDsl<PgConnection> for ClaimOrLoad<'_> {}
 
-/// `SELECT current_setting('lock_timeout'), set_config('lock_timeout', '1ms', true)`:
-/// the setting before, and lock waits cut to 1 ms for the transaction.
-struct DisableLockWaits;
+/// `SELECT current_setting('lock_timeout'), set_config('lock_timeout', $1, true)`:
+/// the setting before, and lock waits cut to `timeout` for the transaction.
+struct LimitLockWaits<'a> {
+    timeout: &'a str,
+}
 
-impl QueryId for DisableLockWaits {
-    type QueryId = DisableLockWaits;
+impl QueryId for LimitLockWaits<'_> {
+    type QueryId = LimitLockWaits<'static>;
     const HAS_STATIC_QUERY_ID: bool = true;
 }
 
-impl Query for DisableLockWaits {
+impl Query for LimitLockWaits<'_> {
     type SqlType = (Text, Text);
 }
 
-impl QueryFragment<Pg> for DisableLockWaits {
+impl QueryFragment<Pg> for LimitLockWaits<'_> {
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        out.push_sql(
-            "SELECT current_setting('lock_timeout'), set_config('lock_timeout', '1ms', true)",
-        );
+        out.push_sql("SELECT current_setting('lock_timeout'), set_config('lock_timeout', ");
+        out.push_bind_param::<Text, _>(self.timeout)?;
+        out.push_sql(", true)");
         Ok(())
     }
 }
 
-impl RunQueryDsl<PgConnection> for DisableLockWaits {}
+impl RunQueryDsl<PgConnection> for LimitLockWaits<'_> {}
+
+/// The `lock_timeout` that bounds a lock wait by `limit`: milliseconds,
+/// rounded up, at least 1 (`Duration::ZERO`, no wait, is the shortest the
+/// server knows: 0 would wait for ever), at most the server's maximum.
+fn lock_timeout(limit: std::time::Duration) -> String {
+    let millis = limit
+        .as_nanos()
+        .div_ceil(1_000_000)
+        .clamp(1, i32::MAX as u128);
+    format!("{millis}ms")
+}
 
 /// `SELECT set_config('lock_timeout', $1, true)`: restores the setting.
 struct RestoreLockWaits<'a> {
@@ -162,9 +175,15 @@ macro_rules! pg_statements {
         // `lock_timeout` applies to every wait on a row lock: the one an
         // uncommitted competing insert of the same key holds, and the one a
         // concurrent take-over of an expired record holds.
-        $($async)? fn disable_lock_waits(&mut self) -> QueryResult<Option<String>> {
+        $($async)? fn limit_lock_waits(
+            &mut self,
+            limit: std::time::Duration,
+        ) -> QueryResult<Option<String>> {
             use $($dsl)* as _;
-            let (previous, _) = DisableLockWaits.get_result::<(String, String)>(self) $($await)* ?;
+            let timeout = lock_timeout(limit);
+            let (previous, _) = LimitLockWaits { timeout: &timeout }
+                .get_result::<(String, String)>(self)
+                $($await)* ?;
             Ok(Some(previous))
         }
 
@@ -262,8 +281,8 @@ mod nonblocking {
     };
 
     use super::{
-        ClaimOrLoad, ClaimOrLoadRow, DisableLockWaits, ISOLATION_LEVEL, Level, RestoreLockWaits,
-        claimed, lock_waits_to_restore, snapshot_level,
+        ClaimOrLoad, ClaimOrLoadRow, ISOLATION_LEVEL, Level, LimitLockWaits, RestoreLockWaits,
+        claimed, lock_timeout, lock_waits_to_restore, snapshot_level,
     };
     use crate::record::NewRecord;
     use crate::store::nonblocking::{AsyncIdempotentConnection, depth};
@@ -457,5 +476,26 @@ mod nonblocking {
             [async] [.await] [::diesel_async::RunQueryDsl],
             AsyncIdempotentConnection
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::lock_timeout;
+
+    #[test]
+    fn lock_wait_limits_round_up_to_whole_milliseconds() {
+        assert_eq!(
+            lock_timeout(Duration::ZERO),
+            "1ms",
+            "reject: the shortest wait"
+        );
+        assert_eq!(lock_timeout(Duration::from_micros(1)), "1ms");
+        assert_eq!(lock_timeout(Duration::from_millis(300)), "300ms");
+        assert_eq!(lock_timeout(Duration::from_micros(300_001)), "301ms");
+        assert_eq!(lock_timeout(Duration::from_secs(2)), "2000ms");
+        assert_eq!(lock_timeout(Duration::MAX), format!("{}ms", i32::MAX));
     }
 }

@@ -2,6 +2,10 @@
 //! serialized by the database lock, so a top-level call begins with
 //! `BEGIN IMMEDIATE` and a competing writer waits in SQLite's busy handler
 //! (set `PRAGMA busy_timeout` on every connection that shares the file).
+//! A bounded wait (`wait_for`) is a busy timeout of its own for that
+//! `BEGIN`.
+
+use std::time::Duration;
 
 use chrono::NaiveDateTime;
 use diesel::prelude::*;
@@ -30,6 +34,25 @@ fn begin_sql(depth: Option<std::num::NonZeroU32>) -> Option<&'static str> {
     depth.is_none().then_some("BEGIN IMMEDIATE")
 }
 
+/// What `PRAGMA busy_timeout` answers: the connection's busy timeout, in
+/// milliseconds.
+#[derive(QueryableByName)]
+struct BusyTimeout {
+    #[diesel(sql_type = diesel::sql_types::Integer)]
+    timeout: i32,
+}
+
+/// The busy timeout that bounds a wait for the database lock by `limit`:
+/// milliseconds, rounded up, at least 1 (0 would not wait at all), at most
+/// what SQLite takes.
+fn busy_timeout_ms(limit: Duration) -> i32 {
+    let millis = limit
+        .as_nanos()
+        .div_ceil(1_000_000)
+        .clamp(1, i32::MAX as u128);
+    i32::try_from(millis).unwrap_or(i32::MAX)
+}
+
 impl IdempotentConnection for SqliteConnection {
     fn begin_idempotent(&mut self) -> QueryResult<()> {
         use diesel::connection::{AnsiTransactionManager, TransactionManager};
@@ -38,6 +61,37 @@ impl IdempotentConnection for SqliteConnection {
         match begin_sql(depth) {
             Some(sql) => AnsiTransactionManager::begin_transaction_sql(self, sql),
             None => AnsiTransactionManager::begin_transaction(self),
+        }
+    }
+
+    /// `BEGIN IMMEDIATE` with the connection's busy timeout set to `limit`
+    /// for it: the timeout before is read, set, and put back after the
+    /// `BEGIN`, whether it began or gave up (SQLITE_BUSY, "database is
+    /// locked"). Inside a caller's transaction the level is a savepoint,
+    /// which takes no lock: nothing to bound.
+    fn begin_idempotent_within(&mut self, limit: Duration) -> QueryResult<()> {
+        use diesel::connection::{AnsiTransactionManager, TransactionManager};
+        let depth =
+            AnsiTransactionManager::transaction_manager_status_mut(self).transaction_depth()?;
+        let Some(sql) = begin_sql(depth) else {
+            return AnsiTransactionManager::begin_transaction(self);
+        };
+        let previous = diesel::sql_query("PRAGMA busy_timeout")
+            .get_result::<BusyTimeout>(self)?
+            .timeout;
+        diesel::sql_query(format!("PRAGMA busy_timeout = {}", busy_timeout_ms(limit)))
+            .execute(self)?;
+        let begun = AnsiTransactionManager::begin_transaction_sql(self, sql);
+        let restored = diesel::sql_query(format!("PRAGMA busy_timeout = {previous}")).execute(self);
+        match (begun, restored) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Ok(_)) => Ok(()),
+            // The connection would go on with the call's limit as its busy
+            // timeout: end the transaction and report the failure.
+            (Ok(()), Err(e)) => {
+                let _ = AnsiTransactionManager::rollback_transaction(self);
+                Err(e)
+            }
         }
     }
 
@@ -108,7 +162,16 @@ mod nonblocking {
             self.spawn_blocking(|conn| conn.begin_idempotent()).await
         }
 
-        async fn disable_lock_waits(&mut self) -> QueryResult<LockWaits> {
+        async fn begin_idempotent_within(
+            &mut self,
+            _: Option<Duration>,
+            limit: Duration,
+        ) -> QueryResult<()> {
+            self.spawn_blocking(move |conn| conn.begin_idempotent_within(limit))
+                .await
+        }
+
+        async fn limit_lock_waits(&mut self, _: Duration) -> QueryResult<LockWaits> {
             Ok(None)
         }
 
@@ -140,5 +203,21 @@ mod nonblocking {
             [async] [.await] [::diesel_async::RunQueryDsl],
             load: Load
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::busy_timeout_ms;
+
+    #[test]
+    fn busy_timeouts_round_up_to_whole_milliseconds() {
+        assert_eq!(busy_timeout_ms(Duration::ZERO), 1);
+        assert_eq!(busy_timeout_ms(Duration::from_micros(1)), 1);
+        assert_eq!(busy_timeout_ms(Duration::from_millis(300)), 300);
+        assert_eq!(busy_timeout_ms(Duration::from_micros(300_001)), 301);
+        assert_eq!(busy_timeout_ms(Duration::MAX), i32::MAX);
     }
 }

@@ -148,6 +148,24 @@ by_ident! {
     }
 }
 
+/// `wait_for` as a fragment, beside `on_conflict = "wait"`.
+macro_rules! bounded {
+    (
+        key = $key:ident, on_conflict = $conflict:literal, wait_for = $limit:literal,
+        fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block
+    ) => {
+        #[idempotent(key = $key, name = "macro.bounded", on_conflict = $conflict, wait_for = $limit)]
+        fn $name($($arg: $ty),*) -> $ret $body
+    };
+}
+
+bounded! {
+    key = key, on_conflict = "wait", wait_for = "250ms",
+    fn bounded(conn: &mut SqliteConnection, key: &Key) -> Result<i64, AppError> {
+        Ok(execute(conn)?)
+    }
+}
+
 macro_rules! get_or_create {
     (get_or_create = $lookup:expr, fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
         #[idempotent(get_or_create = $lookup)]
@@ -215,5 +233,6 @@ fn main() {
     assert_eq!(consume(&mut conn, &clock, &event(2)).unwrap(), consumed, "same user and url");
 
     assert_eq!(by_ident(&mut conn, &Key("i")).unwrap(), by_ident(&mut conn, &Key("i")).unwrap());
+    assert_eq!(bounded(&mut conn, &Key("b")).unwrap(), bounded(&mut conn, &Key("b")).unwrap());
     assert_eq!(entity(&mut conn, 5).unwrap(), entity(&mut conn, 5).unwrap());
 }
