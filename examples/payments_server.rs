@@ -406,13 +406,24 @@ fn not_found(detail: String) -> Problem {
 ///
 /// Runs in one transaction with the key's record: an error rolls back the
 /// payment and the record together, so a retry runs again.
-// TODO wait_for: switch to `wait_for = "100ms"` once it is on main.
+///
+/// A duplicate sent while the first request with its key runs waits at
+/// most 100 ms (`wait_for`), then answers 409 with `Retry-After`; a first
+/// request that finishes within the limit is replayed. The wait is bounded
+/// because a waiting duplicate holds its pooled connection: waiting for
+/// the whole first request (`on_conflict = "wait"`), a burst of client
+/// retries of one slow payment could take every connection of the pool
+/// while unrelated requests queue for one; bounded, each gives its
+/// connection back after 100 ms. On SQLite, which serializes writers, the
+/// limit bounds the wait for the database's write lock, which a request
+/// with any key may hold: under a long processing delay a concurrent
+/// request with another key can get the 409 too, and its retry runs.
 #[idempotent(
     key = key,
     ttl = "24h",
     name = "payments.create",
     skip(faults),
-    on_conflict = "reject"
+    wait_for = "100ms"
 )]
 async fn create_payment<C: PaymentsConnection>(
     conn: &mut C,
