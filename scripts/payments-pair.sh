@@ -12,9 +12,10 @@
 # 2. the same, with the server taking 200 ms per payment
 #    (`--processing-delay-ms 200`) and the client sending 40 payments, half
 #    of them twice at once (`--race-rate 0.5`), so that the second request
-#    of a key finds the first one running: on PostgreSQL a 409 with
-#    `Retry-After`; on SQLite, whose writers wait for the database lock,
-#    mostly a wait and then the replay.
+#    of a key finds the first one running and gets a 409 with
+#    `Retry-After` after the server's bounded wait (100 ms). On SQLite,
+#    which lets one writer in at a time, requests with other keys can get
+#    that 409 too while a payment is processed; their retries run.
 #
 # The client retries under each payment's idempotency key and exits non-zero
 # unless the server holds every payment exactly once, so the script exits
