@@ -161,6 +161,9 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for IdempotencyKey {
     }
 }
 
+// The error for a key that is not text says what a key may be; a list of
+// these impls would only add noise to it.
+#[diagnostic::do_not_recommend]
 impl KeySource for IdempotencyKey {
     fn key_text(&self) -> &str {
         &self.key
@@ -171,6 +174,7 @@ impl KeySource for IdempotencyKey {
     }
 }
 
+#[diagnostic::do_not_recommend]
 impl KeySource for &IdempotencyKey {
     fn key_text(&self) -> &str {
         &self.key
