@@ -184,6 +184,34 @@ mod http {
         charge_body(conn, app, tenant, req).await
     }
 
+    /// A charge accepted for later: `202 Accepted` with no payment yet,
+    /// whose JSON is `null`.
+    #[idempotent(key = key, scope = tenant, ttl = "1h", name = "http.deferred", skip(app))]
+    async fn defer(
+        conn: &mut Conn,
+        app: &App,
+        key: &IdempotencyKey,
+        tenant: &str,
+        req: &NewPayment,
+    ) -> Result<Reply<Option<Payment>>, AppError> {
+        charge_body(conn, app, tenant, req).await?;
+        Ok(Reply::new(StatusCode::ACCEPTED, None))
+    }
+
+    async fn create_deferred(
+        State(app): State<App>,
+        key: IdempotencyKey,
+        tenant: Tenant,
+        Json(req): Json<NewPayment>,
+    ) -> Result<Reply<Option<Payment>>, AppError> {
+        let mut conn = app
+            .pool
+            .get()
+            .await
+            .map_err(|e| AppError::Pool(e.to_string()))?;
+        defer(&mut conn, &app, &key, &tenant.0, &req).await
+    }
+
     async fn create_payment(
         State(app): State<App>,
         key: IdempotencyKey,
@@ -340,6 +368,7 @@ mod http {
                 .route("/payments", post(create_payment).get(count_payments))
                 .route("/v2/payments", post(create_payment))
                 .route("/refunds", post(create_refund))
+                .route("/deferred", post(create_deferred))
                 .route("/tips", post(create_tip))
                 .route("/sync/payments", post(create_payment_blocking))
                 .route("/healthz", get(|| async { "ok" }))
@@ -820,6 +849,23 @@ mod http {
                 "{text}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_null_body_is_stored_and_replayed_with_its_status() {
+        let server = Server::new();
+        let first = server.post("/deferred", &[KEY], BODY).await;
+        assert_eq!(first.status, StatusCode::ACCEPTED, "{first:?}");
+        assert_eq!(first.header("content-type"), Some("application/json"));
+        assert_eq!(&first.body[..], b"null");
+        let retry = server.post("/deferred", &[KEY], BODY).await;
+        assert_eq!(retry.status, StatusCode::ACCEPTED, "{retry:?}");
+        assert!(retry.replayed(), "{retry:?}");
+        assert_eq!(retry.body, first.body, "byte-identical");
+        assert_eq!(
+            (server.runs(), server.payments(), server.records()),
+            (1, 1, 1)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
