@@ -868,6 +868,46 @@ mod http {
         );
     }
 
+    #[tokio::test]
+    async fn sf_string_parameters_are_read_as_rfc_8941_says() {
+        let server = Server::new();
+        // Parameters after the string are ignored, whatever their values
+        // hold (a comma inside a parameter's string is no list); the key is
+        // the string, the same key as its bare form.
+        for (key, header) in [
+            ("p-1", r#""p-1";a="x,y""#),
+            ("p-2", r#""p-2";a;b=?1;c=1.5;d=tok;e=:AQ==:"#),
+        ] {
+            let first = server.post("/payments", &[header], BODY).await;
+            assert_eq!(first.status, StatusCode::CREATED, "{header}: {first:?}");
+            let bare = server.post("/payments", &[key], BODY).await;
+            assert!(bare.replayed(), "{header}: {bare:?}");
+            assert_eq!(bare.body, first.body, "{header}");
+        }
+        // What follows the string must be parameters: `;`, a lowercase key,
+        // an optional `=value`, and nothing after the last one.
+        let mut accepted = Vec::new();
+        for header in [
+            r#""p-3";"#,
+            r#""p-3";;a=1"#,
+            r#""p-3";A=1"#,
+            r#""p-3";=1"#,
+            r#""p-3";a="#,
+            r#""p-3" ;a=1"#,
+            r#""p-3";a=1 junk"#,
+            r#""p-3";a="unterminated"#,
+        ] {
+            let answer = server.post("/payments", &[header], BODY).await;
+            if answer.status != StatusCode::BAD_REQUEST {
+                accepted.push((header, answer.status));
+            } else {
+                answer.assert_problem(StatusCode::BAD_REQUEST, problem_types::INVALID_KEY);
+            }
+        }
+        assert!(accepted.is_empty(), "invalid sf-strings accepted: {accepted:?}");
+        assert_eq!(server.runs(), 2);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn over_tcp_with_reqwest() {
         let server = Server::new();
