@@ -904,7 +904,10 @@ mod http {
                 answer.assert_problem(StatusCode::BAD_REQUEST, problem_types::INVALID_KEY);
             }
         }
-        assert!(accepted.is_empty(), "invalid sf-strings accepted: {accepted:?}");
+        assert!(
+            accepted.is_empty(),
+            "invalid sf-strings accepted: {accepted:?}"
+        );
         assert_eq!(server.runs(), 2);
     }
 
