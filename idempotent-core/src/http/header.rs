@@ -232,6 +232,38 @@ mod tests {
                 parse(&[invalid])
             );
         }
+        // Parameters are RFC 8941 parameters: `;key` or `;key=bare-item`.
+        for valid in [
+            r#""k";a"#,
+            r#""k";a=1;b=-12;c=1.5;d=-0.125"#,
+            r#""k"; a=?1;*b=tok/x:y;c=:AQ==:;d="x,\"y\"""#,
+        ] {
+            assert_eq!(parse(&[valid]), Ok("k".to_owned()), "{valid}");
+        }
+        for invalid in [
+            r#""k";"#,
+            r#""k";a=1."#,
+            r#""k";a=.5"#,
+            r#""k";a=1.2345"#,
+            r#""k";a=1.2.3"#,
+            r#""k";a=1234567890123456"#,
+            r#""k";a=-"#,
+            r#""k";a=?2"#,
+            r#""k";a=:AQ=="#,
+            r#""k";a="x"#,
+            r#""k";a=1;"#,
+            r#""k";a b"#,
+        ] {
+            assert!(
+                matches!(parse(&[invalid]), Err(KeyRejection::Invalid(_))),
+                "{invalid:?}: {:?}",
+                parse(&[invalid])
+            );
+        }
+        assert!(matches!(
+            parse(&[r#""k";a=1, "l""#]),
+            Err(KeyRejection::NotOne(_))
+        ));
         assert!(parse(&[&"k".repeat(255)]).is_ok());
         assert!(matches!(
             parse(&[&"k".repeat(256)]),
