@@ -365,7 +365,20 @@ mod http {
                 gate: Arc::default(),
             };
             let router = Router::new()
-                .route("/payments", post(create_payment).get(count_payments))
+                .route(
+                    "/payments",
+                    post(create_payment).put(create_payment).get(count_payments),
+                )
+                .nest(
+                    "/nested",
+                    Router::new().route("/payments", post(create_payment)),
+                )
+                .nest_service(
+                    "/service",
+                    Router::new()
+                        .route("/payments", post(create_payment))
+                        .with_state(app.clone()),
+                )
                 .route("/v2/payments", post(create_payment))
                 .route("/refunds", post(create_refund))
                 .route("/deferred", post(create_deferred))
@@ -708,6 +721,44 @@ mod http {
             .post("/v2/payments", &[KEY], BODY)
             .await
             .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, problem_types::KEY_REUSED);
+        assert_eq!(server.runs(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_same_key_with_another_method_is_key_reused() {
+        let server = Server::new();
+        let first = server.post("/payments", &[KEY], BODY).await;
+        assert_eq!(first.status, StatusCode::CREATED);
+        let mut put = post_request("/payments", "acme", &[KEY], BODY);
+        *put.method_mut() = Method::PUT;
+        server
+            .send(put)
+            .await
+            .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, problem_types::KEY_REUSED);
+        assert_eq!(server.runs(), 1);
+    }
+
+    #[tokio::test]
+    async fn nested_routes_are_other_routes() {
+        let server = Server::new();
+        let first = server.post("/payments", &[KEY], BODY).await;
+        assert_eq!(first.status, StatusCode::CREATED);
+        // The matched route of a nested router is the whole path pattern,
+        // prefix included, whether nested as a router or as a service.
+        for path in ["/nested/payments", "/service/payments"] {
+            server
+                .post(path, &[KEY], BODY)
+                .await
+                .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, problem_types::KEY_REUSED);
+        }
+        let nested = server.post("/nested/payments", &["nested-key"], BODY).await;
+        assert_eq!(nested.status, StatusCode::CREATED);
+        assert!(
+            server
+                .post("/nested/payments", &["nested-key"], BODY)
+                .await
+                .replayed()
+        );
         assert_eq!(server.runs(), 2);
     }
 
