@@ -962,6 +962,38 @@ mod http {
         assert_eq!(server.runs(), 2);
     }
 
+    /// A record whose stored answer no longer reads back (the answer's
+    /// type changed in a deploy) is a 500: the payment was made and its
+    /// record is stored, so the answer must not tell the client that
+    /// nothing was stored (a client that believed it could pay again under
+    /// a new key).
+    #[tokio::test]
+    async fn a_500_for_a_stored_answer_never_says_nothing_was_stored() {
+        use diesel::connection::SimpleConnection;
+        let server = Server::new();
+        let first = server.post("/payments", &[KEY], BODY).await;
+        assert_eq!(first.status, StatusCode::CREATED);
+        blocking_conn(&server.app.url)
+            .batch_execute(
+                r#"UPDATE idempotency_records SET response = '{"status":201,"body":{"id":"an older shape"}}'"#,
+            )
+            .expect("an answer stored by an older version");
+        let retry = server.post("/payments", &[KEY], BODY).await;
+        retry.assert_problem(StatusCode::INTERNAL_SERVER_ERROR, problem_types::INTERNAL);
+        let detail = retry.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            !detail.contains("nothing was stored"),
+            "the payment and its record exist: {detail}"
+        );
+        assert_eq!(
+            (server.runs(), server.payments(), server.records()),
+            (1, 1, 1)
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn over_tcp_with_reqwest() {
         let server = Server::new();
