@@ -184,6 +184,34 @@ mod http {
         charge_body(conn, app, tenant, req).await
     }
 
+    /// A charge accepted for later: `202 Accepted` with no payment yet,
+    /// whose JSON is `null`.
+    #[idempotent(key = key, scope = tenant, ttl = "1h", name = "http.deferred", skip(app))]
+    async fn defer(
+        conn: &mut Conn,
+        app: &App,
+        key: &IdempotencyKey,
+        tenant: &str,
+        req: &NewPayment,
+    ) -> Result<Reply<Option<Payment>>, AppError> {
+        charge_body(conn, app, tenant, req).await?;
+        Ok(Reply::new(StatusCode::ACCEPTED, None))
+    }
+
+    async fn create_deferred(
+        State(app): State<App>,
+        key: IdempotencyKey,
+        tenant: Tenant,
+        Json(req): Json<NewPayment>,
+    ) -> Result<Reply<Option<Payment>>, AppError> {
+        let mut conn = app
+            .pool
+            .get()
+            .await
+            .map_err(|e| AppError::Pool(e.to_string()))?;
+        defer(&mut conn, &app, &key, &tenant.0, &req).await
+    }
+
     async fn create_payment(
         State(app): State<App>,
         key: IdempotencyKey,
@@ -337,9 +365,23 @@ mod http {
                 gate: Arc::default(),
             };
             let router = Router::new()
-                .route("/payments", post(create_payment).get(count_payments))
+                .route(
+                    "/payments",
+                    post(create_payment).put(create_payment).get(count_payments),
+                )
+                .nest(
+                    "/nested",
+                    Router::new().route("/payments", post(create_payment)),
+                )
+                .nest_service(
+                    "/service",
+                    Router::new()
+                        .route("/payments", post(create_payment))
+                        .with_state(app.clone()),
+                )
                 .route("/v2/payments", post(create_payment))
                 .route("/refunds", post(create_refund))
+                .route("/deferred", post(create_deferred))
                 .route("/tips", post(create_tip))
                 .route("/sync/payments", post(create_payment_blocking))
                 .route("/healthz", get(|| async { "ok" }))
@@ -683,6 +725,44 @@ mod http {
     }
 
     #[tokio::test]
+    async fn the_same_key_with_another_method_is_key_reused() {
+        let server = Server::new();
+        let first = server.post("/payments", &[KEY], BODY).await;
+        assert_eq!(first.status, StatusCode::CREATED);
+        let mut put = post_request("/payments", "acme", &[KEY], BODY);
+        *put.method_mut() = Method::PUT;
+        server
+            .send(put)
+            .await
+            .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, problem_types::KEY_REUSED);
+        assert_eq!(server.runs(), 1);
+    }
+
+    #[tokio::test]
+    async fn nested_routes_are_other_routes() {
+        let server = Server::new();
+        let first = server.post("/payments", &[KEY], BODY).await;
+        assert_eq!(first.status, StatusCode::CREATED);
+        // The matched route of a nested router is the whole path pattern,
+        // prefix included, whether nested as a router or as a service.
+        for path in ["/nested/payments", "/service/payments"] {
+            server
+                .post(path, &[KEY], BODY)
+                .await
+                .assert_problem(StatusCode::UNPROCESSABLE_ENTITY, problem_types::KEY_REUSED);
+        }
+        let nested = server.post("/nested/payments", &["nested-key"], BODY).await;
+        assert_eq!(nested.status, StatusCode::CREATED);
+        assert!(
+            server
+                .post("/nested/payments", &["nested-key"], BODY)
+                .await
+                .replayed()
+        );
+        assert_eq!(server.runs(), 2);
+    }
+
+    #[tokio::test]
     async fn a_terminal_error_is_replayed_with_its_status_and_its_effects_roll_back() {
         let server = Server::new();
         let declined_body = r#"{"amount_cents": 402, "currency": "BRL"}"#;
@@ -820,6 +900,98 @@ mod http {
                 "{text}"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn a_null_body_is_stored_and_replayed_with_its_status() {
+        let server = Server::new();
+        let first = server.post("/deferred", &[KEY], BODY).await;
+        assert_eq!(first.status, StatusCode::ACCEPTED, "{first:?}");
+        assert_eq!(first.header("content-type"), Some("application/json"));
+        assert_eq!(&first.body[..], b"null");
+        let retry = server.post("/deferred", &[KEY], BODY).await;
+        assert_eq!(retry.status, StatusCode::ACCEPTED, "{retry:?}");
+        assert!(retry.replayed(), "{retry:?}");
+        assert_eq!(retry.body, first.body, "byte-identical");
+        assert_eq!(
+            (server.runs(), server.payments(), server.records()),
+            (1, 1, 1)
+        );
+    }
+
+    #[tokio::test]
+    async fn sf_string_parameters_are_read_as_rfc_8941_says() {
+        let server = Server::new();
+        // Parameters after the string are ignored, whatever their values
+        // hold (a comma inside a parameter's string is no list); the key is
+        // the string, the same key as its bare form.
+        for (key, header) in [
+            ("p-1", r#""p-1";a="x,y""#),
+            ("p-2", r#""p-2";a;b=?1;c=1.5;d=tok;e=:AQ==:"#),
+        ] {
+            let first = server.post("/payments", &[header], BODY).await;
+            assert_eq!(first.status, StatusCode::CREATED, "{header}: {first:?}");
+            let bare = server.post("/payments", &[key], BODY).await;
+            assert!(bare.replayed(), "{header}: {bare:?}");
+            assert_eq!(bare.body, first.body, "{header}");
+        }
+        // What follows the string must be parameters: `;`, a lowercase key,
+        // an optional `=value`, and nothing after the last one.
+        let mut accepted = Vec::new();
+        for header in [
+            r#""p-3";"#,
+            r#""p-3";;a=1"#,
+            r#""p-3";A=1"#,
+            r#""p-3";=1"#,
+            r#""p-3";a="#,
+            r#""p-3" ;a=1"#,
+            r#""p-3";a=1 junk"#,
+            r#""p-3";a="unterminated"#,
+        ] {
+            let answer = server.post("/payments", &[header], BODY).await;
+            if answer.status != StatusCode::BAD_REQUEST {
+                accepted.push((header, answer.status));
+            } else {
+                answer.assert_problem(StatusCode::BAD_REQUEST, problem_types::INVALID_KEY);
+            }
+        }
+        assert!(
+            accepted.is_empty(),
+            "invalid sf-strings accepted: {accepted:?}"
+        );
+        assert_eq!(server.runs(), 2);
+    }
+
+    /// A record whose stored answer no longer reads back (the answer's
+    /// type changed in a deploy) is a 500: the payment was made and its
+    /// record is stored, so the answer must not tell the client that
+    /// nothing was stored (a client that believed it could pay again under
+    /// a new key).
+    #[tokio::test]
+    async fn a_500_for_a_stored_answer_never_says_nothing_was_stored() {
+        use diesel::connection::SimpleConnection;
+        let server = Server::new();
+        let first = server.post("/payments", &[KEY], BODY).await;
+        assert_eq!(first.status, StatusCode::CREATED);
+        blocking_conn(&server.app.url)
+            .batch_execute(
+                r#"UPDATE idempotency_records SET response = '{"status":201,"body":{"id":"an older shape"}}'"#,
+            )
+            .expect("an answer stored by an older version");
+        let retry = server.post("/payments", &[KEY], BODY).await;
+        retry.assert_problem(StatusCode::INTERNAL_SERVER_ERROR, problem_types::INTERNAL);
+        let detail = retry.json()["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(
+            !detail.contains("nothing was stored"),
+            "the payment and its record exist: {detail}"
+        );
+        assert_eq!(
+            (server.runs(), server.payments(), server.records()),
+            (1, 1, 1)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

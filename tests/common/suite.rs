@@ -1144,6 +1144,108 @@ pub mod nonblocking {
         .await
     }
 
+    /// A first call on its own connection that holds `key` in an open
+    /// transaction until `finish` is sent; `claimed` says it holds it.
+    fn hold_key<B: AsyncSuiteBackend>(
+        db: &Arc<B>,
+        clock: &Arc<ManualClock>,
+        key: &'static str,
+        req: &NewPayment,
+    ) -> (rt::Receiver<()>, rt::Sender<()>, rt::Task<()>) {
+        let (claimed_tx, claimed_rx) = rt::channel();
+        let (finish_tx, finish_rx) = rt::channel::<()>();
+        let task = rt::spawn({
+            let (db, clock, req) = (Arc::clone(db), Arc::clone(clock), req.clone());
+            move || async move {
+                let mut conn = db.connect_async().await;
+                rt::transaction(&mut conn, async |conn| {
+                    pay_waiting(conn, &clock, key, &req, None).await?;
+                    claimed_tx.send(()).unwrap();
+                    finish_rx.recv().await.unwrap();
+                    Ok::<_, AppError>(())
+                })
+                .await
+                .expect("the holder commits");
+            }
+        });
+        (claimed_rx, finish_tx, task)
+    }
+
+    /// After a bounded wait answered `InFlight`, the connection's own lock
+    /// waits are as they were (PostgreSQL's `lock_timeout`, MySQL's
+    /// `innodb_lock_wait_timeout`, SQLite's busy timeout): a later call on
+    /// it without a limit outlasts the bound, waiting for a holder that
+    /// commits after 2.5 s, and replays it. Outside a transaction, and (where
+    /// the claim is bounded there) inside the caller's, whose transaction
+    /// goes on after a bounded call that claimed its key and one that got
+    /// `InFlight`.
+    pub async fn bounded_wait_leaves_lock_waits_as_they_were<B: AsyncSuiteBackend>() {
+        let db = Arc::new(B::fresh());
+        let clock = Arc::new(clock());
+        let req = NewPayment::eur(8);
+        let limit = Some(Duration::from_millis(300));
+        let release_after = Duration::from_millis(2500);
+        let release = |finish: rt::Sender<()>| {
+            rt::spawn(move || async move {
+                rt::sleep(release_after).await;
+                finish.send(()).unwrap();
+            })
+        };
+        let in_flight = |answer: &Result<Outcome<Payment>, AppError>| {
+            matches!(
+                answer.as_ref().err().and_then(AppError::idempotency),
+                Some(Error::InFlight { .. })
+            )
+        };
+
+        let (claimed, finish, holder) = hold_key(&db, &clock, "w-1", &req);
+        claimed.recv_timeout(rt::DEADLINE).await.expect("held");
+        let mut conn = db.connect_async().await;
+        let bounded = pay_waiting(&mut conn, &clock, "w-1", &req, limit).await;
+        assert!(in_flight(&bounded), "{bounded:?}");
+        let releaser = release(finish);
+        let started = Instant::now();
+        let unbounded = pay_waiting(&mut conn, &clock, "w-1", &req, None).await;
+        let waited = started.elapsed();
+        assert!(
+            unbounded.as_ref().is_ok_and(Outcome::is_replayed),
+            "[{}] after {waited:?}, the call without a limit still waited with the bounded \
+             call's: {unbounded:?}",
+            B::NAME
+        );
+        rt::join(releaser).await;
+        rt::join(holder).await;
+
+        if !B::REJECTS_AT_ONCE {
+            return;
+        }
+        let (claimed, finish, holder) = hold_key(&db, &clock, "w-2", &req);
+        claimed.recv_timeout(rt::DEADLINE).await.expect("held");
+        let mut releaser = None;
+        let answers = rt::transaction(&mut conn, async |conn| {
+            // A bounded call that claims a free key, then one that gives up.
+            pay_waiting(conn, &clock, "w-free", &req, limit).await?;
+            let bounded = pay_waiting(conn, &clock, "w-2", &req, limit).await;
+            releaser = Some(release(finish));
+            let unbounded = pay_waiting(conn, &clock, "w-2", &req, None).await;
+            Ok::<_, AppError>((bounded, unbounded))
+        })
+        .await
+        .expect("the caller's transaction commits");
+        if let Some(releaser) = releaser {
+            rt::join(releaser).await;
+        }
+        rt::join(holder).await;
+        assert!(in_flight(&answers.0), "{:?}", answers.0);
+        assert!(
+            answers.1.as_ref().is_ok_and(Outcome::is_replayed),
+            "[{}] in the caller's transaction, the call without a limit still waited with the \
+             bounded call's: {:?}",
+            B::NAME,
+            answers.1
+        );
+    }
+
     /// A duplicate with a generous bounded wait (`Call::wait_for`, 30 s)
     /// whose holder finishes within it (released by the test once the
     /// duplicate waits) replays the holder's result; its body never runs.
@@ -1820,6 +1922,7 @@ macro_rules! suite_tests {
             on_conflict_reject_answers_in_flight,
             bounded_wait_answers_in_flight_after_its_limit,
             bounded_wait_replays_a_holder_that_finishes,
+            bounded_wait_leaves_lock_waits_as_they_were,
             oversized_result_is_refused_and_nothing_stored,
             isolation_levels_replay_or_retry,
         );

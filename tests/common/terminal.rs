@@ -89,6 +89,68 @@ pub mod nonblocking {
         }
     }
 
+    /// Opens an account once: an account the unique index already holds
+    /// (the insert fails) is a terminal answer; the payment written before
+    /// it is rolled back.
+    #[idempotent(key = key, ttl = "1h", name = "tests.open_account", clock = clock)]
+    pub async fn open_account<C: AsyncTestConn>(
+        conn: &mut C,
+        clock: &ManualClock,
+        key: &str,
+        customer_id: i64,
+    ) -> Result<Settled<i64, Declined>, AppError> {
+        conn.insert_payment(customer_id).await?;
+        match conn.insert_account(customer_id, 1).await {
+            Ok(account) => Ok(Settled::Ok(account.id)),
+            Err(refused) => Ok(Settled::Terminal(Declined {
+                reason: format!("the account exists: {refused}"),
+            })),
+        }
+    }
+
+    pub async fn terminal_answer_after_a_refused_statement<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        conn.insert_account(7, 1).await.unwrap();
+        let first = open_account(&mut conn, &clock, "t-7", 7)
+            .await
+            .expect("the refused insert is a terminal answer");
+        assert!(first.is_terminal(), "{first:?}");
+        assert_eq!(conn.count_payments().await.unwrap(), 0, "rolled back");
+        assert_eq!(conn.count_records().await.unwrap(), 1, "the answer is kept");
+        let mut other = db.connect_async().await;
+        let retry = open_account(&mut other, &clock, "t-7", 7).await.unwrap();
+        assert_eq!(retry, first, "replayed");
+        // The connection goes on: a new customer's account opens.
+        let opened = open_account(&mut conn, &clock, "t-8", 8).await.unwrap();
+        assert!(!opened.is_terminal(), "{opened:?}");
+        assert_eq!(conn.count_payments().await.unwrap(), 1);
+    }
+
+    pub async fn optimistic_terminal_answer_in_callers_transaction<B: AsyncSuiteBackend>() {
+        let db = B::fresh();
+        let mut conn = db.connect_async().await;
+        let clock = clock();
+        let req = NewPayment::eur(56);
+        let answer = rt::transaction(&mut conn, async |conn| {
+            conn.insert_payment(1).await?;
+            let answer = charge_optimistic(conn, &clock, "t-9", &req, Network::Declines).await?;
+            assert_eq!(conn.count_payments().await?, 1, "only the caller's row");
+            Ok::<_, AppError>(answer)
+        })
+        .await
+        .unwrap();
+        assert!(answer.is_terminal());
+        assert_eq!(conn.count_payments().await.unwrap(), 1, "the caller's row");
+        assert_eq!(conn.count_records().await.unwrap(), 1, "the answer");
+        let retry = charge(&mut conn, &clock, "t-9", &req, Network::Approves)
+            .await
+            .unwrap();
+        assert!(retry.is_replayed() && retry.is_terminal());
+        assert_eq!(conn.count_payments().await.unwrap(), 1);
+    }
+
     pub async fn terminal_answer_is_replayed_and_its_effects_roll_back<B: AsyncSuiteBackend>() {
         let db = B::fresh();
         let mut conn = db.connect_async().await;
@@ -263,6 +325,8 @@ macro_rules! terminal_tests {
             terminal_answer_in_callers_transaction_keeps_the_callers_work,
             terminal_body_panic_leaves_nothing,
             terminal_results_cost_a_savepoint_around_the_body,
+            terminal_answer_after_a_refused_statement,
+            optimistic_terminal_answer_in_callers_transaction,
         );
     };
 }

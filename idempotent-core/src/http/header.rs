@@ -70,9 +70,40 @@ fn trim_ows(mut value: &[u8]) -> &[u8] {
 
 /// An RFC 8941 sf-string after its opening quote: the text up to the
 /// closing quote, unescaped (`\"` and `\\` only). After it may come
-/// parameters (ignored, as the RFC asks of unknown ones), never a second
-/// list member.
+/// parameters (ignored, as the RFC asks of unknown ones, but parsed: a
+/// header that is no sf-item is refused), never a second list member.
 fn sf_string(after_quote: &[u8]) -> Result<String, KeyRejection> {
+    let (text, mut rest) = string_body(after_quote)?;
+    // Parameters: `;`, spaces, a key, optionally `=` and a bare item.
+    while let [b';', after @ ..] = rest {
+        let after = skip_spaces(after);
+        let after = parameter_key(after).ok_or_else(|| {
+            KeyRejection::Invalid(
+                "a parameter after the quoted key has no valid name (lowercase letters, \
+                 digits, `_`, `-`, `.`, `*`)"
+                    .into(),
+            )
+        })?;
+        rest = match after {
+            [b'=', value @ ..] => bare_item(value)?,
+            _ => after,
+        };
+    }
+    let rest = trim_ows(rest);
+    if rest.is_empty() {
+        Ok(text)
+    } else if rest.starts_with(b",") {
+        Err(KeyRejection::NotOne("as a list"))
+    } else {
+        Err(KeyRejection::Invalid(
+            "unexpected text after the quoted key".into(),
+        ))
+    }
+}
+
+/// The text of an sf-string after its opening quote, unescaped, and what
+/// follows its closing quote.
+fn string_body(after_quote: &[u8]) -> Result<(String, &[u8]), KeyRejection> {
     let mut text = String::new();
     let mut bytes = after_quote.iter();
     loop {
@@ -95,16 +126,68 @@ fn sf_string(after_quote: &[u8]) -> Result<String, KeyRejection> {
             Some(_) => return Err(invalid_key(non_ascii())),
         }
     }
-    let rest = trim_ows(bytes.as_slice());
-    if rest.is_empty() || (rest.starts_with(b";") && !rest.contains(&b',')) {
-        Ok(text)
-    } else if rest.starts_with(b",") || rest.contains(&b',') {
-        Err(KeyRejection::NotOne("as a list"))
-    } else {
-        Err(KeyRejection::Invalid(
-            "unexpected text after the quoted key".into(),
-        ))
+    Ok((text, bytes.as_slice()))
+}
+
+fn skip_spaces(mut value: &[u8]) -> &[u8] {
+    while let [b' ', rest @ ..] = value {
+        value = rest;
     }
+    value
+}
+
+/// What follows a parameter's key (`lcalpha` or `*`, then lowercase
+/// letters, digits, `_`, `-`, `.` or `*`); `None` without a key.
+fn parameter_key(value: &[u8]) -> Option<&[u8]> {
+    match value {
+        [b'a'..=b'z' | b'*', rest @ ..] => Some(take_while(
+            rest,
+            |b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'.' | b'*'),
+        )),
+        _ => None,
+    }
+}
+
+/// What follows an RFC 8941 bare item (a parameter's value): an integer,
+/// a decimal, a string, a token, a byte sequence or a boolean.
+fn bare_item(value: &[u8]) -> Result<&[u8], KeyRejection> {
+    let invalid =
+        || KeyRejection::Invalid("a parameter after the quoted key has an invalid value".into());
+    match value {
+        [b'"', after @ ..] => string_body(after).map(|(_, rest)| rest),
+        [b'?', b'0' | b'1', rest @ ..] => Ok(rest),
+        [b':', after @ ..] => match take_while(after, |b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'=')
+        }) {
+            [b':', rest @ ..] => Ok(rest),
+            _ => Err(invalid()),
+        },
+        [b'A'..=b'Z' | b'a'..=b'z' | b'*', rest @ ..] => Ok(take_while(rest, |b| {
+            b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b)
+        })),
+        [b'-' | b'0'..=b'9', ..] => {
+            let digits = value.strip_prefix(b"-").unwrap_or(value);
+            let rest = take_while(digits, |b| b.is_ascii_digit() || b == b'.');
+            let number = &digits[..digits.len() - rest.len()];
+            let valid = match number.iter().position(|&b| b == b'.') {
+                None => (1..=15).contains(&number.len()),
+                Some(dot) => {
+                    let fraction = &number[dot + 1..];
+                    (1..=12).contains(&dot)
+                        && (1..=3).contains(&fraction.len())
+                        && !fraction.contains(&b'.')
+                }
+            };
+            if valid { Ok(rest) } else { Err(invalid()) }
+        }
+        _ => Err(invalid()),
+    }
+}
+
+/// `value` after its leading bytes that satisfy `keep`.
+fn take_while(value: &[u8], keep: impl Fn(u8) -> bool) -> &[u8] {
+    let taken = value.iter().take_while(|&&b| keep(b)).count();
+    &value[taken..]
 }
 
 #[cfg(test)]
@@ -149,6 +232,38 @@ mod tests {
                 parse(&[invalid])
             );
         }
+        // Parameters are RFC 8941 parameters: `;key` or `;key=bare-item`.
+        for valid in [
+            r#""k";a"#,
+            r#""k";a=1;b=-12;c=1.5;d=-0.125"#,
+            r#""k"; a=?1;*b=tok/x:y;c=:AQ==:;d="x,\"y\"""#,
+        ] {
+            assert_eq!(parse(&[valid]), Ok("k".to_owned()), "{valid}");
+        }
+        for invalid in [
+            r#""k";"#,
+            r#""k";a=1."#,
+            r#""k";a=.5"#,
+            r#""k";a=1.2345"#,
+            r#""k";a=1.2.3"#,
+            r#""k";a=1234567890123456"#,
+            r#""k";a=-"#,
+            r#""k";a=?2"#,
+            r#""k";a=:AQ=="#,
+            r#""k";a="x"#,
+            r#""k";a=1;"#,
+            r#""k";a b"#,
+        ] {
+            assert!(
+                matches!(parse(&[invalid]), Err(KeyRejection::Invalid(_))),
+                "{invalid:?}: {:?}",
+                parse(&[invalid])
+            );
+        }
+        assert!(matches!(
+            parse(&[r#""k";a=1, "l""#]),
+            Err(KeyRejection::NotOne(_))
+        ));
         assert!(parse(&[&"k".repeat(255)]).is_ok());
         assert!(matches!(
             parse(&[&"k".repeat(256)]),

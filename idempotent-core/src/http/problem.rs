@@ -24,8 +24,8 @@ pub mod problem_types {
     /// [`KEY_REUSED`] even when both are 422. Fix the request; retrying it
     /// unchanged will fail the same way.
     pub const INVALID_REQUEST: &str = "https://github.com/diesel-idempotent/diesel-idempotent/blob/main/docs/problems.md#invalid-request";
-    /// 500: the server failed. Nothing was stored for the key: retry with
-    /// the same key.
+    /// 500: the server failed. Retry with the same key, never a new one:
+    /// work that was stored answers from its record.
     pub const INTERNAL: &str = "https://github.com/diesel-idempotent/diesel-idempotent/blob/main/docs/problems.md#internal-error";
 }
 
@@ -106,9 +106,7 @@ impl Problem {
             problem_types::INTERNAL,
             "Internal server error",
         )
-        .with_detail(
-            "the request failed and nothing was stored for its key; retry it with the same key",
-        )
+        .with_detail("the request failed; retry it with the same key, never with a new one")
     }
 
     /// The status, as a `StatusCode` (500 if `status` is not one).

@@ -130,10 +130,20 @@ struct StoredRef<'a, T> {
 #[serde(deny_unknown_fields)]
 struct Stored {
     status: u16,
-    #[serde(default)]
+    /// Present whenever the member is, `null` included (a body of `()` or
+    /// `None`): a plain `Option` would read `"body":null` as no body.
+    #[serde(default, deserialize_with = "present")]
     body: Option<Box<RawValue>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     terminal: Option<Box<RawValue>>,
+}
+
+/// A member that is present, whatever its JSON (`null` too).
+fn present<'de, D>(deserializer: D) -> Result<Option<Box<RawValue>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <Box<RawValue> as serde::Deserialize>::deserialize(deserializer).map(Some)
 }
 
 impl<T: Serialize + DeserializeOwned> Response for Reply<T> {
