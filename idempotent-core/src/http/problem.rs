@@ -55,7 +55,9 @@ pub struct Problem {
     /// Extension members, serialized beside the standard ones.
     #[serde(flatten)]
     pub extensions: serde_json::Map<String, serde_json::Value>,
-    /// `Retry-After`, in seconds, sent as a header (not stored).
+    /// `Retry-After`, in seconds, sent as a header when this problem is
+    /// answered by itself. Not part of the body: a terminal
+    /// [`Reply`](super::Reply) stores and replays the body only.
     #[serde(skip)]
     pub retry_after: Option<u64>,
 }

@@ -61,8 +61,9 @@ impl<T> Reply<T> {
         Reply::new(StatusCode::CREATED, body)
     }
 
-    /// A terminal error, answered as `problem` with its status (a 4xx or
-    /// 5xx), stored and replayed; the body's database effects roll back.
+    /// A terminal error, answered as `problem` with its status, stored and
+    /// replayed; the body's database effects roll back. Give it a 4xx or
+    /// 5xx status: whatever the status, the effects roll back.
     pub fn terminal(problem: Problem) -> Self {
         Reply {
             status: problem.status_code(),
