@@ -204,12 +204,18 @@ mod http {
         tenant: Tenant,
         Json(req): Json<NewPayment>,
     ) -> Result<Reply<Option<Payment>>, AppError> {
-        let mut conn = app
-            .pool
+        let mut conn = checkout(&app).await?;
+        defer(&mut conn, &app, &key, &tenant.0, &req).await
+    }
+
+    /// A pooled connection.
+    async fn checkout(
+        app: &App,
+    ) -> Result<diesel_async::pooled_connection::deadpool::Object<Conn>, AppError> {
+        app.pool
             .get()
             .await
-            .map_err(|e| AppError::Pool(e.to_string()))?;
-        defer(&mut conn, &app, &key, &tenant.0, &req).await
+            .map_err(|e| AppError::Pool(e.to_string()))
     }
 
     async fn create_payment(
@@ -218,11 +224,7 @@ mod http {
         tenant: Tenant,
         Json(req): Json<NewPayment>,
     ) -> Result<Reply<Payment>, AppError> {
-        let mut conn = app
-            .pool
-            .get()
-            .await
-            .map_err(|e| AppError::Pool(e.to_string()))?;
+        let mut conn = checkout(&app).await?;
         charge(&mut conn, &app, &key, &tenant.0, &req).await
     }
 
@@ -232,11 +234,7 @@ mod http {
         tenant: Tenant,
         Json(req): Json<NewPayment>,
     ) -> Result<Reply<Payment>, AppError> {
-        let mut conn = app
-            .pool
-            .get()
-            .await
-            .map_err(|e| AppError::Pool(e.to_string()))?;
+        let mut conn = checkout(&app).await?;
         refund(&mut conn, &app, &key, &tenant.0, &req).await
     }
 
@@ -247,11 +245,7 @@ mod http {
         tenant: Tenant,
         Json(req): Json<NewPayment>,
     ) -> Result<Reply<Payment>, AppError> {
-        let mut conn = app
-            .pool
-            .get()
-            .await
-            .map_err(|e| AppError::Pool(e.to_string()))?;
+        let mut conn = checkout(&app).await?;
         match key {
             Some(key) => charge(&mut conn, &app, &key, &tenant.0, &req).await,
             None => charge_body(&mut conn, &app, &tenant.0, &req).await,

@@ -1151,7 +1151,7 @@ pub mod nonblocking {
         clock: &Arc<ManualClock>,
         key: &'static str,
         req: &NewPayment,
-    ) -> (rt::Receiver<()>, rt::Sender<()>, rt::Task<()>) {
+    ) -> (rt::Receiver<()>, rt::Sender<()>, rt::Task<Outcome<Payment>>) {
         let (claimed_tx, claimed_rx) = rt::channel();
         let (finish_tx, finish_rx) = rt::channel::<()>();
         let task = rt::spawn({
@@ -1159,13 +1159,13 @@ pub mod nonblocking {
             move || async move {
                 let mut conn = db.connect_async().await;
                 rt::transaction(&mut conn, async |conn| {
-                    pay_waiting(conn, &clock, key, &req, None).await?;
+                    let paid = pay_waiting(conn, &clock, key, &req, None).await?;
                     claimed_tx.send(()).unwrap();
                     finish_rx.recv().await.unwrap();
-                    Ok::<_, AppError>(())
+                    Ok::<_, AppError>(paid)
                 })
                 .await
-                .expect("the holder commits");
+                .expect("the holder commits")
             }
         });
         (claimed_rx, finish_tx, task)
@@ -1253,22 +1253,8 @@ pub mod nonblocking {
         let db = Arc::new(B::fresh());
         let clock = Arc::new(clock());
         let req = NewPayment::eur(7);
-        let (claimed_tx, claimed_rx) = rt::channel();
-        let (finish_tx, finish_rx) = rt::channel::<()>();
-        let first = rt::spawn({
-            let (db, clock, req) = (Arc::clone(&db), Arc::clone(&clock), req.clone());
-            move || async move {
-                let mut conn = db.connect_async().await;
-                rt::transaction(&mut conn, async |conn| {
-                    let p = pay_waiting(conn, &clock, "held", &req, None).await?;
-                    claimed_tx.send(()).unwrap();
-                    finish_rx.recv().await.unwrap();
-                    Ok::<_, AppError>(p)
-                })
-                .await
-            }
-        });
-        claimed_rx
+        let (claimed, finish_tx, first) = hold_key(&db, &clock, "held", &req);
+        claimed
             .recv_timeout(rt::DEADLINE)
             .await
             .expect("the first call holds the key");
@@ -1288,7 +1274,7 @@ pub mod nonblocking {
         });
         db.wait_for_lock_waiters_async(1).await;
         finish_tx.send(()).unwrap();
-        let first = rt::join(first).await.expect("the first call commits");
+        let first = rt::join(first).await;
         let second = rt::join(second).await.expect("the duplicate replays");
         assert!(!first.is_replayed());
         assert!(second.is_replayed(), "the duplicate's body did not run");

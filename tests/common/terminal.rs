@@ -32,12 +32,10 @@ pub mod nonblocking {
     use crate::common::rt::nonblocking as rt;
     use crate::common::{AppError, AsyncSuiteBackend, AsyncTestConn, NewPayment, Payment, clock};
 
-    /// Writes the charge, then asks the network.
-    #[idempotent(key = key, ttl = "1h", name = "tests.charge", clock = clock, skip(network))]
-    pub async fn charge<C: AsyncTestConn>(
+    /// The body of [`charge`] and [`charge_optimistic`]: writes the
+    /// charge, then asks the network.
+    async fn write_charge<C: AsyncTestConn>(
         conn: &mut C,
-        clock: &ManualClock,
-        key: &str,
         req: &NewPayment,
         network: Network,
     ) -> Result<Outcome<Settled<Payment, Declined>>, AppError> {
@@ -57,6 +55,18 @@ pub mod nonblocking {
         }
     }
 
+    /// Writes the charge, then asks the network.
+    #[idempotent(key = key, ttl = "1h", name = "tests.charge", clock = clock, skip(network))]
+    pub async fn charge<C: AsyncTestConn>(
+        conn: &mut C,
+        clock: &ManualClock,
+        key: &str,
+        req: &NewPayment,
+        network: Network,
+    ) -> Result<Outcome<Settled<Payment, Declined>>, AppError> {
+        write_charge(conn, req, network).await
+    }
+
     /// [`charge`], run body-first.
     #[idempotent(
         key = key,
@@ -73,20 +83,7 @@ pub mod nonblocking {
         req: &NewPayment,
         network: Network,
     ) -> Result<Outcome<Settled<Payment, Declined>>, AppError> {
-        let id = conn.insert_payment(req.amount).await?;
-        match network {
-            Network::Approves => Ok(Settled::Ok(Payment {
-                id,
-                amount: req.amount,
-            })
-            .into()),
-            Network::Declines => Ok(Settled::Terminal(Declined {
-                reason: format!("insufficient funds for charge {id}"),
-            })
-            .into()),
-            Network::TimesOut => Err(AppError::Declined),
-            Network::Panics => panic!("injected panic after the charge insert"),
-        }
+        write_charge(conn, req, network).await
     }
 
     /// Opens an account once: an account the unique index already holds
