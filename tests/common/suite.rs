@@ -984,18 +984,18 @@ pub mod nonblocking {
         );
     }
 
-    /// A first call holds the key in an open transaction; a duplicate with
-    /// `on_conflict = "reject"` gets `InFlight` at once (where the backend can
-    /// tell), and replays once the first committed.
-    pub async fn on_conflict_reject_answers_in_flight<B: AsyncSuiteBackend>() {
-        let db = Arc::new(B::fresh());
-        let clock = Arc::new(clock());
-        let req = NewPayment::eur(5);
+    /// A first call on its own connection, `create_payment` under `"held"`,
+    /// that holds the key in an open transaction until `finish` is sent,
+    /// then commits; returned once it holds the key.
+    async fn hold_payment<B: AsyncSuiteBackend>(
+        db: &Arc<B>,
+        clock: &Arc<ManualClock>,
+        req: &NewPayment,
+    ) -> (rt::Sender<()>, rt::Task<Result<Payment, AppError>>) {
         let (claimed_tx, claimed_rx) = rt::channel();
         let (finish_tx, finish_rx) = rt::channel::<()>();
-        let (answer_tx, answer_rx) = rt::channel();
         let first = rt::spawn({
-            let (db, clock, req) = (Arc::clone(&db), Arc::clone(&clock), req.clone());
+            let (db, clock, req) = (Arc::clone(db), Arc::clone(clock), req.clone());
             move || async move {
                 let mut conn = db.connect_async().await;
                 rt::transaction(&mut conn, async |conn| {
@@ -1011,6 +1011,18 @@ pub mod nonblocking {
             .recv_timeout(rt::DEADLINE)
             .await
             .expect("the first call holds the key");
+        (finish_tx, first)
+    }
+
+    /// A first call holds the key in an open transaction; a duplicate with
+    /// `on_conflict = "reject"` gets `InFlight` at once (where the backend can
+    /// tell), and replays once the first committed.
+    pub async fn on_conflict_reject_answers_in_flight<B: AsyncSuiteBackend>() {
+        let db = Arc::new(B::fresh());
+        let clock = Arc::new(clock());
+        let req = NewPayment::eur(5);
+        let (answer_tx, answer_rx) = rt::channel();
+        let (finish_tx, first) = hold_payment(&db, &clock, &req).await;
         let second = rt::spawn({
             let (db, clock, req) = (Arc::clone(&db), Arc::clone(&clock), req.clone());
             move || async move {
@@ -1068,25 +1080,7 @@ pub mod nonblocking {
         let db = Arc::new(B::fresh());
         let clock = Arc::new(clock());
         let req = NewPayment::eur(6);
-        let (claimed_tx, claimed_rx) = rt::channel();
-        let (finish_tx, finish_rx) = rt::channel::<()>();
-        let first = rt::spawn({
-            let (db, clock, req) = (Arc::clone(&db), Arc::clone(&clock), req.clone());
-            move || async move {
-                let mut conn = db.connect_async().await;
-                rt::transaction(&mut conn, async |conn| {
-                    let p = create_payment(conn, &clock, "held", &req, Then::Succeed).await?;
-                    claimed_tx.send(()).unwrap();
-                    finish_rx.recv().await.unwrap();
-                    Ok::<_, AppError>(p)
-                })
-                .await
-            }
-        });
-        claimed_rx
-            .recv_timeout(rt::DEADLINE)
-            .await
-            .expect("the first call holds the key");
+        let (finish_tx, first) = hold_payment(&db, &clock, &req).await;
         let mut conn = db.connect_async().await;
         let started = Instant::now();
         let answer =

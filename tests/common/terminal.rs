@@ -126,26 +126,7 @@ pub mod nonblocking {
     }
 
     pub async fn optimistic_terminal_answer_in_callers_transaction<B: AsyncSuiteBackend>() {
-        let db = B::fresh();
-        let mut conn = db.connect_async().await;
-        let clock = clock();
-        let req = NewPayment::eur(56);
-        let answer = rt::transaction(&mut conn, async |conn| {
-            conn.insert_payment(1).await?;
-            let answer = charge_optimistic(conn, &clock, "t-9", &req, Network::Declines).await?;
-            assert_eq!(conn.count_payments().await?, 1, "only the caller's row");
-            Ok::<_, AppError>(answer)
-        })
-        .await
-        .unwrap();
-        assert!(answer.is_terminal());
-        assert_eq!(conn.count_payments().await.unwrap(), 1, "the caller's row");
-        assert_eq!(conn.count_records().await.unwrap(), 1, "the answer");
-        let retry = charge(&mut conn, &clock, "t-9", &req, Network::Approves)
-            .await
-            .unwrap();
-        assert!(retry.is_replayed() && retry.is_terminal());
-        assert_eq!(conn.count_payments().await.unwrap(), 1);
+        terminal_answer_in_callers_transaction::<B>(true).await;
     }
 
     pub async fn terminal_answer_is_replayed_and_its_effects_roll_back<B: AsyncSuiteBackend>() {
@@ -211,13 +192,25 @@ pub mod nonblocking {
     pub async fn terminal_answer_in_callers_transaction_keeps_the_callers_work<
         B: AsyncSuiteBackend,
     >() {
+        terminal_answer_in_callers_transaction::<B>(false).await;
+    }
+
+    /// Inside the caller's transaction, which wrote a row of its own, a
+    /// declined charge (claim-first or `optimistic`) rolls back only its
+    /// own row; the caller's row and the answer commit, and a retry
+    /// replays the terminal answer.
+    async fn terminal_answer_in_callers_transaction<B: AsyncSuiteBackend>(optimistic: bool) {
         let db = B::fresh();
         let mut conn = db.connect_async().await;
         let clock = clock();
         let req = NewPayment::eur(52);
         let answer = rt::transaction(&mut conn, async |conn| {
             conn.insert_payment(1).await?;
-            let answer = charge(conn, &clock, "t-3", &req, Network::Declines).await?;
+            let answer = if optimistic {
+                charge_optimistic(conn, &clock, "t-3", &req, Network::Declines).await?
+            } else {
+                charge(conn, &clock, "t-3", &req, Network::Declines).await?
+            };
             assert_eq!(
                 conn.count_payments().await?,
                 1,
@@ -234,6 +227,7 @@ pub mod nonblocking {
             .await
             .unwrap();
         assert!(retry.is_replayed() && retry.is_terminal());
+        assert_eq!(conn.count_payments().await.unwrap(), 1);
     }
 
     pub async fn terminal_results_cost_a_savepoint_around_the_body<B: AsyncSuiteBackend>() {

@@ -177,11 +177,11 @@ impl KeySource for IdempotencyKey {
 #[diagnostic::do_not_recommend]
 impl KeySource for &IdempotencyKey {
     fn key_text(&self) -> &str {
-        &self.key
+        IdempotencyKey::key_text(self)
     }
 
     fn request_line(&self) -> Option<(&str, &str)> {
-        Some((self.method.as_str(), &self.route))
+        IdempotencyKey::request_line(self)
     }
 }
 
