@@ -16,6 +16,15 @@ cd "$(dirname "$0")/.."
 
 . scripts/lib.sh
 
+# A test build needs no debugger and no incremental cache: line tables keep
+# file:line in panics and backtraces, and the whole run fits in about a third
+# of the disk that full debug info takes (it builds the workspace, trybuild's
+# copy, two fingerprint-compat workspaces, the release benches and the
+# examples). Set either variable to override.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+export CARGO_PROFILE_DEV_DEBUG="${CARGO_PROFILE_DEV_DEBUG:-line-tables-only}"
+log "disk free where target/ lives: $(df -h --output=avail . | tail -1 | tr -d ' ')"
+
 missing=()
 dpkg -s libpq-dev >/dev/null 2>&1 || missing+=(libpq-dev)
 dpkg -s default-libmysqlclient-dev >/dev/null 2>&1 || missing+=(default-libmysqlclient-dev)
