@@ -149,6 +149,14 @@ pub mod axum {
     pub use idempotent_core::http::axum::*;
 }
 
+/// What each call reports: one `tracing` span (feature `tracing`) and the
+/// metrics `idempotency_requests_total`, `idempotency_duration_seconds` and
+/// `idempotency_purged_total` (feature `metrics`; the `metrics` crate the
+/// library records with is re-exported here, as `telemetry::metrics`).
+pub mod telemetry {
+    pub use idempotent_core::telemetry::*;
+}
+
 /// The record table's migrations: embedded, and written as Diesel CLI folders.
 pub mod migrations {
     pub use idempotent_core::migrations::{

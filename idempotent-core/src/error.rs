@@ -192,6 +192,26 @@ impl Error {
         }
     }
 
+    /// The variant's name in snake case (`in_flight`, `payload_mismatch`,
+    /// `database`, ..): the `error.type` of a call's span.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::InvalidKey { .. } => "invalid_key",
+            Error::InvalidScope { .. } => "invalid_scope",
+            Error::InvalidNamespace { .. } => "invalid_namespace",
+            Error::PayloadMismatch { .. } => "payload_mismatch",
+            Error::InFlight { .. } => "in_flight",
+            Error::StoredResultUnreadable { .. } => "stored_result_unreadable",
+            Error::ResponseTooLarge { .. } => "response_too_large",
+            Error::ResultNotReplayable { .. } => "result_not_replayable",
+            Error::Serialization { .. } => "serialization",
+            Error::Database(_) => "database",
+            Error::Migration(_) => "migration",
+            Error::InvalidBatchSize => "invalid_batch_size",
+            Error::InvalidTtl { .. } => "invalid_ttl",
+        }
+    }
+
     /// Whether the database aborted a claim that had not run the body yet
     /// (a serialization failure or a deadlock), so the library may start
     /// its own transaction again. A lock wait that timed out is not one: the

@@ -15,6 +15,7 @@ pub mod pattern;
 mod record;
 pub mod retry;
 mod store;
+pub mod telemetry;
 pub mod ttl;
 
 pub use clock::{Clock, ManualClock, SystemClock};
@@ -72,6 +73,7 @@ pub fn purge_expired_with_clock<C: IdempotentConnection>(
     let mut total = 0usize;
     loop {
         let deleted = conn.purge_batch(now, limit)?;
+        telemetry::purged(C::DB_SYSTEM, deleted);
         total = total.saturating_add(deleted);
         if deleted < batch_size {
             return Ok(total);
@@ -85,10 +87,11 @@ pub mod __private {
     pub use crate::__require_async as require_async;
     pub use crate::clock::{Clock, SystemClock};
     pub use crate::fingerprint::Fingerprint;
-    pub use crate::pattern::get_or_create::get_or_create;
+    pub use crate::pattern::get_or_create::get_or_create_named;
     #[cfg(feature = "async")]
-    pub use crate::pattern::get_or_create::get_or_create_async;
+    pub use crate::pattern::get_or_create::get_or_create_named_async;
     pub use crate::pattern::key::{Call, IdempotentResult, Mode, OnConflict, Replay, Response};
+    pub use crate::telemetry::Pattern;
     #[cfg(feature = "async")]
     pub use crate::store::nonblocking::AsyncIdempotentConnection;
     pub use crate::ttl::Ttl;

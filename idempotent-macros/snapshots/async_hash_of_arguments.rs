@@ -15,6 +15,7 @@ where
         .finish(); let __idempotent_key = ::diesel_idempotent::__private::hashed_key(&
         __idempotent_fingerprint); let __idempotent_call =
         ::diesel_idempotent::__private::Call::new("analytics.click", & __idempotent_key)
+        .pattern(::diesel_idempotent::__private::Pattern::Hash)
         .ttl(::diesel_idempotent::__private::Ttl::from_secs(604800))
         .fingerprint(__idempotent_fingerprint);
         ::diesel_idempotent::__private::Call::run_response_async(__idempotent_call, conn,

@@ -32,6 +32,7 @@ where
         &__idempotent_fingerprint,
     );
     ::diesel_idempotent::__private::Call::new("events.apply", &__idempotent_key)
+        .pattern(::diesel_idempotent::__private::Pattern::Hash)
         .ttl(::diesel_idempotent::__private::Ttl::from_millis(1500))
         .fingerprint(__idempotent_fingerprint)
         .run_response(conn, |conn| -> Result<(), AppError> { Ok(()) })

@@ -14,6 +14,7 @@ fn record_click(
         &__idempotent_fingerprint,
     );
     ::diesel_idempotent::__private::Call::new("analytics.click", &__idempotent_key)
+        .pattern(::diesel_idempotent::__private::Pattern::Hash)
         .ttl(::diesel_idempotent::__private::Ttl::from_secs(604800))
         .fingerprint(__idempotent_fingerprint)
         .run_response(conn, |conn| -> Result<(), AppError> { Ok(()) })

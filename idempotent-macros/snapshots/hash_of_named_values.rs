@@ -20,6 +20,7 @@ fn record_click(
     );
     let __idempotent_scope = ::diesel_idempotent::__private::scope(&(tenant));
     ::diesel_idempotent::__private::Call::new("analytics.click", &__idempotent_key)
+        .pattern(::diesel_idempotent::__private::Pattern::Hash)
         .scope(&__idempotent_scope)
         .ttl(::diesel_idempotent::__private::Ttl::from_secs(86400))
         .fingerprint(__idempotent_fingerprint)

@@ -192,13 +192,6 @@ impl<'f> Plan<'f> {
                     "the entity lives as long as its row",
                 ));
             }
-            if let Some(lit) = &options.name {
-                errors.push(pointless(
-                    lit.span(),
-                    "name",
-                    "there are no records to name",
-                ));
-            }
             if let Some((span, _)) = &options.scope {
                 errors.push(pointless(*span, "scope", "put the tenant in the lookup"));
             }
@@ -605,7 +598,8 @@ impl<'f> Plan<'f> {
         // reported at its parameter (and once more at the return type).
         let at_output = respan(private.clone(), output.span());
         if let Identity::GetOrCreate(lookup) = self.identity {
-            let run = run("get_or_create");
+            let run = run("get_or_create_named");
+            let namespace = &self.namespace;
             let call = if self.asyncness.is_some() {
                 // A lookup that is not a future is reported at the lookup.
                 let awaited = quote_spanned! {lookup.span()=> (#lookup).await? };
@@ -613,10 +607,13 @@ impl<'f> Plan<'f> {
                     async |#closure| ::core::result::Result::Ok(#awaited)
                 };
                 let body = quote! { async |#closure| -> #output #block };
-                quote_spanned! {output.span()=> #at_output::#run(#conn, #lookup, #body).await }
+                quote_spanned! {output.span()=>
+                    #at_output::#run(#namespace, #conn, #lookup, #body).await
+                }
             } else {
                 quote! {
                     #private::#run(
+                        #namespace,
                         #conn,
                         |#closure| ::core::result::Result::Ok((#lookup)?),
                         |#closure| -> #output #block,
@@ -698,6 +695,12 @@ impl<'f> Plan<'f> {
             }
             (false, None) => None,
         };
+        let pattern_call = match self.identity {
+            Identity::HashArguments | Identity::HashValues(_) => {
+                Some(quote! { .pattern(#private::Pattern::Hash) })
+            }
+            Identity::Key(_) | Identity::GetOrCreate(_) => None,
+        };
         let mode_call = self
             .optimistic
             .then(|| quote! { .mode(#private::Mode::Optimistic) });
@@ -726,6 +729,7 @@ impl<'f> Plan<'f> {
 
         let builder = quote! {
             #private::Call::new(#namespace, &#key_var)
+                #pattern_call
                 #scope_call
                 .ttl(#ttl)
                 #clock_call

@@ -16,6 +16,11 @@ use crate::store::driver::{Blocking, Driver, block_on, guarded_transaction, rest
 #[cfg(feature = "async")]
 use crate::store::nonblocking::{AsyncIdempotentConnection, NonBlocking};
 use crate::store::{IdempotentConnection, Unwound};
+use crate::telemetry::{Ending, Mark, Pattern, Telemetry};
+
+/// The namespace a call of [`get_or_create`] reports in its span and
+/// metrics (`#[idempotent(get_or_create = ..)]` reports the function's).
+const NAMESPACE: &str = "get_or_create";
 
 /// An error that can tell whether it is a unique-constraint violation, so
 /// [`get_or_create`] knows that another transaction created the entity.
@@ -81,12 +86,31 @@ where
     L: FnMut(&mut C) -> Result<Option<T>, E>,
     B: FnOnce(&mut C) -> Result<T, E>,
 {
+    get_or_create_named(NAMESPACE, conn, lookup, create)
+}
+
+/// [`get_or_create`], reported under `namespace` (what
+/// `#[idempotent(get_or_create = ..)]` calls).
+#[doc(hidden)]
+pub fn get_or_create_named<C, T, E, L, B>(
+    namespace: &str,
+    conn: &mut C,
+    lookup: L,
+    create: B,
+) -> Result<T, E>
+where
+    C: IdempotentConnection,
+    E: From<DieselError> + UniqueViolation,
+    L: FnMut(&mut C) -> Result<Option<T>, E>,
+    B: FnOnce(&mut C) -> Result<T, E>,
+{
     // The procedure calls a fresh copy of the lookup each time (an
     // `async` lookup is called by value: see `get_or_create_async`); the
     // copies share this one, called one at a time.
     let lookup = RefCell::new(lookup);
     let lookup = &lookup;
     block_on(get_or_create_with(
+        namespace,
         &mut Blocking(conn),
         move |conn: &mut C| ready((lookup.borrow_mut())(conn)),
         move |conn: &mut C| ready(create(conn)),
@@ -109,33 +133,92 @@ where
     L: AsyncFnOnce(&mut C) -> Result<Option<T>, E> + Clone,
     B: AsyncFnOnce(&mut C) -> Result<T, E>,
 {
-    get_or_create_with(&mut NonBlocking::new(conn, None), lookup, create).await
+    get_or_create_named_async(NAMESPACE, conn, lookup, create).await
 }
 
-/// The procedure, once for both drivers.
-async fn get_or_create_with<D, T, E, L, B>(conn: &mut D, lookup: L, create: B) -> Result<T, E>
+/// [`get_or_create_async`], reported under `namespace` (what
+/// `#[idempotent(get_or_create = ..)]` calls on an `async fn`).
+#[cfg(feature = "async")]
+#[doc(hidden)]
+pub async fn get_or_create_named_async<C, T, E, L, B>(
+    namespace: &str,
+    conn: &mut C,
+    lookup: L,
+    create: B,
+) -> Result<T, E>
+where
+    C: AsyncIdempotentConnection,
+    E: From<DieselError> + UniqueViolation,
+    L: AsyncFnOnce(&mut C) -> Result<Option<T>, E> + Clone,
+    B: AsyncFnOnce(&mut C) -> Result<T, E>,
+{
+    get_or_create_with(namespace, &mut NonBlocking::new(conn, None), lookup, create).await
+}
+
+/// The procedure, once for both drivers, inside the call's span.
+async fn get_or_create_with<D, T, E, L, B>(
+    namespace: &str,
+    conn: &mut D,
+    lookup: L,
+    create: B,
+) -> Result<T, E>
 where
     D: Driver,
     E: From<DieselError> + UniqueViolation,
     L: AsyncFnOnce(&mut D::Conn) -> Result<Option<T>, E> + Clone,
     B: AsyncFnOnce(&mut D::Conn) -> Result<T, E>,
 {
-    if let Some(found) = restoring_depth(conn, lookup.clone()).await? {
-        return Ok(found);
+    let telemetry = Telemetry::start(Pattern::GetOrCreate, namespace, "", "", D::DB_SYSTEM);
+    let (answer, ending) = telemetry
+        .instrument(find_or_create(conn, lookup, create, &telemetry))
+        .await;
+    telemetry.finish(ending);
+    answer
+}
+
+/// The entity, and how the call ended.
+async fn find_or_create<D, T, E, L, B>(
+    conn: &mut D,
+    lookup: L,
+    create: B,
+    telemetry: &Telemetry<'_>,
+) -> (Result<T, E>, Ending)
+where
+    D: Driver,
+    E: From<DieselError> + UniqueViolation,
+    L: AsyncFnOnce(&mut D::Conn) -> Result<Option<T>, E> + Clone,
+    B: AsyncFnOnce(&mut D::Conn) -> Result<T, E>,
+{
+    let body_failed = |e: E| (Err(e), Ending::body_failed::<E>());
+    match restoring_depth(conn, lookup.clone()).await {
+        Ok(Some(found)) => return (Ok(found), Ending::REPLAYED),
+        Ok(None) => {}
+        Err(e) => return body_failed(e),
     }
-    match guarded_transaction(conn, async move |conn: &mut D| create(conn.conn()).await).await {
-        Ok(created) => Ok(created),
-        Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
+    telemetry.mark(Mark::BodyStart);
+    let created =
+        guarded_transaction(conn, async move |conn: &mut D| create(conn.conn()).await).await;
+    telemetry.mark(Mark::BodyEnd);
+    match created {
+        Ok(created) => (Ok(created), Ending::EXECUTED),
+        Err(Unwound::Panicked(payload)) => {
+            telemetry.finish(Ending::PANICKED);
+            panic::resume_unwind(payload)
+        }
         Err(Unwound::Failed(e)) if e.is_unique_violation() => {
-            match restoring_depth(conn, lookup).await? {
-                Some(winner) => Ok(winner),
+            match restoring_depth(conn, lookup).await {
+                Ok(Some(winner)) => (Ok(winner), Ending::REPLAYED),
                 // Outside a caller's transaction the second lookup saw every
                 // committed row: the violation is another constraint's.
-                None if snapshot_may_hide_rows(conn).await => Err(E::from(invisible_winner())),
-                None => Err(e),
+                Ok(None) if snapshot_may_hide_rows(conn).await => (
+                    Err(E::from(invisible_winner())),
+                    Ending::failed(&crate::Error::Database(invisible_winner())),
+                ),
+                Ok(None) => body_failed(e),
+                Err(e) => body_failed(e),
             }
         }
-        Err(Unwound::Failed(e)) => Err(e),
+        Err(Unwound::Failed(e)) => body_failed(e),
     }
 }
 

@@ -28,6 +28,7 @@ use crate::store::driver::{
 #[cfg(feature = "async")]
 use crate::store::nonblocking::{AsyncIdempotentConnection, NonBlocking};
 use crate::store::{Claimed, IdempotentConnection, StoredState, Unwound};
+use crate::telemetry::{Ending, Mark, Pattern, Telemetry};
 use crate::ttl::Ttl;
 
 /// What a `key = ..` expression of `#[idempotent]` may be: text (`String`,
@@ -480,6 +481,7 @@ pub struct Call<'a> {
     mode: Mode,
     replay: Replay,
     abandon_after: Option<Duration>,
+    pattern: Pattern,
 }
 
 impl std::fmt::Debug for Call<'_> {
@@ -514,7 +516,16 @@ impl<'a> Call<'a> {
             mode: Mode::ClaimFirst,
             replay: Replay::InTransaction,
             abandon_after: None,
+            pattern: Pattern::Key,
         }
+    }
+
+    /// The pattern the call's span reports (`#[idempotent(hash)]` sets
+    /// [`Pattern::Hash`]); [`Pattern::Key`] by default.
+    #[doc(hidden)]
+    pub fn pattern(mut self, pattern: Pattern) -> Self {
+        self.pattern = pattern;
+        self
     }
 
     /// For an `async` call ([`Call::run_async`]): if the call's future is
@@ -674,8 +685,35 @@ impl<'a> Call<'a> {
         )
     }
 
-    /// The procedure, once for both drivers.
+    /// The procedure, once for both drivers, inside the call's span.
     async fn run_with<D, O, E, F>(self, conn: &mut D, body: F) -> Result<O, E>
+    where
+        D: Driver,
+        O: Response,
+        E: From<Error>,
+        F: AsyncFnOnce(&mut D::Conn) -> Result<O, E>,
+    {
+        let telemetry = Telemetry::start(
+            self.pattern,
+            self.namespace,
+            self.scope,
+            self.key,
+            D::DB_SYSTEM,
+        );
+        let (answer, ending) = telemetry
+            .instrument(self.answer(conn, body, &telemetry))
+            .await;
+        telemetry.finish(ending);
+        answer
+    }
+
+    /// The call's answer, and how it ended.
+    async fn answer<D, O, E, F>(
+        self,
+        conn: &mut D,
+        body: F,
+        telemetry: &Telemetry<'_>,
+    ) -> (Result<O, E>, Ending)
     where
         D: Driver,
         O: Response,
@@ -684,53 +722,58 @@ impl<'a> Call<'a> {
     {
         let prepared = match self.prepare() {
             Ok(prepared) => prepared,
-            Err(e) => return Err(E::from(e)),
+            Err(e) => return failed(e),
         };
         if prepared.replay == Replay::ReadFirst {
             match read_first(conn, &prepared).await {
-                Ok(Some(json)) => return prepared.replayed(&json).map_err(E::from),
+                Ok(Some(json)) => return replayed(prepared.replayed(&json)),
                 Ok(None) => {}
-                Err(e) => return Err(E::from(e)),
+                Err(e) => return failed(e),
             }
         }
         let owns_transaction = match conn.depth() {
             Ok(depth) => depth == 0,
-            Err(e) => return Err(E::from(Error::Database(e))),
+            Err(e) => return failed(Error::Database(e)),
         };
         let result = match prepared.mode {
-            Mode::ClaimFirst => claim_first(conn, &prepared, owns_transaction, body).await,
-            Mode::Optimistic => optimistic(conn, &prepared, body).await,
+            Mode::ClaimFirst => {
+                claim_first(conn, &prepared, owns_transaction, telemetry, body).await
+            }
+            Mode::Optimistic => optimistic(conn, &prepared, telemetry, body).await,
         };
         match result {
-            Ok(out) => Ok(out),
+            Ok(out) => (Ok(out), Ending::EXECUTED),
             // An optimistic call whose body, or the check of its result,
             // failed: a concurrent duplicate's failure may come from the
             // first call's committed effects.
             Err(Unwound::Failed(Failure::Body(e)))
                 if prepared.optimistic_looks_again(owns_transaction) =>
             {
-                after_error(conn, &prepared, e).await
+                after_error(conn, &prepared, e, Ending::body_failed::<E>()).await
             }
             Err(Unwound::Failed(Failure::Result(e)))
                 if prepared.optimistic_looks_again(owns_transaction) =>
             {
-                after_error(conn, &prepared, E::from(e)).await
+                let ending = Ending::failed(&e);
+                after_error(conn, &prepared, E::from(e), ending).await
             }
             Err(Unwound::Failed(Failure::Claim(e)))
                 if prepared.optimistic_looks_again(owns_transaction) && e.is_aborted_claim() =>
             {
-                after_aborted_insert(conn, &prepared, e)
-                    .await
-                    .map_err(E::from)
+                match after_aborted_insert(conn, &prepared, e).await {
+                    Ok(out) => (Ok(out), Ending::REPLAYED),
+                    Err(e) => failed(e),
+                }
             }
-            Err(Unwound::Failed(Failure::Body(e))) => Err(e),
-            Err(Unwound::Failed(Failure::Replay(json))) => {
-                prepared.replayed(&json).map_err(E::from)
-            }
+            Err(Unwound::Failed(Failure::Body(e))) => (Err(e), Ending::body_failed::<E>()),
+            Err(Unwound::Failed(Failure::Replay(json))) => replayed(prepared.replayed(&json)),
             Err(Unwound::Failed(Failure::Library(e) | Failure::Claim(e) | Failure::Result(e))) => {
-                Err(E::from(e))
+                failed(e)
             }
-            Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
+            Err(Unwound::Panicked(payload)) => {
+                telemetry.finish(Ending::PANICKED);
+                panic::resume_unwind(payload)
+            }
         }
     }
 
@@ -762,11 +805,26 @@ impl<'a> Call<'a> {
 /// caller's error type.
 type Ended<O, E> = Result<O, Unwound<Failure<E>>>;
 
+/// A call that failed with the library's `error`, and how it ended.
+fn failed<O, E: From<Error>>(error: Error) -> (Result<O, E>, Ending) {
+    let ending = Ending::failed(&error);
+    (Err(E::from(error)), ending)
+}
+
+/// A call answered from the record (or failed reading it back).
+fn replayed<O, E: From<Error>>(value: Result<O, Error>) -> (Result<O, E>, Ending) {
+    match value {
+        Ok(value) => (Ok(value), Ending::REPLAYED),
+        Err(e) => failed(e),
+    }
+}
+
 /// [`Mode::ClaimFirst`]: claim, run the body, store its result.
 async fn claim_first<D, O, E, F>(
     conn: &mut D,
     prepared: &Prepared<'_>,
     owns_transaction: bool,
+    telemetry: &Telemetry<'_>,
     body: F,
 ) -> Ended<O, E>
 where
@@ -784,18 +842,22 @@ where
     let mut attempt = 0;
     loop {
         attempt += 1;
+        telemetry.mark(Mark::ClaimStart);
         let result = in_level(conn, prepared, async |conn: &mut D| {
             let claim = prepared.record(None);
-            match settle(conn, prepared, &claim)
+            let step = settle(conn, prepared, &claim)
                 .await
-                .map_err(Failure::Claim)?
-            {
+                .map_err(Failure::Claim)?;
+            telemetry.mark(Mark::ClaimEnd);
+            match step {
                 Step::Replay(json) => Err(Failure::Replay(json)),
                 Step::Hold => {
                     let Some(body) = body.take() else {
                         return Err(Failure::Library(prepared.in_flight()));
                     };
+                    telemetry.mark(Mark::BodyStart);
                     let out = run_body(conn, body).await?;
+                    telemetry.mark(Mark::BodyEnd);
                     let json = prepared.stored_json(&out)?;
                     match conn.complete(prepared.id(), &json).await? {
                         1 => Ok(out),
@@ -857,22 +919,31 @@ where
 /// [`Mode::Optimistic`]: run the body, then insert the record with its
 /// result; a key found taken rolls the body back (or, expired, is taken
 /// over).
-async fn optimistic<D, O, E, F>(conn: &mut D, prepared: &Prepared<'_>, body: F) -> Ended<O, E>
+async fn optimistic<D, O, E, F>(
+    conn: &mut D,
+    prepared: &Prepared<'_>,
+    telemetry: &Telemetry<'_>,
+    body: F,
+) -> Ended<O, E>
 where
     D: Driver,
     O: Response,
     F: AsyncFnOnce(&mut D::Conn) -> Result<O, E>,
 {
     in_level(conn, prepared, async |conn: &mut D| {
+        telemetry.mark(Mark::BodyStart);
         let out = run_body(conn, body).await?;
+        telemetry.mark(Mark::BodyEnd);
         // A result this call cannot store is its error only if no earlier
         // call's result answers the key (`after_error`).
         let json = prepared.stored_json(&out).map_err(Failure::Result)?;
         let record = prepared.record(Some(&json));
-        match settle(conn, prepared, &record)
+        telemetry.mark(Mark::ClaimStart);
+        let step = settle(conn, prepared, &record)
             .await
-            .map_err(Failure::Claim)?
-        {
+            .map_err(Failure::Claim)?;
+        telemetry.mark(Mark::ClaimEnd);
+        match step {
             Step::Hold => Ok(out),
             // Undo the body's effects: the earlier call's stand.
             Step::Replay(json) => Err(Failure::Replay(json)),
@@ -894,19 +965,25 @@ where
 /// an uncommitted record whatever the isolation level and waits for one to
 /// commit), sent outside any transaction: only a call that owned its
 /// transaction gets here (see [`Prepared::optimistic_looks_again`]).
-async fn after_error<D, O, E>(conn: &mut D, call: &Prepared<'_>, error: E) -> Result<O, E>
+/// `ending` is how the call ends with its own error.
+async fn after_error<D, O, E>(
+    conn: &mut D,
+    call: &Prepared<'_>,
+    error: E,
+    ending: Ending,
+) -> (Result<O, E>, Ending)
 where
     D: Driver,
     O: Response,
     E: From<Error>,
 {
     let Ok(Some(existing)) = conn.load(call.id()).await else {
-        return Err(error);
+        return (Err(error), ending);
     };
     match judge(&existing, call.fingerprint.as_str(), call.now) {
-        Verdict::Replay(json) => call.replayed(json).map_err(E::from),
-        Verdict::Mismatch => Err(E::from(call.mismatch())),
-        Verdict::InFlight | Verdict::Expired => Err(error),
+        Verdict::Replay(json) => replayed(call.replayed(json)),
+        Verdict::Mismatch => failed(call.mismatch()),
+        Verdict::InFlight | Verdict::Expired => (Err(error), ending),
     }
 }
 

@@ -32,6 +32,9 @@ pub(crate) trait Driver {
     /// The connection the function body receives.
     type Conn;
 
+    /// The database's `db.system.name` (`postgresql`, `mysql`, `sqlite`).
+    const DB_SYSTEM: &'static str;
+
     /// Whether a plain `SELECT` can take and wait for row locks (InnoDB
     /// inside a SERIALIZABLE transaction).
     const PLAIN_READS_MAY_LOCK: bool;
@@ -125,6 +128,7 @@ pub(crate) struct Blocking<'c, C>(pub(crate) &'c mut C);
 #[allow(refining_impl_trait)]
 impl<C: IdempotentConnection> Driver for Blocking<'_, C> {
     type Conn = C;
+    const DB_SYSTEM: &'static str = C::DB_SYSTEM;
     const PLAIN_READS_MAY_LOCK: bool = C::PLAIN_READS_MAY_LOCK;
 
     fn conn(&mut self) -> &mut C {

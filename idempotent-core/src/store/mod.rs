@@ -79,6 +79,11 @@ pub enum Claimed {
 pub trait IdempotentConnection:
     diesel::Connection<TransactionManager = diesel::connection::AnsiTransactionManager> + Sized
 {
+    /// The database, as OpenTelemetry's `db.system.name` names it
+    /// (`postgresql`, `mysql`, `sqlite`): a span field and a metric label.
+    #[doc(hidden)]
+    const DB_SYSTEM: &'static str;
+
     /// Whether a plain `SELECT` can take and wait for row locks: InnoDB
     /// turns it into a locking read inside a SERIALIZABLE transaction.
     #[doc(hidden)]

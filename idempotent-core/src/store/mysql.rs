@@ -157,6 +157,8 @@ macro_rules! mysql_statements {
 }
 
 impl IdempotentConnection for MysqlConnection {
+    const DB_SYSTEM: &'static str = "mysql";
+
     mysql_statements!([] [] [::diesel::RunQueryDsl], IdempotentConnection);
     super::migrate_statement!(MIGRATIONS);
 
@@ -206,6 +208,8 @@ mod nonblocking {
     }
 
     impl AsyncIdempotentConnection for AsyncMysqlConnection {
+        const DB_SYSTEM: &'static str = "mysql";
+
         // MySQL has no per-transaction idle timeout: `abandon_after` sets
         // the session's `wait_timeout`, after which the server closes an
         // idle connection (and rolls back its transaction), and

@@ -69,6 +69,11 @@ use crate::record::{NewRecord, RecordId};
             goes with a plain `fn`: remove `async`"
 )]
 pub trait AsyncIdempotentConnection: AsyncConnection + Send + Sized {
+    /// The database, as OpenTelemetry's `db.system.name` names it
+    /// (`postgresql`, `mysql`, `sqlite`).
+    #[doc(hidden)]
+    const DB_SYSTEM: &'static str;
+
     /// Whether a plain `SELECT` can take and wait for row locks: InnoDB
     /// turns it into a locking read inside a SERIALIZABLE transaction.
     #[doc(hidden)]
@@ -298,6 +303,7 @@ impl<C: AsyncIdempotentConnection> Drop for NonBlocking<'_, C> {
 
 impl<C: AsyncIdempotentConnection> Driver for NonBlocking<'_, C> {
     type Conn = C;
+    const DB_SYSTEM: &'static str = C::DB_SYSTEM;
     const PLAIN_READS_MAY_LOCK: bool = C::PLAIN_READS_MAY_LOCK;
 
     fn conn(&mut self) -> &mut C {

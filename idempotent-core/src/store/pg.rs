@@ -229,6 +229,8 @@ fn snapshot_level(level: &str) -> bool {
 }
 
 impl IdempotentConnection for PgConnection {
+    const DB_SYSTEM: &'static str = "postgresql";
+
     pg_statements!([] [] [::diesel::RunQueryDsl], IdempotentConnection);
     super::migrate_statement!(MIGRATIONS);
 
@@ -366,6 +368,8 @@ mod nonblocking {
     }
 
     impl AsyncIdempotentConnection for AsyncPgConnection {
+        const DB_SYSTEM: &'static str = "postgresql";
+
         async fn begin_idempotent(&mut self, abandon_after: Option<Duration>) -> QueryResult<()> {
             let Some(after) = abandon_after else {
                 return AnsiTransactionManager::begin_transaction(self).await;

@@ -54,6 +54,8 @@ fn busy_timeout_ms(limit: Duration) -> i32 {
 }
 
 impl IdempotentConnection for SqliteConnection {
+    const DB_SYSTEM: &'static str = "sqlite";
+
     fn begin_idempotent(&mut self) -> QueryResult<()> {
         use diesel::connection::{AnsiTransactionManager, TransactionManager};
         let depth =
@@ -158,6 +160,8 @@ mod nonblocking {
     }
 
     impl AsyncIdempotentConnection for SyncConnectionWrapper<SqliteConnection> {
+        const DB_SYSTEM: &'static str = "sqlite";
+
         async fn begin_idempotent(&mut self, _: Option<Duration>) -> QueryResult<()> {
             self.spawn_blocking(|conn| conn.begin_idempotent()).await
         }
