@@ -41,6 +41,15 @@
 //!   again.
 //! - `GET /payments` lists every payment, `GET /payments/{id}` shows one,
 //!   `GET /healthz` answers `{"status":"ok"}`.
+//! - `GET /metrics` answers the library's metrics in the Prometheus text
+//!   format: `idempotency_requests_total{function="payments.create",
+//!   backend=..,outcome=..}` counts the calls by outcome (`executed`,
+//!   `replayed`, `in_flight`, `mismatch`, ..), and
+//!   `idempotency_duration_seconds` is a histogram of each phase.
+//!
+//! Logs go to stderr through `tracing-subscriber`, filtered by `RUST_LOG`
+//! (default `info`; `RUST_LOG=diesel_idempotent=debug,idempotent_core=debug`
+//! adds a line per idempotent call with its outcome).
 //!
 //! Both backends run the same handlers: they are generic over
 //! [`PaymentsConnection`], which `payments_connection!` implements for each
@@ -50,7 +59,7 @@
 //! start or stopped on an error, 2 for invalid flags.
 
 use std::future::Future;
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::ops::DerefMut;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -71,8 +80,10 @@ use diesel_async::pooled_connection::deadpool::{BuildError, Object, Pool, PoolEr
 use diesel_async::pooled_connection::{AsyncDieselConnectionManager, ManagerConfig};
 use diesel_async::sync_connection_wrapper::SyncConnectionWrapper;
 use diesel_idempotent::axum::{IdempotencyKey, Json, Problem, Reply};
-use diesel_idempotent::{AsyncIdempotentConnection, idempotent};
+use diesel_idempotent::{AsyncIdempotentConnection, idempotent, telemetry};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::{Deserialize, Serialize};
+use tracing_subscriber::EnvFilter;
 
 /// SQLite behind diesel-async's async interface.
 type AsyncSqlite = SyncConnectionWrapper<SqliteConnection>;
@@ -383,14 +394,9 @@ impl IntoResponse for ApiError {
             ApiError::Path(rejection) => Problem::from(rejection).into_response(),
             // The library answers its own errors: 400, 409, 422, or a 500
             // that says nothing internal.
-            ApiError::Idempotency(error) => {
-                if Problem::from(&error).status_code().is_server_error() {
-                    eprintln!("error: {error}");
-                }
-                error.into_response()
-            }
+            ApiError::Idempotency(error) => error.into_response(),
             ApiError::Database(_) | ApiError::Pool(_) | ApiError::InjectedFailure { .. } => {
-                eprintln!("error: {self}");
+                tracing::error!(error = %self, "request failed");
                 Problem::internal().into_response()
             }
         }
@@ -448,6 +454,7 @@ async fn create_payment<C: PaymentsConnection>(
 struct App<C: PaymentsConnection> {
     pool: C::Pool,
     faults: Arc<Faults>,
+    metrics: PrometheusHandle,
 }
 
 impl<C: PaymentsConnection> Clone for App<C> {
@@ -455,6 +462,7 @@ impl<C: PaymentsConnection> Clone for App<C> {
         App {
             pool: self.pool.clone(),
             faults: Arc::clone(&self.faults),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -499,6 +507,43 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(serde_json::json!({ "status": "ok" }))
 }
 
+/// `GET /metrics`: every metric recorded so far, in the Prometheus text
+/// format.
+async fn metrics<C: PaymentsConnection>(State(app): State<App<C>>) -> impl IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(),
+    )
+}
+
+/// Installs the Prometheus recorder that `GET /metrics` renders, with
+/// buckets for the phase durations (from 0.5 ms to 10 s), and keeps its
+/// histograms in shape (the recorder's upkeep) every 5 seconds.
+fn install_metrics() -> Result<PrometheusHandle, StartError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(telemetry::DURATION_SECONDS.to_owned()),
+            &[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ],
+        )
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(StartError::Metrics)?;
+    telemetry::describe_metrics();
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            every.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    Ok(handle)
+}
+
 async fn no_route(uri: Uri) -> Problem {
     not_found(format!("there is nothing at {}", uri.path()))
 }
@@ -517,6 +562,7 @@ fn router<C: PaymentsConnection>(app: App<C>) -> Router {
         .route("/payments", post(create::<C>).get(list::<C>))
         .route("/payments/{id}", get(show::<C>))
         .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics::<C>))
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(app)
@@ -586,6 +632,8 @@ enum StartError {
         address: String,
         source: std::io::Error,
     },
+    #[error("could not install the metrics recorder: {0}")]
+    Metrics(metrics_exporter_prometheus::BuildError),
     #[error("the server stopped on an error: {0}")]
     Serve(std::io::Error),
 }
@@ -619,7 +667,7 @@ impl Database {
                 .tempdir()
                 .map_err(StartError::TempDir)?;
             let path = directory.path().join("payments.sqlite3");
-            eprintln!(
+            tracing::info!(
                 "database: {} (a fresh SQLite file, removed at exit)",
                 path.display()
             );
@@ -631,7 +679,7 @@ impl Database {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             #[cfg(feature = "postgres")]
             {
-                eprintln!("database: PostgreSQL (--database-url)");
+                tracing::info!("database: PostgreSQL (--database-url)");
                 return Ok(Database::Postgres(url.to_owned()));
             }
             #[cfg(not(feature = "postgres"))]
@@ -648,7 +696,7 @@ impl Database {
                  nor a postgres:// URL"
             )));
         }
-        eprintln!("database: {path} (SQLite)");
+        tracing::info!("database: {path} (SQLite)");
         Ok(Database::Sqlite {
             path: PathBuf::from(path),
             _temporary: None,
@@ -671,6 +719,7 @@ async fn serve<C: PaymentsConnection>(
     let app = App::<C> {
         pool,
         faults: Arc::new(faults),
+        metrics: install_metrics()?,
     };
 
     let listener = tokio::net::TcpListener::bind(listen)
@@ -718,7 +767,7 @@ async fn shutdown_signal() {
         () = interrupt => {}
         () = terminate => {}
     }
-    eprintln!("shutting down: answering the requests in progress");
+    tracing::info!("shutting down: answering the requests in progress");
 }
 
 async fn run(args: Args) -> Result<(), StartError> {
@@ -747,6 +796,13 @@ async fn run(args: Args) -> Result<(), StartError> {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .init();
     match run(args).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

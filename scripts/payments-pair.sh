@@ -20,7 +20,11 @@
 # The client retries under each payment's idempotency key and exits non-zero
 # unless the server holds every payment exactly once, so the script exits
 # with the first client status that is not 0 (124 when a client ran past 5
-# minutes), or 0.
+# minutes), or 0. After each run the server's `GET /metrics` must agree with
+# the client's summary line: `idempotency_requests_total` of
+# `payments.create` counts `executed` once per payment held, `replayed` once
+# per answer with `Idempotent-Replayed`, `in_flight` once per 409, and every
+# request sent once in all (exit 1 otherwise).
 #
 # Without DATABASE_URL the servers use their embedded SQLite file, started
 # in a fresh temporary directory (also their TMPDIR) that is removed at the
@@ -135,18 +139,53 @@ start_server() {
   log "the server listens on $server_url"
 }
 
-# Runs the client against the running server with the options given, then
-# stops the server; exits with the client's status when it is not 0.
+# Runs the client against the running server with the options given,
+# checks the server's metrics against the client's summary, then stops the
+# server; exits with the client's status when it is not 0.
 run_client() {
   log "payments_client --server $server_url $*"
   local status=0
-  timeout 300 "$bin/payments_client" --server "$server_url" "$@" || status=$?
+  timeout 300 "$bin/payments_client" --server "$server_url" "$@" \
+    | tee "$workdir/client.out" || status=${PIPESTATUS[0]}
+  if [ "$status" -eq 0 ]; then
+    check_metrics "$(tail -n 1 "$workdir/client.out")" || status=1
+  fi
   stop_server
   if [ "$status" -ne 0 ]; then
     log "the client exited with $status; the server's last output:"
     tail -n 40 "$workdir/server.err" >&2
     exit "$status"
   fi
+}
+
+# Compares the server's `idempotency_requests_total` for `payments.create`
+# with the client's summary line (`requested=.. held=.. attempts=..`).
+check_metrics() {
+  python3 - "$server_url/metrics" "$1" <<'PY'
+import re
+import sys
+import urllib.request
+
+url, summary = sys.argv[1], sys.argv[2]
+text = urllib.request.urlopen(url, timeout=30).read().decode()
+counts = {}
+for labels, value in re.findall(r"^idempotency_requests_total\{([^}]*)\} (\S+)$", text, re.M):
+    labels = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+    if labels.get("function") == "payments.create":
+        counts[labels["outcome"]] = counts.get(labels["outcome"], 0) + int(float(value))
+client = dict(field.split("=", 1) for field in summary.split())
+expected = [
+    ("executed", counts.get("executed", 0), "held", int(client["held"])),
+    ("replayed", counts.get("replayed", 0), "replays", int(client["replays"])),
+    ("in_flight", counts.get("in_flight", 0), "conflicts", int(client["conflicts"])),
+    ("all outcomes", sum(counts.values()), "attempts", int(client["attempts"])),
+]
+print("== metrics: " + " ".join(f"{k}={v}" for k, v in sorted(counts.items())), file=sys.stderr)
+wrong = [f"{name} {got} != {field} {want}" for name, got, field, want in expected if got != want]
+if wrong:
+    print("== FAILED: the server's metrics disagree with the client: " + "; ".join(wrong), file=sys.stderr)
+    sys.exit(1)
+PY
 }
 
 log "cargo build --all-features --example payments_server --example payments_client"
@@ -161,6 +200,40 @@ if [ -n "$database_url" ]; then
 else
   log "database: the server's embedded SQLite file, in $workdir"
 fi
+
+log "run 0: one payment and one retry of it: GET /metrics counts executed 1, replayed 1"
+start_server
+python3 - "$server_url" <<'PY' || { stop_server; tail -n 40 "$workdir/server.err" >&2; exit 1; }
+import json
+import re
+import sys
+import urllib.request
+import uuid
+
+server = sys.argv[1]
+key = str(uuid.uuid4())
+body = json.dumps({"amount_cents": 4200, "currency": "BRL", "recipient": "ada@example.com"}).encode()
+answers = []
+for _ in range(2):
+    request = urllib.request.Request(
+        server + "/payments", data=body, method="POST",
+        headers={"Idempotency-Key": key, "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        answers.append((response.status, response.headers.get("Idempotent-Replayed"), response.read()))
+assert [a[:2] for a in answers] == [(201, None), (201, "true")], answers
+assert answers[0][2] == answers[1][2], answers
+text = urllib.request.urlopen(server + "/metrics", timeout=30).read().decode()
+lines = sorted(l for l in text.splitlines() if l.startswith("idempotency_requests_total{"))
+print("== " + "; ".join(lines), file=sys.stderr)
+want = {"executed": 1, "replayed": 1}
+for outcome, count in want.items():
+    pattern = r'^idempotency_requests_total\{[^}]*function="payments\.create"[^}]*outcome="%s"[^}]*\} (\S+)$' % outcome
+    found = re.findall(pattern, text, re.M)
+    assert found and int(float(found[0])) == count, (outcome, found, text)
+assert len(lines) == 2, lines
+PY
+stop_server
 
 log "run 1: 500 on a fifth of first attempts, a fifth of the 201 answers lost"
 start_server --fail-rate 0.2
