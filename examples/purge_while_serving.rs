@@ -60,8 +60,8 @@
 //! or the insert again): every statement of the call that can wait for the
 //! purge. The whole call (the body's INSERT, the result's UPDATE and the
 //! `COMMIT` added) is reported too. For each phase the tool prints the
-//! calls and the p50, p99 and maximum of both, for all calls and for each
-//! kind of key; for the purge its rows, duration, rows per second and its
+//! calls, the claims over 50 ms, and the p50, p99 and maximum of both, for
+//! all calls and for each kind of key; for the purge its rows, duration, rows per second and its
 //! batches' p50, p99 and longest.
 //!
 //! ## The criterion
@@ -94,9 +94,10 @@
 //! calls_base=.. calls_purge=.. p50_base_ms=.. p99_base_ms=.. max_base_ms=..
 //! p50_purge_ms=.. p99_purge_ms=.. max_purge_ms=.. call_p99_base_ms=..
 //! call_p99_purge_ms=.. front_p99_base_ms=.. front_p99_purge_ms=..
-//! front_max_base_ms=.. front_max_purge_ms=.. verdict=ok|fail` (claim
-//! latencies unless named `call_`; `front_`: the calls with a key at the
-//! purge's front).
+//! front_max_base_ms=.. front_max_purge_ms=.. over_50ms_base=..
+//! over_50ms_purge=.. verdict=ok|fail` (claim latencies unless named
+//! `call_`; `front_`: the calls with a key at the purge's front;
+//! `over_50ms_`: how many claims took longer than 50 ms).
 //!
 //! Exits with 0 when the criterion and every check hold, 1 when one does
 //! not (or the run failed), 2 on bad arguments.
@@ -598,6 +599,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[derive(Debug, Clone, Copy, Default)]
 struct Spread {
     count: usize,
+    /// How many took longer than [`MAX_WAIT`].
+    over: usize,
     p50: Duration,
     p99: Duration,
     max: Duration,
@@ -608,6 +611,7 @@ impl Spread {
         latencies.sort_unstable();
         Spread {
             count: latencies.len(),
+            over: latencies.iter().filter(|&&l| l > MAX_WAIT).count(),
             p50: percentile(&latencies, 50.0),
             p99: percentile(&latencies, 99.0),
             max: latencies.last().copied().unwrap_or_default(),
@@ -793,10 +797,11 @@ fn report(
         purged.took.as_secs_f64()
     );
     println!(
-        "\n{:<9} {:<26} {:>7} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
+        "\n{:<9} {:<26} {:>7} {:>11} {:>10} {:>10} {:>10} {:>10} {:>10} {:>10}",
         "phase",
         "keys",
         "calls",
+        "claim >50ms",
         "claim p50",
         "claim p99",
         "claim max",
@@ -820,9 +825,10 @@ fn report(
         }
         for (keys, (claim, call)) in rows {
             println!(
-                "{name:<9} {keys:<26} {:>7} {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>8.2}ms \
-                 {:>8.2}ms",
+                "{name:<9} {keys:<26} {:>7} {:>11} {:>8.2}ms {:>8.2}ms {:>8.2}ms {:>8.2}ms \
+                 {:>8.2}ms {:>8.2}ms",
                 claim.count,
+                claim.over,
                 ms(claim.p50),
                 ms(claim.p99),
                 ms(claim.max),
@@ -956,7 +962,7 @@ fn report(
          p99_base_ms={:.2} max_base_ms={:.2} p50_purge_ms={:.2} p99_purge_ms={:.2} \
          max_purge_ms={:.2} call_p99_base_ms={:.2} call_p99_purge_ms={:.2} \
          front_p99_base_ms={:.2} front_p99_purge_ms={:.2} front_max_base_ms={:.2} \
-         front_max_purge_ms={:.2} verdict={}",
+         front_max_purge_ms={:.2} over_50ms_base={} over_50ms_purge={} verdict={}",
         opts.records,
         opts.clients,
         opts.batch,
@@ -975,6 +981,8 @@ fn report(
         ms(front_during.p99),
         ms(front_base.max),
         ms(front_during.max),
+        base.over,
+        during.over,
         if failures.is_empty() { "ok" } else { "fail" }
     );
     Ok(Verdict { summary, failures })
