@@ -1,6 +1,7 @@
 //! Purging while serving, on PostgreSQL: `diesel_idempotent::purge_expired`
 //! deletes a million expired records while clients keep making
-//! `#[idempotent]` calls, and no call waits more than 50 ms on the purge.
+//! `#[idempotent]` calls; the tool checks that no call waits more than
+//! 50 ms on the purge, and that every call ran its body exactly once.
 //!
 //! ```text
 //! cargo run --release --features postgres --example purge_while_serving -- [OPTIONS]
@@ -25,9 +26,10 @@
 //!    (`diesel_idempotent::migrate`), creates the body's table
 //!    `purge_payments`, inserts N expired records of the function's
 //!    namespace with one `INSERT .. SELECT generate_series` (keys
-//!    `expired-0`, `expired-1`, ..., expired a day or more ago, in key
-//!    order), and runs `VACUUM ANALYZE` so that no autovacuum of the load
-//!    lands in the baseline.
+//!    `expired-0`, `expired-1`, ..., which expired from two days ago on,
+//!    one millisecond apart, so the purge's order is the keys' order), and
+//!    runs `VACUUM ANALYZE` so that no autovacuum of the load lands in the
+//!    baseline.
 //! 2. **Clients**: each thread makes `pay` calls back to back on its own
 //!    `PgConnection`. `pay` is `#[idempotent(key = key, name = "purge.pay",
 //!    ttl = "1h")]` with the default claim-first mode and
