@@ -18,13 +18,17 @@
 #    once with `--async` (tokio tasks on a diesel-async deadpool pool), and
 #    the same path's statements with pgbench and 16 clients next to the
 #    body's: the throughput floor.
+# 4. Runs `examples/purge_while_serving.rs`: `purge_expired` deletes
+#    1,000,000 expired records (50,000 with --quick) while 8 clients keep
+#    making calls, and the claim latency with and without the purge, in
+#    the same run, must not differ by more than 50 ms (p99 and maximum).
 #
 # It prints one markdown table (path, statements, floor ratio, library
 # ratio, async library ratio, library / floor, target, met or missed), then
-# the load figures, and saves them to $CARGO_TARGET_DIR/bench-report.md
-# (target/bench-report.md by default). Everything runs on the same server
-# in the same run; absolute times are this machine's, the ratios are the
-# result.
+# the load figures and the purge's, and saves them to
+# $CARGO_TARGET_DIR/bench-report.md (target/bench-report.md by default).
+# Everything runs on the same server in the same run; absolute times are
+# this machine's, the ratios are the result.
 #
 # The server: a throwaway PostgreSQL started the way scripts/test.sh starts
 # it (loopback TCP, fsync=off, synchronous_commit=off, as the `postgres`
@@ -43,10 +47,12 @@
 #   --no-pin  no CPU pinning (see above); always so with DIESEL_IDEMPOTENT_PG_URL
 #   --quick   the short run for CI: pgbench 3 s per script, Criterion
 #             `--warm-up-time 1 --measurement-time 2` with 10 samples and no
-#             purge, 2000 calls per load run (about 4 minutes, build aside)
+#             purge case, 2000 calls per load run, 50,000 records purged
+#             while serving (about 4 minutes, build aside)
 #   (none)    the long run: pgbench 10 s per script, three Criterion runs
 #             of each bench with their defaults (20 samples, 1 s warm-up,
-#             3 s measurement), 16000 calls per load run (about 14 minutes)
+#             3 s measurement), 16000 calls per load run, 1,000,000 records
+#             purged while serving (about 16 minutes)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -74,15 +80,20 @@ if [ "$quick" -eq 1 ]; then
   criterion_args=(--warm-up-time 1 --measurement-time 2)
   criterion_runs=1
   load_count=2000
+  purge_records=50000
+  purge_baseline=5s
   export DIESEL_IDEMPOTENT_BENCH_QUICK=1
 else
   pgbench_secs=10
   criterion_args=()
   criterion_runs=3
   load_count=16000
+  purge_records=1000000
+  purge_baseline=30s
   unset DIESEL_IDEMPOTENT_BENCH_QUICK
 fi
 load_clients=16
+purge_clients=8
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 mkdir -p "$target_dir"
@@ -104,7 +115,7 @@ fi
 bindir=$(pg_bindir "${server_tools[@]}") || { log "no PostgreSQL with ${server_tools[*]} found"; exit 1; }
 
 # Build first: a compile error should not wait for a server.
-log "cargo build (the overhead benches and the load tool, release)"
+log "cargo build (the overhead benches, the load tool and the purge-while-serving tool, release)"
 # DIESEL_IDEMPOTENT_BENCH_ALL_FEATURES=1 builds with every feature, as
 # scripts/test.sh's `cargo bench --no-run --all-features` already did (its
 # quick run reuses that build); by default only PostgreSQL's and `async`,
@@ -115,8 +126,9 @@ else
   features=(--features postgres,async)
 fi
 cargo bench "${features[@]}" --bench overhead --bench async_overhead --no-run
-cargo build --release "${features[@]}" --example idempotent_load
+cargo build --release "${features[@]}" --example idempotent_load --example purge_while_serving
 load_tool="$target_dir/release/examples/idempotent_load"
+purge_tool="$target_dir/release/examples/purge_while_serving"
 
 work=$(mktemp -d /tmp/diesel-idempotent-bench.XXXXXX)
 chmod 755 "$work"
@@ -262,6 +274,14 @@ for load in "${loads[@]}"; do
     cat "$work/load.txt"
   } >>"$work/loads.txt"
 done
+
+# --- 4. Purging while serving ---------------------------------------------
+purge_db="bench_purge_$$"
+log "purge while serving: $purge_records expired records, $purge_clients clients, baseline $purge_baseline"
+purge_rc=0
+"$purge_tool" --database-url "$(database_url "$admin_url" "$purge_db")" --records "$purge_records" \
+  --clients "$purge_clients" --baseline "$purge_baseline" >"$work/purge.txt" 2>&1 || purge_rc=$?
+echo "$purge_rc" >"$work/purge.rc"
 
 # --- The report -----------------------------------------------------------
 machine="$(nproc) CPUs, $(uname -m), PostgreSQL $server_version, $(rustc --version 2>/dev/null || echo rustc)"
@@ -422,6 +442,47 @@ for block in text.split("@@ ")[1:]:
         f"{ratios.group(2) + '×' if ratios else 'n/a'} | "
         f"{ratios.group(3) + '×' if ratios else 'n/a'} | {replays.group(1) if replays else 'n/a'} | {once} | "
         f"≥ {goal:g}× | {'met' if ok else '**missed**'} |")
+say("")
+
+# Purging while serving.
+text = open(f"{work}/purge.txt").read()
+rc = open(f"{work}/purge.rc").read().strip()
+fields = {}
+for line in text.splitlines():
+    if line.startswith("records="):
+        fields = dict(f.split("=", 1) for f in line.split() if "=" in f)
+say(f"### Purging while serving: {fields.get('records', '?')} expired records, "
+    f"{fields.get('clients', '?')} clients, batch {fields.get('batch', '?')}")
+say("")
+say("`examples/purge_while_serving.rs`: claim = a call until its body starts (BEGIN, fingerprint, "
+    "claim); call = the whole call; 10% of calls reuse an expired record's key, half of them "
+    "at the purge's front. Baseline and purge in the same run, same clients.")
+say("")
+if fields.get("verdict") in ("ok", "fail"):
+    field = lambda name: fields.get(name, "n/a")
+    say("| phase | calls | claim p50 | claim p99 | claim max | front keys' claim p99 / max | call p99 |")
+    say("|---|---|---|---|---|---|---|")
+    for label, tag in (("baseline", "base"), ("during the purge", "purge")):
+        say(f"| {label} | {field(f'calls_{tag}')} | {field(f'p50_{tag}_ms')} ms | "
+            f"{field(f'p99_{tag}_ms')} ms | {field(f'max_{tag}_ms')} ms | "
+            f"{field(f'front_p99_{tag}_ms')} / {field(f'front_max_{tag}_ms')} ms | "
+            f"{field(f'call_p99_{tag}_ms')} ms |")
+    say("")
+    def added(name):
+        try:
+            return f"{float(fields[name + '_purge_ms']) - float(fields[name + '_base_ms']):+.2f} ms"
+        except (KeyError, ValueError):
+            return "n/a"
+    verdict = "met" if fields["verdict"] == "ok" and rc == "0" else "**missed**"
+    say(f"Purge: {field('purge_s')} s, {field('rows_per_s')} rows/s, longest batch "
+        f"{field('longest_batch_ms')} ms. Claim p99 {added('p99')}, max {added('max')} "
+        f"during the purge; target ≤ +50 ms each, every body exactly once: {verdict}.")
+else:
+    say(f"**FAILED** (exit {rc}):")
+    say("")
+    say("```")
+    say("\n".join(text.splitlines()[-20:]))
+    say("```")
 say("")
 print("\n".join(out))
 PY
