@@ -122,7 +122,10 @@
 //! Create the record table with
 //! [`migrate`], or write Diesel CLI migration folders with
 //! `diesel-idempotent migrations --backend postgres --dir migrations`
-//! (or [`migrations::write_diesel_cli_migrations`]).
+//! (or [`migrations::write_diesel_cli_migrations`]). Look records up,
+//! forget one, count and purge them with `diesel-idempotent inspect`,
+//! `forget`, `stats` and `purge --database-url URL`, or from code with
+//! [`admin`].
 #![warn(missing_docs)]
 
 /// Makes a function that takes a Diesel connection idempotent.
@@ -155,6 +158,44 @@ pub mod axum {
 /// library records with is re-exported here, as `telemetry::metrics`).
 pub mod telemetry {
     pub use idempotent_core::telemetry::*;
+}
+
+/// Operator tools for the record table: find, list, forget, count and
+/// purge records (what the `diesel-idempotent` command's `inspect`,
+/// `forget`, `stats` and `purge` run). Blocking connections only; see
+/// [`admin::forget`] before forgetting anything.
+///
+/// ```
+/// use diesel::prelude::*;
+/// use diesel_idempotent::admin::{self, RecordState};
+/// use diesel_idempotent::idempotent;
+///
+/// #[idempotent(key = key, ttl = "1h", name = "orders.create")]
+/// fn create_order(conn: &mut SqliteConnection, key: &str, amount: i64)
+///     -> Result<i64, diesel_idempotent::Error>
+/// {
+///     Ok(amount)
+/// }
+///
+/// # fn main() -> Result<(), diesel_idempotent::Error> {
+/// let mut conn = SqliteConnection::establish(":memory:").expect("in-memory SQLite");
+/// diesel_idempotent::migrate(&mut conn)?;
+/// create_order(&mut conn, "order-1", 250)?;
+///
+/// let record = admin::find(&mut conn, "orders.create", "", "order-1")?.expect("stored");
+/// assert_eq!(record.response.as_deref(), Some("250"));
+/// let recent = admin::list(&mut conn, "orders.create", RecordState::Completed, 20)?;
+/// assert_eq!(recent, [record]);
+/// let stats = admin::stats(&mut conn)?;
+/// assert_eq!((stats[0].live, stats[0].in_flight, stats[0].expired), (1, 0, 0));
+///
+/// // Dangerous: the next call with this key runs the body again.
+/// assert!(admin::forget(&mut conn, "orders.create", "", "order-1")?);
+/// assert!(admin::find(&mut conn, "orders.create", "", "order-1")?.is_none());
+/// # Ok(()) }
+/// ```
+pub mod admin {
+    pub use idempotent_core::admin::*;
 }
 
 /// The record table's migrations: embedded, and written as Diesel CLI folders.

@@ -5,6 +5,7 @@
 #![warn(missing_docs)]
 #![warn(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod admin;
 pub mod clock;
 mod error;
 mod fingerprint;
@@ -59,21 +60,19 @@ pub fn purge_expired<C: IdempotentConnection>(
     purge_expired_with_clock(conn, batch_size, &SystemClock)
 }
 
-/// [`purge_expired`] with the time taken from `clock`.
+/// [`purge_expired`] with the time taken from `clock`, once: a record that
+/// expires while the purge runs is left for the next one.
+///
+/// Each batch is [`admin::purge_batch`].
 pub fn purge_expired_with_clock<C: IdempotentConnection>(
     conn: &mut C,
     batch_size: usize,
     clock: &dyn Clock,
 ) -> Result<usize, Error> {
-    let limit = match i64::try_from(batch_size) {
-        Ok(limit) if limit > 0 => limit,
-        _ => return Err(Error::InvalidBatchSize),
-    };
-    let now = clock.now().naive_utc();
+    let now = clock.now();
     let mut total = 0usize;
     loop {
-        let deleted = conn.purge_batch(now, limit)?;
-        telemetry::purged(C::DB_SYSTEM, deleted);
+        let deleted = admin::purge_batch(conn, now, batch_size)?;
         total = total.saturating_add(deleted);
         if deleted < batch_size {
             return Ok(total);

@@ -1,6 +1,6 @@
 //! The record table and its row type.
 
-use chrono::NaiveDateTime;
+use chrono::{DateTime, NaiveDateTime, Utc};
 use diesel::prelude::*;
 
 diesel::table! {
@@ -44,6 +44,21 @@ pub struct IdempotencyRecord {
     pub created_at: NaiveDateTime,
     /// When the record expires (UTC).
     pub expires_at: NaiveDateTime,
+}
+
+impl IdempotencyRecord {
+    /// Whether the first call has not stored its result: its transaction
+    /// is still open (only that transaction sees such a record), or the row
+    /// was written outside the library.
+    pub fn is_in_flight(&self) -> bool {
+        self.response.is_none()
+    }
+
+    /// Whether the record no longer answers for its key at `now`: its
+    /// `expires_at` is `now` or earlier, as a call judges it.
+    pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.expires_at <= now.naive_utc()
+    }
 }
 
 /// The primary key of a record.

@@ -2,6 +2,7 @@
 //! [`Backend`], and instantiated per backend with `conformance!`.
 #![allow(dead_code)]
 
+pub mod admin;
 #[cfg(feature = "async")]
 pub mod async_backends;
 #[cfg(feature = "async")]
@@ -247,6 +248,7 @@ macro_rules! conformance {
         $crate::hardening_tests!($flavour $backend);
         $crate::modes_tests!($flavour $backend);
         $crate::terminal_tests!($flavour $backend);
+        $crate::admin_tests!($flavour $backend);
     };
     // One test function per name, calling the test of that name in
     // `common::$module::$flavour`.

@@ -2,8 +2,9 @@
 //!
 //! [`IdempotentConnection`] is implemented for each enabled backend's Diesel
 //! connection. Its methods are the few statements the patterns need (claim,
-//! load, take over an expired record, complete, purge); the decisions made
-//! from their answers live once, in [`crate::pattern`].
+//! load, take over an expired record, complete, purge) and those of the
+//! operator tools in [`crate::admin`]; the decisions made from their answers
+//! live once, in [`crate::pattern`].
 
 // Without a backend there is nothing to implement the statements for.
 #![cfg_attr(
@@ -20,7 +21,8 @@ use diesel::serialize::ToSql;
 use diesel::sql_types::{HasSqlType, Nullable, Text, Timestamp};
 use diesel::{QueryResult, RunQueryDsl};
 
-use crate::record::{NewRecord, RecordId};
+use crate::admin::RecordState;
+use crate::record::{IdempotencyRecord, NewRecord, RecordId};
 
 pub(crate) mod driver;
 #[cfg(feature = "mysql")]
@@ -193,6 +195,51 @@ pub trait IdempotentConnection:
     /// Deletes at most `limit` records expired at or before `now`.
     #[doc(hidden)]
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize>;
+
+    /// The record with this id, every column, expired or not (see
+    /// [`admin_statements`] for this and the operator statements below).
+    #[doc(hidden)]
+    fn find_record(&mut self, id: RecordId<'_>) -> QueryResult<Option<IdempotencyRecord>>;
+
+    /// At most `limit` records of `namespace` in `state` that have not
+    /// expired at `now`: in flight oldest first, completed newest first.
+    #[doc(hidden)]
+    fn list_records(
+        &mut self,
+        namespace: &str,
+        state: RecordState,
+        now: NaiveDateTime,
+        limit: i64,
+    ) -> QueryResult<Vec<IdempotencyRecord>>;
+
+    /// Deletes the record with this id; returns the rows deleted.
+    #[doc(hidden)]
+    fn forget_record(&mut self, id: RecordId<'_>) -> QueryResult<usize>;
+
+    /// How many records of each namespace `tally` counts at `now`, by
+    /// namespace; namespaces without one are left out.
+    #[doc(hidden)]
+    fn tally_records(
+        &mut self,
+        tally: Tally,
+        now: NaiveDateTime,
+    ) -> QueryResult<Vec<(String, i64)>>;
+
+    /// How many records have expired at `now`.
+    #[doc(hidden)]
+    fn count_expired_records(&mut self, now: NaiveDateTime) -> QueryResult<i64>;
+}
+
+/// Which records [`IdempotentConnection::tally_records`] counts.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tally {
+    /// Not expired.
+    Live,
+    /// Not expired, and without a stored result.
+    InFlight,
+    /// Expired.
+    Expired,
 }
 
 /// How a guarded transaction ended without a value.
@@ -514,6 +561,106 @@ macro_rules! record_statements {
 }
 #[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
 pub(crate) use record_statements;
+
+/// The operator statements of [`crate::admin`], the same in every dialect:
+/// Diesel's query DSL on [`crate::idempotency_records`] writes each
+/// dialect's SQL (it quotes `key`, which MySQL reserves). Expanded in each
+/// blocking impl as `admin_statements!()`.
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+macro_rules! admin_statements {
+    () => {
+        fn find_record(
+            &mut self,
+            id: $crate::record::RecordId<'_>,
+        ) -> ::diesel::QueryResult<Option<$crate::record::IdempotencyRecord>> {
+            use ::diesel::prelude::*;
+            use $crate::record::idempotency_records::dsl as r;
+            r::idempotency_records
+                .find((id.namespace, id.scope, id.key))
+                .select($crate::record::IdempotencyRecord::as_select())
+                .get_result(self)
+                .optional()
+        }
+
+        fn list_records(
+            &mut self,
+            namespace: &str,
+            state: $crate::admin::RecordState,
+            now: ::chrono::NaiveDateTime,
+            limit: i64,
+        ) -> ::diesel::QueryResult<Vec<$crate::record::IdempotencyRecord>> {
+            use ::diesel::prelude::*;
+            use $crate::admin::RecordState;
+            use $crate::record::idempotency_records::dsl as r;
+            let live = r::idempotency_records
+                .filter(r::namespace.eq(namespace))
+                .filter(r::expires_at.gt(now))
+                .select($crate::record::IdempotencyRecord::as_select())
+                .limit(limit)
+                .into_boxed::<<Self as ::diesel::Connection>::Backend>();
+            match state {
+                RecordState::InFlight => live.filter(r::response.is_null()).order((
+                    r::created_at.asc(),
+                    r::scope.asc(),
+                    r::key.asc(),
+                )),
+                RecordState::Completed => live.filter(r::response.is_not_null()).order((
+                    r::created_at.desc(),
+                    r::scope.asc(),
+                    r::key.asc(),
+                )),
+            }
+            .load(self)
+        }
+
+        fn forget_record(
+            &mut self,
+            id: $crate::record::RecordId<'_>,
+        ) -> ::diesel::QueryResult<usize> {
+            use ::diesel::prelude::*;
+            use $crate::record::idempotency_records::dsl as r;
+            ::diesel::delete(r::idempotency_records.find((id.namespace, id.scope, id.key)))
+                .execute(self)
+        }
+
+        fn tally_records(
+            &mut self,
+            tally: $crate::store::Tally,
+            now: ::chrono::NaiveDateTime,
+        ) -> ::diesel::QueryResult<Vec<(String, i64)>> {
+            use ::diesel::prelude::*;
+            use $crate::record::idempotency_records::dsl as r;
+            use $crate::store::Tally;
+            let per_namespace = r::idempotency_records
+                .group_by(r::namespace)
+                .select((r::namespace, ::diesel::dsl::count_star()))
+                .order(r::namespace.asc())
+                .into_boxed::<<Self as ::diesel::Connection>::Backend>();
+            match tally {
+                Tally::Live => per_namespace.filter(r::expires_at.gt(now)),
+                Tally::InFlight => per_namespace
+                    .filter(r::expires_at.gt(now))
+                    .filter(r::response.is_null()),
+                Tally::Expired => per_namespace.filter(r::expires_at.le(now)),
+            }
+            .load(self)
+        }
+
+        fn count_expired_records(
+            &mut self,
+            now: ::chrono::NaiveDateTime,
+        ) -> ::diesel::QueryResult<i64> {
+            use ::diesel::prelude::*;
+            use $crate::record::idempotency_records::dsl as r;
+            r::idempotency_records
+                .filter(r::expires_at.le(now))
+                .count()
+                .get_result(self)
+        }
+    };
+}
+#[cfg(any(feature = "sqlite", feature = "postgres", feature = "mysql"))]
+pub(crate) use admin_statements;
 
 /// The claim of the dialects without a statement that also loads: the
 /// insert and, when it found the key taken, a load. Both drivers, as

@@ -161,6 +161,7 @@ impl IdempotentConnection for MysqlConnection {
 
     mysql_statements!([] [] [::diesel::RunQueryDsl], IdempotentConnection);
     super::migrate_statement!(MIGRATIONS);
+    super::admin_statements!();
 
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize> {
         diesel::sql_query(

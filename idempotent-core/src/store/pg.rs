@@ -233,6 +233,7 @@ impl IdempotentConnection for PgConnection {
 
     pg_statements!([] [] [::diesel::RunQueryDsl], IdempotentConnection);
     super::migrate_statement!(MIGRATIONS);
+    super::admin_statements!();
 
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize> {
         // The outer `expires_at` test matters: a row renewed by a concurrent

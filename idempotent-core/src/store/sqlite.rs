@@ -100,6 +100,7 @@ impl IdempotentConnection for SqliteConnection {
     super::claim_then_load!([] [] [::diesel::RunQueryDsl], IdempotentConnection);
     super::record_statements!([] [] [::diesel::RunQueryDsl], load: Load);
     super::migrate_statement!(MIGRATIONS);
+    super::admin_statements!();
 
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize> {
         diesel::sql_query(
