@@ -22,8 +22,9 @@
 # with the first client status that is not 0 (124 when a client ran past 5
 # minutes), or 0. After each run the server's `GET /metrics` must agree with
 # the client's summary line: `idempotency_requests_total` of
-# `payments.create` counts `executed` once per payment held, `replayed` once
-# per answer with `Idempotent-Replayed`, `in_flight` once per 409, and every
+# `payments.create` (labelled with the run's backend, `sqlite` or
+# `postgresql`) counts `executed` once per payment held, `replayed` once per
+# answer with `Idempotent-Replayed`, `in_flight` once per 409, and every
 # request sent once in all (exit 1 otherwise).
 #
 # Without DATABASE_URL the servers use their embedded SQLite file, started
@@ -161,17 +162,22 @@ run_client() {
 # Compares the server's `idempotency_requests_total` for `payments.create`
 # with the client's summary line (`requested=.. held=.. attempts=..`).
 check_metrics() {
-  python3 - "$server_url/metrics" "$1" <<'PY'
+  local backend=sqlite
+  case "$database_url" in postgres://* | postgresql://*) backend=postgresql ;; esac
+  python3 - "$server_url/metrics" "$1" "$backend" <<'PY'
 import re
 import sys
 import urllib.request
 
-url, summary = sys.argv[1], sys.argv[2]
+url, summary, backend = sys.argv[1], sys.argv[2], sys.argv[3]
 text = urllib.request.urlopen(url, timeout=30).read().decode()
 counts = {}
 for labels, value in re.findall(r"^idempotency_requests_total\{([^}]*)\} (\S+)$", text, re.M):
     labels = dict(re.findall(r'(\w+)="([^"]*)"', labels))
     if labels.get("function") == "payments.create":
+        if labels.get("backend") != backend:
+            print(f"== FAILED: backend={labels.get('backend')!r}, expected {backend!r}", file=sys.stderr)
+            sys.exit(1)
         counts[labels["outcome"]] = counts.get(labels["outcome"], 0) + int(float(value))
 client = dict(field.split("=", 1) for field in summary.split())
 expected = [
