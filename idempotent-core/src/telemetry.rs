@@ -239,15 +239,11 @@ impl<'a> Telemetry<'a> {
         }
     }
 
-    /// `future`, inside the call's span each time it is polled.
-    pub(crate) fn instrument<F: Future>(&self, future: F) -> impl Future<Output = F::Output> {
-        #[cfg(feature = "tracing")]
-        {
-            tracing::Instrument::instrument(future, self.span.clone())
-        }
-        #[cfg(not(feature = "tracing"))]
-        {
-            future
+    /// The call's span, to attach to the call's future.
+    pub(crate) fn traced(&self) -> Traced {
+        Traced {
+            #[cfg(feature = "tracing")]
+            span: self.span.clone(),
         }
     }
 
@@ -269,6 +265,34 @@ impl<'a> Telemetry<'a> {
         spans::finish(&self.span, ending);
         #[cfg(feature = "metrics")]
         self.timings.finish(ending.outcome);
+    }
+}
+
+/// A call's span, before it is attached to the call's future.
+pub(crate) struct Traced {
+    #[cfg(feature = "tracing")]
+    span: tracing::Span,
+}
+
+impl Traced {
+    /// `future`, inside the span each time it is polled (`Instrument`):
+    /// never entered across an `.await`.
+    ///
+    /// The future is boxed first. `Instrumented` adds levels to the
+    /// future's type, and a call made inside another call's body nests its
+    /// whole future in the outer one's: the box (one allocation per call,
+    /// with the `tracing` feature only) keeps the outer future's type as
+    /// deep as it is without the feature, within rustc's recursion limit
+    /// for computing a type's layout.
+    pub(crate) fn wrap<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        #[cfg(feature = "tracing")]
+        {
+            tracing::Instrument::instrument(Box::pin(future), self.span)
+        }
+        #[cfg(not(feature = "tracing"))]
+        {
+            future
+        }
     }
 }
 

@@ -155,13 +155,15 @@ where
     get_or_create_with(namespace, &mut NonBlocking::new(conn, None), lookup, create).await
 }
 
-/// The procedure, once for both drivers, inside the call's span.
-async fn get_or_create_with<D, T, E, L, B>(
-    namespace: &str,
-    conn: &mut D,
+/// The procedure, once for both drivers, inside the call's span: not an
+/// `async fn`, so that the span's wrapper is the only level it adds to the
+/// future.
+fn get_or_create_with<'c, D, T, E, L, B>(
+    namespace: &'c str,
+    conn: &'c mut D,
     lookup: L,
     create: B,
-) -> Result<T, E>
+) -> impl Future<Output = Result<T, E>> + use<'c, D, T, E, L, B>
 where
     D: Driver,
     E: From<DieselError> + UniqueViolation,
@@ -169,20 +171,17 @@ where
     B: AsyncFnOnce(&mut D::Conn) -> Result<T, E>,
 {
     let telemetry = Telemetry::start(Pattern::GetOrCreate, namespace, "", "", D::DB_SYSTEM);
-    let (answer, ending) = telemetry
-        .instrument(find_or_create(conn, lookup, create, &telemetry))
-        .await;
-    telemetry.finish(ending);
-    answer
+    let traced = telemetry.traced();
+    traced.wrap(find_or_create(conn, lookup, create, telemetry))
 }
 
-/// The entity, and how the call ended.
+/// The entity; how the call ended is recorded where it is decided.
 async fn find_or_create<D, T, E, L, B>(
     conn: &mut D,
     lookup: L,
     create: B,
-    telemetry: &Telemetry<'_>,
-) -> (Result<T, E>, Ending)
+    telemetry: Telemetry<'_>,
+) -> Result<T, E>
 where
     D: Driver,
     E: From<DieselError> + UniqueViolation,
@@ -190,36 +189,42 @@ where
     B: AsyncFnOnce(&mut D::Conn) -> Result<T, E>,
 {
     let body_failed = |e: E| (Err(e), Ending::body_failed::<E>());
-    match restoring_depth(conn, lookup.clone()).await {
-        Ok(Some(found)) => return (Ok(found), Ending::REPLAYED),
-        Ok(None) => {}
-        Err(e) => return body_failed(e),
-    }
-    telemetry.mark(Mark::BodyStart);
-    let created =
-        guarded_transaction(conn, async move |conn: &mut D| create(conn.conn()).await).await;
-    telemetry.mark(Mark::BodyEnd);
-    match created {
-        Ok(created) => (Ok(created), Ending::EXECUTED),
-        Err(Unwound::Panicked(payload)) => {
-            telemetry.finish(Ending::PANICKED);
-            panic::resume_unwind(payload)
+    let (answer, ending) = 'decided: {
+        match restoring_depth(conn, lookup.clone()).await {
+            Ok(Some(found)) => break 'decided (Ok(found), Ending::REPLAYED),
+            Ok(None) => {}
+            Err(e) => break 'decided body_failed(e),
         }
-        Err(Unwound::Failed(e)) if e.is_unique_violation() => {
-            match restoring_depth(conn, lookup).await {
-                Ok(Some(winner)) => (Ok(winner), Ending::REPLAYED),
-                // Outside a caller's transaction the second lookup saw every
-                // committed row: the violation is another constraint's.
-                Ok(None) if snapshot_may_hide_rows(conn).await => (
-                    Err(E::from(invisible_winner())),
-                    Ending::failed(&crate::Error::Database(invisible_winner())),
-                ),
-                Ok(None) => body_failed(e),
-                Err(e) => body_failed(e),
+        telemetry.mark(Mark::BodyStart);
+        let created =
+            guarded_transaction(conn, async move |conn: &mut D| create(conn.conn()).await).await;
+        telemetry.mark(Mark::BodyEnd);
+        match created {
+            Ok(created) => (Ok(created), Ending::EXECUTED),
+            Err(Unwound::Panicked(payload)) => {
+                telemetry.finish(Ending::PANICKED);
+                panic::resume_unwind(payload)
             }
+            Err(Unwound::Failed(e)) if e.is_unique_violation() => {
+                match restoring_depth(conn, lookup).await {
+                    Ok(Some(winner)) => (Ok(winner), Ending::REPLAYED),
+                    // Outside a caller's transaction the second lookup saw
+                    // every committed row: the violation is another
+                    // constraint's.
+                    Ok(None) if snapshot_may_hide_rows(conn).await => {
+                        let error = crate::Error::Database(invisible_winner());
+                        let ending = Ending::failed(&error);
+                        (Err(E::from(invisible_winner())), ending)
+                    }
+                    Ok(None) => body_failed(e),
+                    Err(e) => body_failed(e),
+                }
+            }
+            Err(Unwound::Failed(e)) => body_failed(e),
         }
-        Err(Unwound::Failed(e)) => body_failed(e),
-    }
+    };
+    telemetry.finish(ending);
+    answer
 }
 
 async fn snapshot_may_hide_rows<D: Driver>(conn: &mut D) -> bool {

@@ -685,8 +685,14 @@ impl<'a> Call<'a> {
         )
     }
 
-    /// The procedure, once for both drivers, inside the call's span.
-    async fn run_with<D, O, E, F>(self, conn: &mut D, body: F) -> Result<O, E>
+    /// The procedure, once for both drivers, inside the call's span: not an
+    /// `async fn`, so that the span's wrapper is the only level it adds to
+    /// the future (see `Traced::wrap`).
+    fn run_with<D, O, E, F>(
+        self,
+        conn: &mut D,
+        body: F,
+    ) -> impl Future<Output = Result<O, E>> + use<'a, '_, D, O, E, F>
     where
         D: Driver,
         O: Response,
@@ -700,81 +706,84 @@ impl<'a> Call<'a> {
             self.key,
             D::DB_SYSTEM,
         );
-        let (answer, ending) = telemetry
-            .instrument(self.answer(conn, body, &telemetry))
-            .await;
-        telemetry.finish(ending);
-        answer
+        let traced = telemetry.traced();
+        traced.wrap(self.answer(conn, body, telemetry))
     }
 
-    /// The call's answer, and how it ended.
+    /// The call's answer; how it ended is recorded where it is decided,
+    /// once, on the span and in the metrics.
     async fn answer<D, O, E, F>(
         self,
         conn: &mut D,
         body: F,
-        telemetry: &Telemetry<'_>,
-    ) -> (Result<O, E>, Ending)
+        telemetry: Telemetry<'a>,
+    ) -> Result<O, E>
     where
         D: Driver,
         O: Response,
         E: From<Error>,
         F: AsyncFnOnce(&mut D::Conn) -> Result<O, E>,
     {
-        let prepared = match self.prepare() {
-            Ok(prepared) => prepared,
-            Err(e) => return failed(e),
-        };
-        if prepared.replay == Replay::ReadFirst {
-            match read_first(conn, &prepared).await {
-                Ok(Some(json)) => return replayed(prepared.replayed(&json)),
-                Ok(None) => {}
-                Err(e) => return failed(e),
-            }
-        }
-        let owns_transaction = match conn.depth() {
-            Ok(depth) => depth == 0,
-            Err(e) => return failed(Error::Database(e)),
-        };
-        let result = match prepared.mode {
-            Mode::ClaimFirst => {
-                claim_first(conn, &prepared, owns_transaction, telemetry, body).await
-            }
-            Mode::Optimistic => optimistic(conn, &prepared, telemetry, body).await,
-        };
-        match result {
-            Ok(out) => (Ok(out), Ending::EXECUTED),
-            // An optimistic call whose body, or the check of its result,
-            // failed: a concurrent duplicate's failure may come from the
-            // first call's committed effects.
-            Err(Unwound::Failed(Failure::Body(e)))
-                if prepared.optimistic_looks_again(owns_transaction) =>
-            {
-                after_error(conn, &prepared, e, Ending::body_failed::<E>()).await
-            }
-            Err(Unwound::Failed(Failure::Result(e)))
-                if prepared.optimistic_looks_again(owns_transaction) =>
-            {
-                let ending = Ending::failed(&e);
-                after_error(conn, &prepared, E::from(e), ending).await
-            }
-            Err(Unwound::Failed(Failure::Claim(e)))
-                if prepared.optimistic_looks_again(owns_transaction) && e.is_aborted_claim() =>
-            {
-                match after_aborted_insert(conn, &prepared, e).await {
-                    Ok(out) => (Ok(out), Ending::REPLAYED),
-                    Err(e) => failed(e),
+        let (answer, ending) = 'decided: {
+            let prepared = match self.prepare() {
+                Ok(prepared) => prepared,
+                Err(e) => break 'decided failed(e),
+            };
+            if prepared.replay == Replay::ReadFirst {
+                match read_first(conn, &prepared).await {
+                    Ok(Some(json)) => break 'decided replayed(prepared.replayed(&json)),
+                    Ok(None) => {}
+                    Err(e) => break 'decided failed(e),
                 }
             }
-            Err(Unwound::Failed(Failure::Body(e))) => (Err(e), Ending::body_failed::<E>()),
-            Err(Unwound::Failed(Failure::Replay(json))) => replayed(prepared.replayed(&json)),
-            Err(Unwound::Failed(Failure::Library(e) | Failure::Claim(e) | Failure::Result(e))) => {
-                failed(e)
+            let owns_transaction = match conn.depth() {
+                Ok(depth) => depth == 0,
+                Err(e) => break 'decided failed(Error::Database(e)),
+            };
+            let result = match prepared.mode {
+                Mode::ClaimFirst => {
+                    claim_first(conn, &prepared, owns_transaction, &telemetry, body).await
+                }
+                Mode::Optimistic => optimistic(conn, &prepared, &telemetry, body).await,
+            };
+            match result {
+                Ok(out) => (Ok(out), Ending::EXECUTED),
+                // An optimistic call whose body, or the check of its result,
+                // failed: a concurrent duplicate's failure may come from the
+                // first call's committed effects.
+                Err(Unwound::Failed(Failure::Body(e)))
+                    if prepared.optimistic_looks_again(owns_transaction) =>
+                {
+                    after_error(conn, &prepared, e, Ending::body_failed::<E>()).await
+                }
+                Err(Unwound::Failed(Failure::Result(e)))
+                    if prepared.optimistic_looks_again(owns_transaction) =>
+                {
+                    let ending = Ending::failed(&e);
+                    after_error(conn, &prepared, E::from(e), ending).await
+                }
+                Err(Unwound::Failed(Failure::Claim(e)))
+                    if prepared.optimistic_looks_again(owns_transaction)
+                        && e.is_aborted_claim() =>
+                {
+                    match after_aborted_insert(conn, &prepared, e).await {
+                        Ok(out) => (Ok(out), Ending::REPLAYED),
+                        Err(e) => failed(e),
+                    }
+                }
+                Err(Unwound::Failed(Failure::Body(e))) => (Err(e), Ending::body_failed::<E>()),
+                Err(Unwound::Failed(Failure::Replay(json))) => replayed(prepared.replayed(&json)),
+                Err(Unwound::Failed(
+                    Failure::Library(e) | Failure::Claim(e) | Failure::Result(e),
+                )) => failed(e),
+                Err(Unwound::Panicked(payload)) => {
+                    telemetry.finish(Ending::PANICKED);
+                    panic::resume_unwind(payload)
+                }
             }
-            Err(Unwound::Panicked(payload)) => {
-                telemetry.finish(Ending::PANICKED);
-                panic::resume_unwind(payload)
-            }
-        }
+        };
+        telemetry.finish(ending);
+        answer
     }
 
     fn prepare(self) -> Result<Prepared<'a>, Error> {
