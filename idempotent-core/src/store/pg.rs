@@ -236,12 +236,29 @@ impl IdempotentConnection for PgConnection {
     super::admin_statements!();
 
     fn purge_batch(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<usize> {
+        // `batch` picks and locks at most `limit` expired rows through the
+        // `expires_at` index; the delete reads them again through the same
+        // index, between the batch's first and last expiry. That range holds
+        // the batch and at most the rows another purge or a take-over has
+        // locked (skipped, never locked here), so a batch costs what its size
+        // does, whatever the table's: one plan from 10,000 to 1,000,000 rows,
+        // custom or generic. Joined on the primary key alone, the planner
+        // hashes every expired row instead at 100,000 rows, and at any size
+        // with the generic plan (BENCHMARKS.md, "Purge"). Only records
+        // sharing one `expires_at` widen the range. No `ctid`: the
+        // PostgreSQL-compatible distributed engines have none; a CTE with
+        // `FOR UPDATE` runs once, from PostgreSQL 11 on.
+        //
         // The outer `expires_at` test matters: a row renewed by a concurrent
         // take-over no longer qualifies when the delete re-checks it.
         diesel::sql_query(
-            "DELETE FROM idempotency_records WHERE expires_at <= $1 AND \
-             (namespace, scope, key) IN (SELECT namespace, scope, key FROM idempotency_records \
-             WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            "WITH batch AS (SELECT namespace, scope, key, expires_at FROM idempotency_records \
+             WHERE expires_at <= $1 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             DELETE FROM idempotency_records r USING batch b \
+             WHERE r.namespace = b.namespace AND r.scope = b.scope AND r.key = b.key \
+             AND r.expires_at <= $1 \
+             AND r.expires_at BETWEEN (SELECT min(expires_at) FROM batch) \
+             AND (SELECT max(expires_at) FROM batch)",
         )
         .bind::<Timestamp, _>(now)
         .bind::<BigInt, _>(limit)
