@@ -3,7 +3,12 @@
 //! layer that keeps every span's fields and every event, and metrics-util's
 //! debugging recorder, installed for the test's thread only.
 
-#[cfg(not(all(feature = "tracing", feature = "metrics", feature = "sqlite", feature = "async")))]
+#[cfg(not(all(
+    feature = "tracing",
+    feature = "metrics",
+    feature = "sqlite",
+    feature = "async"
+)))]
 #[test]
 fn telemetry_tests_skipped_feature_disabled() {
     println!(
@@ -12,11 +17,16 @@ fn telemetry_tests_skipped_feature_disabled() {
     );
 }
 
-#[cfg(all(feature = "tracing", feature = "metrics", feature = "sqlite", feature = "async"))]
+#[cfg(all(
+    feature = "tracing",
+    feature = "metrics",
+    feature = "sqlite",
+    feature = "async"
+))]
 mod telemetry {
+    use std::cell::RefCell;
     use std::collections::BTreeMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::cell::RefCell;
     use std::sync::{Mutex, Once, mpsc};
     use std::time::Duration;
 
@@ -260,8 +270,7 @@ mod telemetry {
 
     impl Visit for Fields<'_> {
         fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-            self.0
-                .insert(field.name().to_owned(), format!("{value:?}"));
+            self.0.insert(field.name().to_owned(), format!("{value:?}"));
         }
 
         fn record_str(&mut self, field: &Field, value: &str) {
@@ -374,7 +383,10 @@ mod telemetry {
         assert_eq!(spans.len(), 4, "one span per call: {spans:#?}");
         for span in &spans {
             assert!(span.closed, "each span closes with its call: {span:?}");
-            assert_eq!(field(span, "otel.name"), Some("idempotent telemetry.charge"));
+            assert_eq!(
+                field(span, "otel.name"),
+                Some("idempotent telemetry.charge")
+            );
             assert_eq!(field(span, "namespace"), Some("telemetry.charge"));
             assert_eq!(field(span, "pattern"), Some("key"));
             assert_eq!(field(span, "db.system.name"), Some("sqlite"));
@@ -443,7 +455,9 @@ mod telemetry {
         let traced: Vec<&EventData> = captured
             .events
             .iter()
-            .filter(|e| e.level == Level::TRACE && e.fields.get("key").map(String::as_str) == Some(key))
+            .filter(|e| {
+                e.level == Level::TRACE && e.fields.get("key").map(String::as_str) == Some(key)
+            })
             .collect();
         assert_eq!(traced.len(), 2, "one TRACE event per call: {traced:#?}");
         for event in traced {
@@ -470,15 +484,29 @@ mod telemetry {
         let spans = captured.idempotent_spans();
         let summary: Vec<(Option<&str>, Option<&str>, Option<&str>)> = spans
             .iter()
-            .map(|s| (field(s, "namespace"), field(s, "pattern"), field(s, "outcome")))
+            .map(|s| {
+                (
+                    field(s, "namespace"),
+                    field(s, "pattern"),
+                    field(s, "outcome"),
+                )
+            })
             .collect();
         assert_eq!(
             summary,
             [
                 (Some("telemetry.event"), Some("hash"), Some("executed")),
                 (Some("telemetry.event"), Some("hash"), Some("replayed")),
-                (Some("telemetry.entity"), Some("get_or_create"), Some("executed")),
-                (Some("telemetry.entity"), Some("get_or_create"), Some("replayed")),
+                (
+                    Some("telemetry.entity"),
+                    Some("get_or_create"),
+                    Some("executed")
+                ),
+                (
+                    Some("telemetry.entity"),
+                    Some("get_or_create"),
+                    Some("replayed")
+                ),
             ]
         );
     }
@@ -523,7 +551,11 @@ mod telemetry {
             outcomes,
             [Some("executed"), Some("executed"), Some("replayed")]
         );
-        assert!(spans.iter().all(|s| field(s, "db.system.name") == Some("sqlite")));
+        assert!(
+            spans
+                .iter()
+                .all(|s| field(s, "db.system.name") == Some("sqlite"))
+        );
         assert!(spans.iter().all(|s| s.closed));
     }
 
@@ -557,8 +589,7 @@ mod telemetry {
             if key.name() != name {
                 continue;
             }
-            let labels: BTreeMap<&str, &str> =
-                key.labels().map(|l| (l.key(), l.value())).collect();
+            let labels: BTreeMap<&str, &str> = key.labels().map(|l| (l.key(), l.value())).collect();
             if namespace.is_some_and(|ns| labels.get("function") != Some(&ns)) {
                 continue;
             }
@@ -602,7 +633,12 @@ mod telemetry {
         assert!(answers[3..].iter().all(Result::is_err), "{answers:?}");
 
         let snapshot = snapshotter.snapshot().into_vec();
-        let counts = series(&snapshot, REQUESTS_TOTAL, Some("telemetry.charge"), "outcome");
+        let counts = series(
+            &snapshot,
+            REQUESTS_TOTAL,
+            Some("telemetry.charge"),
+            "outcome",
+        );
         let expected: BTreeMap<String, Value> = [
             ("body_error", 1),
             ("executed", 1),
@@ -614,7 +650,12 @@ mod telemetry {
         .map(|(outcome, n)| (outcome.to_owned(), Value::Counter(n)))
         .collect();
         assert_eq!(counts, expected);
-        let backends = series(&snapshot, REQUESTS_TOTAL, Some("telemetry.charge"), "backend");
+        let backends = series(
+            &snapshot,
+            REQUESTS_TOTAL,
+            Some("telemetry.charge"),
+            "backend",
+        );
         assert_eq!(backends.keys().collect::<Vec<_>>(), ["sqlite"]);
 
         for (key, unit, description, _) in &snapshot {
@@ -656,7 +697,12 @@ mod telemetry {
             charge(&mut conn, "phases-1", 3).expect("replay");
         });
         let snapshot = snapshotter.snapshot().into_vec();
-        let phases = series(&snapshot, DURATION_SECONDS, Some("telemetry.charge"), "phase");
+        let phases = series(
+            &snapshot,
+            DURATION_SECONDS,
+            Some("telemetry.charge"),
+            "phase",
+        );
         let observed: BTreeMap<&str, usize> = phases
             .iter()
             .map(|(phase, value)| match value {
@@ -682,7 +728,15 @@ mod telemetry {
         let names: Vec<&str> = CallOutcome::ALL.iter().map(|o| o.as_str()).collect();
         assert_eq!(
             names,
-            ["executed", "replayed", "in_flight", "mismatch", "invalid_key", "body_error", "error"]
+            [
+                "executed",
+                "replayed",
+                "in_flight",
+                "mismatch",
+                "invalid_key",
+                "body_error",
+                "error"
+            ]
         );
     }
 
@@ -693,9 +747,8 @@ mod telemetry {
         let mut conn = db.connect();
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
-        let (answer, captured) = capturing(|| {
-            metrics::with_local_recorder(&recorder, || charge(&mut conn, "", 1))
-        });
+        let (answer, captured) =
+            capturing(|| metrics::with_local_recorder(&recorder, || charge(&mut conn, "", 1)));
         assert!(
             answer
                 .as_ref()
@@ -705,7 +758,12 @@ mod telemetry {
             "{answer:?}"
         );
         let snapshot = snapshotter.snapshot().into_vec();
-        let counts = series(&snapshot, REQUESTS_TOTAL, Some("telemetry.charge"), "outcome");
+        let counts = series(
+            &snapshot,
+            REQUESTS_TOTAL,
+            Some("telemetry.charge"),
+            "outcome",
+        );
         assert_eq!(
             counts,
             BTreeMap::from([("invalid_key".to_owned(), Value::Counter(1))])

@@ -90,9 +90,9 @@ pub mod __private {
     #[cfg(feature = "async")]
     pub use crate::pattern::get_or_create::get_or_create_named_async;
     pub use crate::pattern::key::{Call, IdempotentResult, Mode, OnConflict, Replay, Response};
-    pub use crate::telemetry::Pattern;
     #[cfg(feature = "async")]
     pub use crate::store::nonblocking::AsyncIdempotentConnection;
+    pub use crate::telemetry::Pattern;
     pub use crate::ttl::Ttl;
     pub use crate::{Error, IdempotentConnection};
 
