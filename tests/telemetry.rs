@@ -807,6 +807,52 @@ mod telemetry {
         );
     }
 
+    // ---- what else reports a call ----
+
+    /// A result too large to store: the call fails with a server-side
+    /// error that names its key.
+    #[cfg(feature = "axum")]
+    #[idempotent(key = key, ttl = "1h", name = "telemetry.report", max_response_bytes = 16)]
+    fn report(conn: &mut SqliteConnection, key: &str) -> Result<String, AppError> {
+        let _ = conn;
+        Ok("x".repeat(64))
+    }
+
+    /// The answer to a library error that is a 500 logs the error at ERROR:
+    /// that event holds neither the raw key nor the scope, as no event at
+    /// INFO or above does.
+    #[cfg(feature = "axum")]
+    #[test]
+    fn raw_key_not_in_the_log_of_a_500_answer() {
+        use axum::response::IntoResponse;
+
+        let db = Db::new();
+        let mut conn = db.connect();
+        let key = "raw-key-5xx-feedbeef";
+        let (status, captured) = capturing(|| {
+            let error = match report(&mut conn, key) {
+                Err(AppError::Idempotency(error)) => error,
+                other => panic!("a library error: {other:?}"),
+            };
+            assert!(matches!(error, Error::ResponseTooLarge { .. }), "{error:?}");
+            error.into_response().status()
+        });
+        assert_eq!(status, axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let logged: Vec<&EventData> = captured
+            .events
+            .iter()
+            .filter(|e| e.level <= Level::INFO)
+            .collect();
+        assert!(!logged.is_empty(), "the 500 is logged");
+        for event in logged {
+            assert!(
+                !event.fields.values().any(|value| value.contains(key)),
+                "an event at {} holds the raw key: {event:?}",
+                event.level
+            );
+        }
+    }
+
     /// An entity whose insert takes 300 ms at commit (a deferred constraint
     /// trigger that sleeps), in a temporary table of the session.
     #[cfg(feature = "postgres")]
