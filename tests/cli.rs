@@ -666,3 +666,53 @@ fn postgres_cli_skipped_feature_disabled() {
 fn mysql_cli_skipped_feature_disabled() {
     println!("SKIPPED: the command on MySQL (build with --features mysql)");
 }
+
+/// A batch beyond what a statement's `LIMIT` takes is a malformed value:
+/// status 2 and the usage, not a database error.
+#[cfg(feature = "sqlite")]
+#[test]
+fn purge_batch_too_large_is_a_usage_error() {
+    use crate::common::{Backend, DatabaseUrl};
+    let db = crate::common::Sqlite::fresh();
+    let url = db.url();
+    let huge = (i64::MAX as u64 + 1).to_string();
+    let run = cli(&["purge", "--database-url", &url, "--batch", &huge]);
+    assert_eq!(run.status, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("error: --batch is at most 9223372036854775807, not "),
+        "{}",
+        run.stderr
+    );
+    assert!(run.stdout.is_empty(), "{run:?}");
+}
+
+/// A misspelt flag is named in the error without the value it carries:
+/// a URL's password never shows.
+#[test]
+fn unknown_flag_with_a_url_never_shows_its_password() {
+    let run = cli(&["stats", "--database_url=postgres://app:s3cret@db:5432/app"]);
+    assert_eq!(run.status, 2, "{run:?}");
+    assert!(
+        run.stderr
+            .starts_with("error: unknown argument \"--database_url\" for stats"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("s3cret"), "{}", run.stderr);
+}
+
+/// A connection string in libpq's `key=value` form is not a URL the command
+/// knows (it is taken for a SQLite file that does not exist), and the error
+/// does not show its `password=`.
+#[cfg(feature = "sqlite")]
+#[test]
+fn key_value_connection_string_never_shows_its_password() {
+    let run = cli(&[
+        "stats",
+        "--database-url",
+        "host=db user=app password=s3cret dbname=app",
+    ]);
+    assert_eq!(run.status, 3, "{run:?}");
+    assert!(!run.stderr.contains("s3cret"), "{}", run.stderr);
+}

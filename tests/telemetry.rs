@@ -806,4 +806,128 @@ mod telemetry {
             BTreeMap::from([("sqlite".to_owned(), Value::Counter(5))])
         );
     }
+
+    // ---- what else reports a call ----
+
+    /// A result too large to store: the call fails with a server-side
+    /// error that names its key.
+    #[cfg(feature = "axum")]
+    #[idempotent(key = key, ttl = "1h", name = "telemetry.report", max_response_bytes = 16)]
+    fn report(conn: &mut SqliteConnection, key: &str) -> Result<String, AppError> {
+        let _ = conn;
+        Ok("x".repeat(64))
+    }
+
+    /// The answer to a library error that is a 500 logs the error at ERROR:
+    /// that event holds neither the raw key nor the scope, as no event at
+    /// INFO or above does.
+    #[cfg(feature = "axum")]
+    #[test]
+    fn raw_key_not_in_the_log_of_a_500_answer() {
+        use axum::response::IntoResponse;
+
+        let db = Db::new();
+        let mut conn = db.connect();
+        let key = "raw-key-5xx-feedbeef";
+        let (status, captured) = capturing(|| {
+            let error = match report(&mut conn, key) {
+                Err(AppError::Idempotency(error)) => error,
+                other => panic!("a library error: {other:?}"),
+            };
+            assert!(matches!(error, Error::ResponseTooLarge { .. }), "{error:?}");
+            error.into_response().status()
+        });
+        assert_eq!(status, axum::http::StatusCode::INTERNAL_SERVER_ERROR);
+        let logged: Vec<&EventData> = captured
+            .events
+            .iter()
+            .filter(|e| e.level <= Level::INFO)
+            .collect();
+        assert!(!logged.is_empty(), "the 500 is logged");
+        for event in logged {
+            assert!(
+                !event.fields.values().any(|value| value.contains(key)),
+                "an event at {} holds the raw key: {event:?}",
+                event.level
+            );
+        }
+    }
+
+    /// An entity whose insert takes 300 ms at commit (a deferred constraint
+    /// trigger that sleeps), in a temporary table of the session.
+    #[cfg(feature = "postgres")]
+    mod slow_commit {
+        use diesel::connection::SimpleConnection;
+        use diesel::pg::PgConnection;
+        use diesel::{OptionalExtension, QueryResult, RunQueryDsl};
+        use diesel_idempotent::idempotent;
+
+        pub fn prepare(conn: &mut PgConnection) {
+            conn.batch_execute(
+                "CREATE TEMPORARY TABLE slow_entities (id BIGINT PRIMARY KEY);
+                 CREATE FUNCTION pg_temp.sleep_at_commit() RETURNS trigger LANGUAGE plpgsql AS
+                   $$ BEGIN PERFORM pg_sleep(0.3); RETURN NULL; END $$;
+                 CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON slow_entities
+                   DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+                   EXECUTE FUNCTION pg_temp.sleep_at_commit();",
+            )
+            .expect("the slow table");
+        }
+
+        #[derive(diesel::QueryableByName)]
+        struct Id {
+            #[diesel(sql_type = diesel::sql_types::BigInt)]
+            id: i64,
+        }
+
+        fn find(conn: &mut PgConnection, id: i64) -> QueryResult<Option<i64>> {
+            diesel::sql_query("SELECT id FROM slow_entities WHERE id = $1")
+                .bind::<diesel::sql_types::BigInt, _>(id)
+                .get_result::<Id>(conn)
+                .optional()
+                .map(|found| found.map(|row| row.id))
+        }
+
+        #[idempotent(get_or_create = find(conn, id), name = "telemetry.slow_entity")]
+        pub fn slow_entity(conn: &mut PgConnection, id: i64) -> QueryResult<i64> {
+            diesel::sql_query("INSERT INTO slow_entities (id) VALUES ($1)")
+                .bind::<diesel::sql_types::BigInt, _>(id)
+                .execute(conn)
+                .map(|_| id)
+        }
+    }
+
+    /// `get_or_create`'s `complete` phase is its commit: a commit that
+    /// takes 300 ms is measured there, not in `body`.
+    #[cfg(feature = "postgres")]
+    #[test]
+    fn get_or_create_complete_phase_holds_the_commit() {
+        let url = std::env::var("DIESEL_IDEMPOTENT_PG_URL")
+            .expect("DIESEL_IDEMPOTENT_PG_URL names a PostgreSQL server");
+        let mut conn = diesel::pg::PgConnection::establish(&url).expect("connect to PostgreSQL");
+        slow_commit::prepare(&mut conn);
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            slow_commit::slow_entity(&mut conn, 7).expect("created");
+        });
+        let snapshot = snapshotter.snapshot().into_vec();
+        let phases = series(
+            &snapshot,
+            DURATION_SECONDS,
+            Some("telemetry.slow_entity"),
+            "phase",
+        );
+        let seconds = |phase: &str| match phases.get(phase) {
+            Some(Value::Histogram(values)) if values.len() == 1 => values[0],
+            other => panic!("one {phase} value: {other:?} in {phases:?}"),
+        };
+        assert!(
+            seconds("complete") >= 0.25,
+            "the commit's 300 ms belong to complete: body {} s, complete {} s",
+            seconds("body"),
+            seconds("complete")
+        );
+        assert!(seconds("body") < 0.25, "body {} s", seconds("body"));
+    }
 }

@@ -348,7 +348,12 @@ impl Flags {
                     return Err(usage(format!("{flag} is given twice")));
                 }
             } else {
-                return Err(usage(format!("unknown argument {arg:?} for {}", spec.name)));
+                // The name only: a misspelt `--database-url=..` carries a
+                // password.
+                return Err(usage(format!(
+                    "unknown argument {name:?} for {}",
+                    spec.name
+                )));
             }
         }
         Ok(Some(flags))
@@ -371,11 +376,16 @@ impl Flags {
             .ok_or_else(|| usage(format!("missing {flag}")))
     }
 
-    /// A whole number of at least 1.
+    /// A whole number of at least 1 that a statement's `LIMIT` takes (at
+    /// most `i64::MAX`).
     fn count(&mut self, flag: &str) -> Result<Option<usize>, Failure> {
         self.value(flag)
             .map(|text| match text.parse::<usize>() {
-                Ok(n) if n > 0 => Ok(n),
+                Ok(n) if n > 0 && i64::try_from(n).is_ok() => Ok(n),
+                Ok(n) if n > 0 => Err(usage(format!(
+                    "{flag} is at most {}, not {text:?}",
+                    i64::MAX
+                ))),
                 _ => Err(usage(format!(
                     "{flag} needs a whole number of at least 1, not {text:?}"
                 ))),
@@ -540,7 +550,7 @@ fn one_line(message: &dyn std::fmt::Display) -> String {
 /// replaced by `***`.
 fn without_password(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
+        return without_password_parameter(url);
     };
     let (before_query, query) = match rest.split_once('?') {
         Some((before, query)) => (before, Some(query)),
@@ -571,6 +581,27 @@ fn without_password(url: &str) -> String {
         shown.push('?');
         shown.push_str(&pairs.join("&"));
     }
+    shown
+}
+
+/// `text` that is not a URL (a path, or libpq's `key=value ..` form) with
+/// the value of each `password=` in it replaced by `***`, to its end or to
+/// the closing quote of a quoted value.
+fn without_password_parameter(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.to_ascii_lowercase().find("password=") {
+        let value = at + "password=".len();
+        shown.push_str(&rest[..value]);
+        shown.push_str("***");
+        rest = &rest[value..];
+        let end = match rest.strip_prefix('\'') {
+            Some(quoted) => quoted.find('\'').map_or(rest.len(), |close| close + 2),
+            None => rest.find(char::is_whitespace).unwrap_or(rest.len()),
+        };
+        rest = &rest[end..];
+    }
+    shown.push_str(rest);
     shown
 }
 
@@ -931,6 +962,14 @@ mod tests {
             ),
             ("mysql://root@127.0.0.1/app", "mysql://root@127.0.0.1/app"),
             ("/tmp/app.sqlite3", "/tmp/app.sqlite3"),
+            (
+                "host=db user=app password=s3cret dbname=app",
+                "host=db user=app password=*** dbname=app",
+            ),
+            (
+                "host=db PASSWORD='s3 cret' dbname=app",
+                "host=db PASSWORD=*** dbname=app",
+            ),
         ] {
             assert_eq!(without_password(url), shown);
         }

@@ -313,6 +313,49 @@ pub fn admin_purge_batch_deletes_expired_records_in_bounded_batches<B: Backend>(
     assert_eq!(admin::count_expired(&mut conn).unwrap(), 1);
 }
 
+/// `forget` of a key whose first call is still running finds nothing: that
+/// call has not committed its record, so `forget` returns `false` and the
+/// record the call then commits stays (the module's documentation).
+pub fn admin_forget_of_a_call_in_flight_finds_nothing<B: Backend>() {
+    let db = B::fresh();
+    let clock = clock();
+    let (db, clock) = (&db, &clock);
+    let (entered_tx, entered_rx) = std::sync::mpsc::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let forgot = std::thread::scope(|s| {
+        let holder = s.spawn(move || {
+            let mut conn = db.connect();
+            Call::new(ORDERS, "held")
+                .scope("tenant-1")
+                .clock(clock)
+                .run(&mut conn, |conn| -> Result<i64, AppError> {
+                    let id = conn.insert_payment(1)?;
+                    entered_tx.send(()).unwrap();
+                    release_rx.recv().unwrap();
+                    Ok(id)
+                })
+                .unwrap()
+        });
+        entered_rx.recv().unwrap();
+        let forgetter = s.spawn(|| {
+            let mut conn = db.connect();
+            admin::forget(&mut conn, ORDERS, "tenant-1", "held").unwrap()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        release_tx.send(()).unwrap();
+        holder.join().unwrap();
+        forgetter.join().unwrap()
+    });
+    assert!(!forgot, "a record in flight is not there to forget");
+    let mut conn = db.connect();
+    assert!(
+        admin::find(&mut conn, ORDERS, "tenant-1", "held")
+            .unwrap()
+            .is_some(),
+        "the call's record stays"
+    );
+}
+
 /// Instantiates this file's tests for one backend (see `conformance!`):
 /// blocking connections only, as the API.
 #[macro_export]
@@ -324,6 +367,7 @@ macro_rules! admin_tests {
             admin_forget_lets_the_next_call_run_the_body,
             admin_stats_count_live_in_flight_and_expired_per_namespace,
             admin_purge_batch_deletes_expired_records_in_bounded_batches,
+            admin_forget_of_a_call_in_flight_finds_nothing,
         );
     };
     (nonblocking $backend:ty) => {};

@@ -196,9 +196,13 @@ where
             Err(e) => break 'decided body_failed(e),
         }
         telemetry.mark(Mark::BodyStart);
-        let created =
-            guarded_transaction(conn, async move |conn: &mut D| create(conn.conn()).await).await;
-        telemetry.mark(Mark::BodyEnd);
+        // The body ends before the commit, which is the `complete` phase.
+        let created = guarded_transaction(conn, async |conn: &mut D| {
+            let created = create(conn.conn()).await;
+            telemetry.mark(Mark::BodyEnd);
+            created
+        })
+        .await;
         match created {
             Ok(created) => (Ok(created), Ending::EXECUTED),
             Err(Unwound::Panicked(payload)) => {
