@@ -99,22 +99,30 @@ pub fn list_with_clock<C: IdempotentConnection>(
 /// whatever the first call did (a payment, an email) happens a second
 /// time. It is for operators who know the first call's effects are gone
 /// or must be redone: a record stored by mistake, a request that has to be
-/// replayed for real. A record still in flight is invisible to other
-/// connections, so this finds nothing to delete and returns `false`; the
-/// delete is one statement, inside the caller's transaction when one is
-/// open.
+/// replayed for real.
+///
+/// It reads the record first ([`find`], a plain read that never waits for
+/// a call in flight) and deletes exactly the record it read. A call still
+/// in flight has not committed its record, so on every backend there is
+/// nothing to forget: `false`, at once, and the call's record stays when it
+/// commits. A record replaced between the read and the delete (an expired
+/// one taken over by a new call) is left alone: `false`. Both statements
+/// run inside the caller's transaction when one is open.
 pub fn forget<C: IdempotentConnection>(
     conn: &mut C,
     namespace: &str,
     scope: &str,
     key: &str,
 ) -> Result<bool, Error> {
+    let Some(record) = find(conn, namespace, scope, key)? else {
+        return Ok(false);
+    };
     let id = RecordId {
         namespace,
         scope,
         key,
     };
-    Ok(conn.forget_record(id)? > 0)
+    Ok(conn.forget_record(id, record.created_at)? > 0)
 }
 
 /// Live, in-flight and expired records per namespace, sorted by

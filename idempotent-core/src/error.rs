@@ -212,6 +212,33 @@ impl Error {
         }
     }
 
+    /// The idempotency key the error names, if it names one.
+    fn key(&self) -> Option<&str> {
+        match self {
+            Error::PayloadMismatch { key, .. }
+            | Error::InFlight { key, .. }
+            | Error::StoredResultUnreadable { key, .. }
+            | Error::ResponseTooLarge { key, .. }
+            | Error::ResultNotReplayable { key, .. } => Some(key),
+            _ => None,
+        }
+    }
+
+    /// The error's message with its idempotency key replaced by `#` and the
+    /// first 16 hex digits of the key's SHA-256 (the `key.hash` of the
+    /// call's span): what a log at INFO or above may hold. A key is a
+    /// client's secret-ish token; its hash still finds its calls.
+    pub fn redacted(&self) -> String {
+        let text = self.to_string();
+        match self.key() {
+            Some(key) => text.replace(
+                &format!("{key:?}"),
+                &format!("#{}", crate::telemetry::short_hash(key)),
+            ),
+            None => text,
+        }
+    }
+
     /// Whether the database aborted a claim that had not run the body yet
     /// (a serialization failure or a deadlock), so the library may start
     /// its own transaction again. A lock wait that timed out is not one: the

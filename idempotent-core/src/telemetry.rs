@@ -268,6 +268,19 @@ impl<'a> Telemetry<'a> {
     }
 }
 
+/// The first 16 hex digits of the key's SHA-256: enough to tell keys apart
+/// in traces and logs and to find a known key's calls, without the key.
+pub(crate) fn short_hash(key: &str) -> String {
+    use sha2::Digest;
+    use std::fmt::Write;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    let mut hex = String::with_capacity(16);
+    for byte in &digest[..8] {
+        let _ = write!(hex, "{byte:02x}");
+    }
+    hex
+}
+
 /// A call's span, before it is attached to the call's future.
 pub(crate) struct Traced {
     #[cfg(feature = "tracing")]
@@ -358,7 +371,7 @@ mod spans {
             otel.status_code = Empty,
         );
         if !span.is_disabled() && !key.is_empty() {
-            span.record("key.hash", short_hash(key).as_str());
+            span.record("key.hash", super::short_hash(key).as_str());
         }
         tracing::trace!(parent: &span, key, scope, "idempotency key");
         span
@@ -373,19 +386,6 @@ mod spans {
             span.record("otel.status_code", "ERROR");
         }
         tracing::debug!(parent: span, outcome, "idempotent call finished");
-    }
-
-    /// The first 16 hex digits of the key's SHA-256: enough to tell keys
-    /// apart in traces and to find a known key's calls, without the key.
-    fn short_hash(key: &str) -> String {
-        use sha2::Digest;
-        use std::fmt::Write;
-        let digest = sha2::Sha256::digest(key.as_bytes());
-        let mut hex = String::with_capacity(16);
-        for byte in &digest[..8] {
-            let _ = write!(hex, "{byte:02x}");
-        }
-        hex
     }
 }
 

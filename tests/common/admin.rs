@@ -337,14 +337,19 @@ pub fn admin_forget_of_a_call_in_flight_finds_nothing<B: Backend>() {
                 .unwrap()
         });
         entered_rx.recv().unwrap();
-        let forgetter = s.spawn(|| {
+        // The answer comes while the call is still in flight: forget
+        // neither waits for the call nor deletes what it commits.
+        let (forgot_tx, forgot_rx) = std::sync::mpsc::channel();
+        s.spawn(move || {
             let mut conn = db.connect();
-            admin::forget(&mut conn, ORDERS, "tenant-1", "held").unwrap()
+            forgot_tx
+                .send(admin::forget(&mut conn, ORDERS, "tenant-1", "held").unwrap())
+                .unwrap();
         });
-        std::thread::sleep(Duration::from_millis(500));
+        let forgot = forgot_rx.recv_timeout(crate::common::rt::DEADLINE);
         release_tx.send(()).unwrap();
         holder.join().unwrap();
-        forgetter.join().unwrap()
+        forgot.expect("forget answers while the call is in flight, without waiting for it")
     });
     assert!(!forgot, "a record in flight is not there to forget");
     let mut conn = db.connect();

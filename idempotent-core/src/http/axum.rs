@@ -223,7 +223,8 @@ impl IntoResponse for KeyRejection {
 /// The library's error as a problem: 400 for an invalid key, 422 for a key
 /// reused with another request, 409 (with `Retry-After`) for a request in
 /// flight, 500 with no detail for everything else, which is logged
-/// (`tracing`, at error level, with the error's full text). Forward to it
+/// (`tracing`, at error level, with the error's text, its key replaced by
+/// the key's hash: [`Error::redacted`]). Forward to it
 /// from your own error type:
 ///
 /// ```ignore
@@ -240,7 +241,13 @@ impl IntoResponse for Error {
     fn into_response(self) -> Response {
         let problem = Problem::from(&self);
         if problem.status_code().is_server_error() {
-            tracing::error!(error = ?self, "idempotent request failed: {self}");
+            // The key is a client's token: the log names its hash, as the
+            // call's span does, never the key itself.
+            tracing::error!(
+                error.type = self.kind(),
+                "idempotent request failed: {}",
+                self.redacted()
+            );
         }
         problem.into_response()
     }

@@ -212,9 +212,11 @@ pub trait IdempotentConnection:
         limit: i64,
     ) -> QueryResult<Vec<IdempotencyRecord>>;
 
-    /// Deletes the record with this id; returns the rows deleted.
+    /// Deletes the record with this id if it was created at `created_at`
+    /// (the record a read saw, not one that replaced it); returns the rows
+    /// deleted.
     #[doc(hidden)]
-    fn forget_record(&mut self, id: RecordId<'_>) -> QueryResult<usize>;
+    fn forget_record(&mut self, id: RecordId<'_>, created_at: NaiveDateTime) -> QueryResult<usize>;
 
     /// How many records of each namespace `tally` counts at `now`, by
     /// namespace; namespaces without one are left out.
@@ -616,11 +618,16 @@ macro_rules! admin_statements {
         fn forget_record(
             &mut self,
             id: $crate::record::RecordId<'_>,
+            created_at: ::chrono::NaiveDateTime,
         ) -> ::diesel::QueryResult<usize> {
             use ::diesel::prelude::*;
             use $crate::record::idempotency_records::dsl as r;
-            ::diesel::delete(r::idempotency_records.find((id.namespace, id.scope, id.key)))
-                .execute(self)
+            ::diesel::delete(
+                r::idempotency_records
+                    .find((id.namespace, id.scope, id.key))
+                    .filter(r::created_at.eq(created_at)),
+            )
+            .execute(self)
         }
 
         fn tally_records(
