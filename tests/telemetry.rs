@@ -722,6 +722,50 @@ mod telemetry {
         );
     }
 
+    /// A panic in a body, or in `get_or_create`'s lookup, is a
+    /// `body_error` whose `error.type` is `panic`, counted once.
+    #[test]
+    fn panics_are_body_errors() {
+        let db = Db::new();
+        let mut conn = db.connect();
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let (panicked, captured) = capturing(|| {
+            metrics::with_local_recorder(&recorder, || {
+                let body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    diesel_idempotent::Call::new("telemetry.panics", "p-1")
+                        .run(&mut conn, |_| -> Result<(), Error> {
+                            panic!("the body panics")
+                        })
+                }));
+                let lookup = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    diesel_idempotent::get_or_create(
+                        &mut conn,
+                        |_| -> QueryResult<Option<i64>> { panic!("the lookup panics") },
+                        |_| -> QueryResult<i64> { Ok(1) },
+                    )
+                }));
+                (body.is_err(), lookup.is_err())
+            })
+        });
+        assert_eq!(panicked, (true, true));
+        let snapshot = snapshotter.snapshot().into_vec();
+        for function in ["telemetry.panics", "get_or_create"] {
+            assert_eq!(
+                series(&snapshot, REQUESTS_TOTAL, Some(function), "outcome"),
+                BTreeMap::from([("body_error".to_owned(), Value::Counter(1))]),
+                "{function}"
+            );
+        }
+        let spans = captured.idempotent_spans();
+        assert_eq!(spans.len(), 2, "{spans:#?}");
+        for span in &spans {
+            assert_eq!(field(span, "outcome"), Some("body_error"));
+            assert_eq!(field(span, "error.type"), Some("panic"));
+            assert_eq!(field(span, "otel.status_code"), Some("ERROR"));
+        }
+    }
+
     /// Every outcome has a name; the labels are bounded by them.
     #[test]
     fn outcome_names() {

@@ -43,6 +43,7 @@
 
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::Error;
 
@@ -218,6 +219,18 @@ pub(crate) struct Telemetry<'a> {
     #[cfg(feature = "metrics")]
     timings: timings::Timings<'a>,
     namespace: PhantomData<&'a str>,
+    /// Set by [`Telemetry::finish`]: a call dropped while its thread
+    /// panics without it (a panic in a lookup, in the library) is recorded
+    /// as a panic when it is dropped.
+    finished: AtomicBool,
+}
+
+impl Drop for Telemetry<'_> {
+    fn drop(&mut self) {
+        if !*self.finished.get_mut() && std::thread::panicking() {
+            self.finish(Ending::PANICKED);
+        }
+    }
 }
 
 impl<'a> Telemetry<'a> {
@@ -236,6 +249,7 @@ impl<'a> Telemetry<'a> {
             #[cfg(feature = "metrics")]
             timings: timings::Timings::start(namespace, db_system),
             namespace: PhantomData,
+            finished: AtomicBool::new(false),
         }
     }
 
@@ -261,6 +275,9 @@ impl<'a> Telemetry<'a> {
         allow(unused_variables)
     )]
     pub(crate) fn finish(&self, ending: Ending) {
+        if self.finished.swap(true, Ordering::Relaxed) {
+            return;
+        }
         #[cfg(feature = "tracing")]
         spans::finish(&self.span, ending);
         #[cfg(feature = "metrics")]

@@ -205,10 +205,8 @@ where
         .await;
         match created {
             Ok(created) => (Ok(created), Ending::EXECUTED),
-            Err(Unwound::Panicked(payload)) => {
-                telemetry.finish(Ending::PANICKED);
-                panic::resume_unwind(payload)
-            }
+            // Recorded as a panic when `telemetry` is dropped.
+            Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
             Err(Unwound::Failed(e)) if e.is_unique_violation() => {
                 match restoring_depth(conn, lookup).await {
                     Ok(Some(winner)) => (Ok(winner), Ending::REPLAYED),

@@ -776,10 +776,8 @@ impl<'a> Call<'a> {
                 Err(Unwound::Failed(
                     Failure::Library(e) | Failure::Claim(e) | Failure::Result(e),
                 )) => failed(e),
-                Err(Unwound::Panicked(payload)) => {
-                    telemetry.finish(Ending::PANICKED);
-                    panic::resume_unwind(payload)
-                }
+                // Recorded as a panic when `telemetry` is dropped.
+                Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
             }
         };
         telemetry.finish(ending);
