@@ -59,6 +59,9 @@
 //! retryable (`diesel_idempotent::Error::is_retryable`; retryable ones are
 //! counted and reported); with 2 on bad arguments.
 
+#[path = "shared/flags.rs"]
+mod flags;
+
 use std::collections::BTreeSet;
 use std::fmt;
 use std::process::ExitCode;
@@ -70,6 +73,7 @@ use diesel::prelude::*;
 use diesel_idempotent::{
     IdempotentConnection, Mode, Outcome, Replay, Retryable, idempotency_records,
 };
+use flags::Flags;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 const USAGE: &str = "\
@@ -393,26 +397,14 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
     let mut annotation = Annotation::default();
     let mut asynchronous = false;
 
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_owned(), Some(value.to_owned()))
-            }
-            _ => (arg, None),
-        };
+    let mut flags = Flags::new(args);
+    while let Some(flag) = flags.next_flag() {
         if flag == "-h" || flag == "--help" {
             return Ok(Command::Help);
         }
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
         match flag.as_str() {
             "--backend" => {
-                backend = match value()?.as_str() {
+                backend = match flags.value(&flag)?.as_str() {
                     "sqlite" => BackendKind::Sqlite,
                     "postgres" | "pg" => BackendKind::Postgres,
                     other => {
@@ -420,10 +412,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
                     }
                 }
             }
-            "--url" => url = Some(value()?),
-            "--async" if inline.is_none() => asynchronous = true,
+            "--url" => url = Some(flags.value(&flag)?),
+            "--async" if !flags.has_inline_value() => asynchronous = true,
             "--clients" => {
-                let text = value()?;
+                let text = flags.value(&flag)?;
                 clients = text
                     .parse()
                     .ok()
@@ -431,26 +423,26 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
                     .ok_or_else(|| format!("--clients is a number from 1 to 16, not {text:?}"))?;
             }
             "--keys" => {
-                keys = match value()?.as_str() {
+                keys = match flags.value(&flag)?.as_str() {
                     "distinct" => Keys::Distinct,
                     "hot" => Keys::Hot,
                     other => return Err(format!("--keys is distinct or hot, not {other:?}")),
                 }
             }
             "--count" => {
-                let text = value()?;
+                let text = flags.value(&flag)?;
                 count = Some(text.parse().ok().filter(|&n: &u64| n >= 1).ok_or_else(|| {
                     format!("--count is a number of calls, at least 1, not {text:?}")
                 })?);
             }
             "--duration" => {
-                let text = value()?;
+                let text = flags.value(&flag)?;
                 duration = Some(parse_duration(&text).ok_or_else(|| {
                     format!("--duration is a positive time like 500ms, 10s or 2m, not {text:?}")
                 })?);
             }
             "--mode" => {
-                annotation.mode = match value()?.as_str() {
+                annotation.mode = match flags.value(&flag)?.as_str() {
                     "claim_first" => Mode::ClaimFirst,
                     "optimistic" => Mode::Optimistic,
                     other => {
@@ -461,7 +453,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
                 }
             }
             "--replay" => {
-                annotation.replay = match value()?.as_str() {
+                annotation.replay = match flags.value(&flag)?.as_str() {
                     "in_transaction" => Replay::InTransaction,
                     "read_first" => Replay::ReadFirst,
                     other => {

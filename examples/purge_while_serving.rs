@@ -102,6 +102,9 @@
 //! Exits with 0 when the criterion and every check hold, 1 when one does
 //! not (or the run failed), 2 on bad arguments.
 
+#[path = "shared/flags.rs"]
+mod flags;
+
 use std::cell::Cell;
 use std::fmt;
 use std::process::ExitCode;
@@ -115,6 +118,7 @@ use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use diesel::sql_types::{BigInt, Text, Timestamp};
 use diesel_idempotent::{Outcome, idempotency_records, idempotent};
+use flags::Flags;
 
 const USAGE: &str = "\
 usage: cargo run --release --features postgres --example purge_while_serving -- [OPTIONS]
@@ -212,27 +216,15 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
     let mut baseline = Duration::from_secs(30);
     let mut expired_percent = 10;
 
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        let (flag, inline) = match arg.split_once('=') {
-            Some((flag, value)) if flag.starts_with("--") => {
-                (flag.to_owned(), Some(value.to_owned()))
-            }
-            _ => (arg, None),
-        };
+    let mut flags = Flags::new(args);
+    while let Some(flag) = flags.next_flag() {
         if flag == "-h" || flag == "--help" {
             return Ok(Command::Help);
         }
-        let mut value = || {
-            inline
-                .clone()
-                .or_else(|| args.next())
-                .ok_or_else(|| format!("{flag} needs a value"))
-        };
         match flag.as_str() {
-            "--database-url" => url = Some(value()?),
+            "--database-url" => url = Some(flags.value(&flag)?),
             "--records" => {
-                let text = value()?;
+                let text = flags.value(&flag)?;
                 records = text
                     .parse()
                     .ok()
@@ -240,7 +232,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
                     .ok_or_else(|| format!("--records is a number from 1 to 10^8, not {text:?}"))?;
             }
             "--clients" => {
-                let text = value()?;
+                let text = flags.value(&flag)?;
                 clients = text
                     .parse()
                     .ok()
@@ -248,7 +240,7 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
                     .ok_or_else(|| format!("--clients is a number from 1 to 64, not {text:?}"))?;
             }
             "--batch" => {
-                let text = value()?;
+                let text = flags.value(&flag)?;
                 batch = text
                     .parse()
                     .ok()
@@ -258,13 +250,13 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
                     })?;
             }
             "--baseline" => {
-                let text = value()?;
+                let text = flags.value(&flag)?;
                 baseline = parse_duration(&text).ok_or_else(|| {
                     format!("--baseline is a positive time like 500ms, 10s or 1m, not {text:?}")
                 })?;
             }
             "--expired-percent" => {
-                let text = value()?;
+                let text = flags.value(&flag)?;
                 expired_percent = text
                     .parse()
                     .ok()

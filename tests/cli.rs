@@ -42,6 +42,20 @@ fn cli(args: &[&str]) -> Run {
     cli_with_env(args, None)
 }
 
+/// A database the command runs against.
+struct Target {
+    url: String,
+}
+
+impl Target {
+    /// Runs `diesel-idempotent command --database-url URL args..`.
+    fn run(&self, command: &str, args: &[&str]) -> Run {
+        let mut all = vec![command, "--database-url", &self.url];
+        all.extend_from_slice(args);
+        cli(&all)
+    }
+}
+
 #[test]
 fn help_lists_every_command_and_the_exit_statuses() {
     let run = cli(&["--help"]);
@@ -102,7 +116,7 @@ mod generic {
     use chrono::{DateTime, NaiveDateTime, Utc};
     use diesel_idempotent::{ManualClock, idempotent};
 
-    use super::{Run, cli, cli_with_env};
+    use super::{Run, Target, cli, cli_with_env};
     use crate::common::{AppError, Backend, DatabaseUrl, TestConn};
 
     const ORDERS: &str = "cli.orders";
@@ -173,7 +187,7 @@ mod generic {
 
     pub fn inspect_shows_a_record_and_lists_a_namespace<B: Backend + DatabaseUrl>() {
         let db = B::fresh();
-        let url = db.url();
+        let target = Target { url: db.url() };
         let mut conn = db.connect();
         let clock = live();
         let id = place_order(&mut conn, &clock, "order-1", 250).unwrap();
@@ -183,15 +197,7 @@ mod generic {
         refund(&mut conn, &clock, "tenant 1", "refund-1").unwrap();
         stuck_record(&mut conn, "stuck-1");
 
-        let run = cli(&[
-            "inspect",
-            "--database-url",
-            &url,
-            "--namespace",
-            ORDERS,
-            "--key",
-            "order-1",
-        ]);
+        let run = target.run("inspect", &["--namespace", ORDERS, "--key", "order-1"]);
         assert_eq!((run.status, run.stderr.as_str()), (0, ""), "{run:?}");
         let record = conn.load_record(ORDERS, "order-1").unwrap();
         let names: Vec<&str> = run
@@ -221,61 +227,40 @@ mod generic {
         assert_eq!(time(field(&run, "expires_at")), record.expires_at);
         assert_eq!(field(&run, "response"), id.to_string());
 
-        let run = cli(&[
-            "inspect",
-            "--database-url",
-            &url,
-            "--namespace",
-            ORDERS,
-            "--key",
-            "order-0",
-        ]);
+        let run = target.run("inspect", &["--namespace", ORDERS, "--key", "order-0"]);
         assert_eq!(field(&run, "state"), "expired", "{run:?}");
-        let run = cli(&[
-            "inspect",
-            "--database-url",
-            &url,
-            "--namespace",
-            ORDERS,
-            "--key",
-            "stuck-1",
-        ]);
+        let run = target.run("inspect", &["--namespace", ORDERS, "--key", "stuck-1"]);
         assert_eq!(field(&run, "state"), "in-flight", "{run:?}");
         assert_eq!(field(&run, "response"), "(none)");
 
         // A scope is named with --scope; without it the record is another's.
-        let run = cli(&[
+        let run = target.run(
             "inspect",
-            "--database-url",
-            &url,
-            "--namespace",
-            "cli.refunds",
-            "--key",
-            "refund-1",
-        ]);
+            &["--namespace", "cli.refunds", "--key", "refund-1"],
+        );
         assert_eq!(run.status, 1, "{run:?}");
         assert_eq!(
             run.stderr,
             "no record of key refund-1 in namespace cli.refunds (scope \"\")\n"
         );
         assert!(run.stdout.is_empty());
-        let run = cli(&[
+        let run = target.run(
             "inspect",
-            "--database-url",
-            &url,
-            "--namespace",
-            "cli.refunds",
-            "--key",
-            "refund-1",
-            "--scope",
-            "tenant 1",
-        ]);
+            &[
+                "--namespace",
+                "cli.refunds",
+                "--key",
+                "refund-1",
+                "--scope",
+                "tenant 1",
+            ],
+        );
         assert_eq!(run.status, 0, "{run:?}");
         assert_eq!(field(&run, "scope"), "\"tenant 1\"");
 
         // The list: in flight first, then completed, newest first; the
         // expired record is left out.
-        let run = cli(&["inspect", "--database-url", &url, "--namespace", ORDERS]);
+        let run = target.run("inspect", &["--namespace", ORDERS]);
         assert_eq!((run.status, run.stderr.as_str()), (0, ""), "{run:?}");
         let lines: Vec<&str> = run.stdout.lines().collect();
         assert_eq!(lines.len(), 3, "{}", run.stdout);
@@ -295,41 +280,21 @@ mod generic {
                 )
             );
         }
-        let run = cli(&[
+        let run = target.run(
             "inspect",
-            "--database-url",
-            &url,
-            "--namespace",
-            ORDERS,
-            "--completed",
-            "--limit",
-            "1",
-        ]);
+            &["--namespace", ORDERS, "--completed", "--limit", "1"],
+        );
         assert_eq!(run.stdout.lines().count(), 1, "{run:?}");
         assert!(
             run.stdout.starts_with("state=completed key=order-2 "),
             "{run:?}"
         );
-        let run = cli(&[
-            "inspect",
-            "--database-url",
-            &url,
-            "--namespace",
-            ORDERS,
-            "--in-flight",
-        ]);
+        let run = target.run("inspect", &["--namespace", ORDERS, "--in-flight"]);
         assert!(
             run.stdout.starts_with("state=in-flight key=stuck-1 "),
             "{run:?}"
         );
-        let run = cli(&[
-            "inspect",
-            "--database-url",
-            &url,
-            "--namespace",
-            "cli.none",
-            "--in-flight",
-        ]);
+        let run = target.run("inspect", &["--namespace", "cli.none", "--in-flight"]);
         assert_eq!(run.status, 0, "{run:?}");
         assert!(run.stdout.is_empty());
         assert_eq!(
@@ -340,7 +305,7 @@ mod generic {
 
     pub fn forget_removes_a_record_and_the_next_call_runs_the_body<B: Backend + DatabaseUrl>() {
         let db = B::fresh();
-        let url = db.url();
+        let target = Target { url: db.url() };
         let mut conn = db.connect();
         let clock = live();
         let first = place_order(&mut conn, &clock, "order-1", 250).unwrap();
@@ -352,15 +317,7 @@ mod generic {
         assert_eq!(conn.count_payments().unwrap(), 2);
 
         let record = conn.load_record(ORDERS, "order-1").unwrap();
-        let run = cli(&[
-            "forget",
-            "--database-url",
-            &url,
-            "--namespace",
-            ORDERS,
-            "--key",
-            "order-1",
-        ]);
+        let run = target.run("forget", &["--namespace", ORDERS, "--key", "order-1"]);
         assert_eq!((run.status, run.stderr.as_str()), (0, ""), "{run:?}");
         let created_at = forgotten_created_at(&run.stdout);
         assert_eq!(time(&created_at), record.created_at);
@@ -377,15 +334,7 @@ mod generic {
         assert_ne!(again, first);
         assert_eq!(conn.count_payments().unwrap(), 3, "the body ran again");
 
-        let run = cli(&[
-            "forget",
-            "--database-url",
-            &url,
-            "--namespace",
-            ORDERS,
-            "--key",
-            "order-9",
-        ]);
+        let run = target.run("forget", &["--namespace", ORDERS, "--key", "order-9"]);
         assert_eq!(run.status, 1, "{run:?}");
         assert!(run.stdout.is_empty());
         assert_eq!(
@@ -403,7 +352,7 @@ mod generic {
 
     pub fn stats_counts_live_in_flight_and_expired_per_namespace<B: Backend + DatabaseUrl>() {
         let db = B::fresh();
-        let url = db.url();
+        let target = Target { url: db.url() };
         let mut conn = db.connect();
         let clock = live();
         for key in ["order-1", "order-2", "order-3"] {
@@ -416,7 +365,7 @@ mod generic {
         refund(&mut conn, &clock, "tenant-1", "refund-1").unwrap();
 
         // The URL from DATABASE_URL, when the flag is absent.
-        let run = cli_with_env(&["stats"], Some(&url));
+        let run = cli_with_env(&["stats"], Some(&target.url));
         assert_eq!((run.status, run.stderr.as_str()), (0, ""), "{run:?}");
         let rows: Vec<Vec<&str>> = run
             .stdout
@@ -432,13 +381,16 @@ mod generic {
                 ["total", "5", "1", "2"],
             ]
         );
-        let flag = cli_with_env(&["stats", "--database-url", &url], Some("/nonexistent.db"));
+        let flag = cli_with_env(
+            &["stats", "--database-url", &target.url],
+            Some("/nonexistent.db"),
+        );
         assert_eq!(flag.stdout, run.stdout, "the flag wins over DATABASE_URL");
     }
 
     pub fn purge_reports_its_batches_and_deletes_expired_records<B: Backend + DatabaseUrl>() {
         let db = B::fresh();
-        let url = db.url();
+        let target = Target { url: db.url() };
         let mut conn = db.connect();
         let old = expired();
         for i in 0..30 {
@@ -448,7 +400,7 @@ mod generic {
             place_order(&mut conn, &live(), key, 1).unwrap();
         }
 
-        let run = cli(&["purge", "--database-url", &url, "--batch", "7"]);
+        let run = target.run("purge", &["--batch", "7"]);
         assert_eq!(run.status, 0, "{run:?}");
         assert_eq!(run.stderr, "", "no bar when stderr is not a terminal");
         let summary = Summary::read(&run.stdout);
@@ -467,7 +419,7 @@ mod generic {
         );
         assert_eq!(conn.record_keys().unwrap(), ["order-1", "order-2"]);
 
-        let run = cli(&["purge", "--database-url", &url]);
+        let run = target.run("purge", &[]);
         assert_eq!(run.status, 0, "{run:?}");
         assert!(
             run.stdout.starts_with("purged 0 expired records in "),
@@ -536,31 +488,16 @@ mod generic {
     pub fn database_errors_exit_3_with_a_sentence<B: Backend + DatabaseUrl>() {
         // No record table: the migration never ran.
         let db = B::empty();
-        let url = db.url();
-        for args in [
-            &["stats", "--database-url", &url][..],
-            &["purge", "--database-url", &url],
-            &[
-                "inspect",
-                "--database-url",
-                &url,
-                "--namespace",
-                ORDERS,
-                "--key",
-                "k",
-            ],
-            &[
-                "forget",
-                "--database-url",
-                &url,
-                "--namespace",
-                ORDERS,
-                "--key",
-                "k",
-            ],
+        let target = Target { url: db.url() };
+        let record = ["--namespace", ORDERS, "--key", "k"];
+        for (command, args) in [
+            ("stats", &[][..]),
+            ("purge", &[]),
+            ("inspect", &record),
+            ("forget", &record),
         ] {
-            let run = cli(args);
-            assert_eq!(run.status, 3, "{args:?}: {run:?}");
+            let run = target.run(command, args);
+            assert_eq!(run.status, 3, "{command} {args:?}: {run:?}");
             assert!(run.stdout.is_empty(), "{run:?}");
             assert!(
                 run.stderr.starts_with("error: the database at ")
@@ -674,9 +611,9 @@ fn mysql_cli_skipped_feature_disabled() {
 fn purge_batch_too_large_is_a_usage_error() {
     use crate::common::{Backend, DatabaseUrl};
     let db = crate::common::Sqlite::fresh();
-    let url = db.url();
+    let target = Target { url: db.url() };
     let huge = (i64::MAX as u64 + 1).to_string();
-    let run = cli(&["purge", "--database-url", &url, "--batch", &huge]);
+    let run = target.run("purge", &["--batch", &huge]);
     assert_eq!(run.status, 2, "{run:?}");
     assert!(
         run.stderr
