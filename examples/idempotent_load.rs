@@ -437,9 +437,11 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             }
             "--duration" => {
                 let text = flags.value(&flag)?;
-                duration = Some(parse_duration(&text).ok_or_else(|| {
-                    format!("--duration is a positive time like 500ms, 10s or 2m, not {text:?}")
-                })?);
+                duration = Some(
+                    flags::parse_duration(&text, flags::Longest::Hours).ok_or_else(|| {
+                        format!("--duration is a positive time like 500ms, 10s or 2m, not {text:?}")
+                    })?,
+                );
             }
             "--mode" => {
                 annotation.mode = match flags.value(&flag)?.as_str() {
@@ -522,25 +524,6 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
         annotation,
         asynchronous,
     }))
-}
-
-/// `500ms`, `10s`, `1.5s`, `2m`, `1h`, or a number of seconds.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "ms" => number / 1_000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        "h" => number * 3_600.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(seconds)
-        .ok()
-        .filter(|d| !d.is_zero())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

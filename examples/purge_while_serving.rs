@@ -251,9 +251,10 @@ fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, String>
             }
             "--baseline" => {
                 let text = flags.value(&flag)?;
-                baseline = parse_duration(&text).ok_or_else(|| {
-                    format!("--baseline is a positive time like 500ms, 10s or 1m, not {text:?}")
-                })?;
+                baseline =
+                    flags::parse_duration(&text, flags::Longest::Minutes).ok_or_else(|| {
+                        format!("--baseline is a positive time like 500ms, 10s or 1m, not {text:?}")
+                    })?;
             }
             "--expired-percent" => {
                 let text = flags.value(&flag)?;
@@ -323,24 +324,6 @@ fn split_database(url: &str) -> Option<(&str, &str, &str)> {
         None => (base, ""),
     };
     Some((server, name, query))
-}
-
-/// `500ms`, `10s`, `1.5s`, `2m`, or a number of seconds.
-fn parse_duration(text: &str) -> Option<Duration> {
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: f64 = number.parse().ok()?;
-    let seconds = match unit {
-        "ms" => number / 1_000.0,
-        "" | "s" => number,
-        "m" => number * 60.0,
-        _ => return None,
-    };
-    Duration::try_from_secs_f64(seconds)
-        .ok()
-        .filter(|d| !d.is_zero())
 }
 
 /// The run's database, dropped with this value.

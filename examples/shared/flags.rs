@@ -13,6 +13,38 @@
 //! }
 //! ```
 
+use std::time::Duration;
+
+/// The longest unit a duration flag takes.
+#[derive(Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code, reason = "each program takes one of them")]
+pub enum Longest {
+    /// `ms`, `s` (or none) and `m`.
+    Minutes,
+    /// `h` as well.
+    Hours,
+}
+
+/// A positive duration: a number (fractions allowed) and a unit, `ms`, `s`
+/// (or none), `m`, and `h` when `longest` is [`Longest::Hours`].
+pub fn parse_duration(text: &str, longest: Longest) -> Option<Duration> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number.parse().ok()?;
+    let seconds = match unit {
+        "ms" => number / 1_000.0,
+        "" | "s" => number,
+        "m" => number * 60.0,
+        "h" if longest == Longest::Hours => number * 3_600.0,
+        _ => return None,
+    };
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+}
+
 /// The arguments, read one flag at a time.
 pub struct Flags<I> {
     args: I,
