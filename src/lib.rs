@@ -198,11 +198,26 @@ pub mod admin {
     pub use idempotent_core::admin::*;
 }
 
-/// The record table's migrations: embedded, and written as Diesel CLI folders.
+/// The library's migrations (the records, the outbox, the phased calls):
+/// embedded, and written as Diesel CLI folders.
 pub mod migrations {
     pub use idempotent_core::migrations::{
-        Backend, MIGRATION_NAME, SCHEMA_VERSION, write_diesel_cli_migrations,
+        Backend, MIGRATION_NAME, Migration, OUTBOX_MIGRATION_NAME, OUTBOX_SCHEMA_VERSION,
+        PHASED_MIGRATION_NAME, PHASED_SCHEMA_VERSION, SCHEMA_VERSION,
+        write_diesel_cli_migrations,
     };
+}
+
+/// Effects outside the database, delivered at least once after the call
+/// that caused them commits: the transactional outbox.
+pub mod outbox {
+    pub use idempotent_core::outbox::*;
+}
+
+/// Calls made in phases that commit one by one, with recovery points: for
+/// a body that calls an external service and needs its answer.
+pub mod phased {
+    pub use idempotent_core::phased::*;
 }
 
 #[doc(hidden)]

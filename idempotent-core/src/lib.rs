@@ -12,7 +12,9 @@ mod fingerprint;
 #[cfg(feature = "axum")]
 pub mod http;
 pub mod migrations;
+pub mod outbox;
 pub mod pattern;
+pub mod phased;
 mod record;
 pub mod retry;
 mod store;

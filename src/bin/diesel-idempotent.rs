@@ -401,7 +401,14 @@ fn run(command: Command) -> Result<String, Failure> {
     match command {
         Command::Help => Ok(USAGE.to_owned()),
         Command::Migrations { backend, dir } => write_diesel_cli_migrations(backend, &dir)
-            .map(|folder| format!("wrote {}", folder.display()))
+            .map(|_| {
+                backend
+                    .migrations()
+                    .iter()
+                    .map(|m| format!("wrote {}", dir.join(m.folder_name()).display()))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
             .map_err(|e| usage(format!("could not write into {}: {e}", dir.display()))),
         Command::Database { url, action } => match Dialect::of(&url) {
             Dialect::Postgres => on_postgres(&url, &action),

@@ -1,0 +1,1 @@
+//! Calls made in phases that commit one by one, with recovery points.
