@@ -53,21 +53,33 @@ fn error_table_has_a_row_for_every_variant() {
 
 #[test]
 fn sample_migrations_folder_is_what_the_cli_route_writes() {
-    let folder = format!("migrations/{SCHEMA_VERSION}_{MIGRATION_NAME}");
     let regenerate = "rm -r migrations && cargo run --no-default-features -- migrations \
                       --backend postgres --dir migrations";
+    let migrations = Backend::Postgres.migrations();
     assert_eq!(
-        read(&format!("{folder}/up.sql")),
-        Backend::Postgres.up_sql(),
-        "{folder}/up.sql is stale; regenerate it: {regenerate}"
+        migrations[0].folder_name(),
+        format!("{SCHEMA_VERSION}_{MIGRATION_NAME}"),
+        "the record table's migration comes first"
     );
-    assert_eq!(
-        read(&format!("{folder}/down.sql")),
-        Backend::Postgres.down_sql(),
-        "{folder}/down.sql is stale; regenerate it: {regenerate}"
-    );
+    for migration in migrations {
+        let folder = format!("migrations/{}", migration.folder_name());
+        assert_eq!(
+            read(&format!("{folder}/up.sql")),
+            migration.up_sql,
+            "{folder}/up.sql is stale; regenerate it: {regenerate}"
+        );
+        assert_eq!(
+            read(&format!("{folder}/down.sql")),
+            migration.down_sql,
+            "{folder}/down.sql is stale; regenerate it: {regenerate}"
+        );
+    }
     let entries = std::fs::read_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations"))
         .expect("migrations/ exists")
         .count();
-    assert_eq!(entries, 1, "migrations/ holds only {folder}; {regenerate}");
+    assert_eq!(
+        entries,
+        migrations.len(),
+        "migrations/ holds only the library's migrations; {regenerate}"
+    );
 }

@@ -50,13 +50,17 @@ pub trait Backend: Sized + Send + Sync + 'static {
     /// backend cannot tell; the test's outcome is then still asserted).
     fn wait_for_lock_waiters(&self, n: usize);
 
-    /// A new database with the record table (embedded migrations) and the
+    /// A new database with the library's tables (embedded migrations) and the
     /// side table the test functions write to.
     fn fresh() -> Self {
         let db = Self::empty();
         let mut conn = db.connect();
         let applied = diesel_idempotent::migrate(&mut conn).expect("embedded migrations");
-        assert_eq!(applied, 1, "one migration creates the record table");
+        assert_eq!(
+            applied,
+            Self::MIGRATIONS.migrations().len(),
+            "the embedded migrations create the record, outbox and phased-call tables"
+        );
         conn.create_side_tables().expect("side tables");
         conn.create_account_tables().expect("account tables");
         db
