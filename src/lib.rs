@@ -203,8 +203,7 @@ pub mod admin {
 pub mod migrations {
     pub use idempotent_core::migrations::{
         Backend, MIGRATION_NAME, Migration, OUTBOX_MIGRATION_NAME, OUTBOX_SCHEMA_VERSION,
-        PHASED_MIGRATION_NAME, PHASED_SCHEMA_VERSION, SCHEMA_VERSION,
-        write_diesel_cli_migrations,
+        PHASED_MIGRATION_NAME, PHASED_SCHEMA_VERSION, SCHEMA_VERSION, write_diesel_cli_migrations,
     };
 }
 

@@ -7,6 +7,7 @@
 
 pub mod admin;
 pub mod clock;
+mod derived;
 mod error;
 mod fingerprint;
 #[cfg(feature = "axum")]

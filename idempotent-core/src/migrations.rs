@@ -194,7 +194,10 @@ pub fn write_diesel_cli_migrations(backend: Backend, dir: &Path) -> io::Result<P
     // Every file is checked before one is written, so an edited folder
     // leaves the directory as it was.
     for (folder, migration) in &folders {
-        for (file, sql) in [("up.sql", migration.up_sql), ("down.sql", migration.down_sql)] {
+        for (file, sql) in [
+            ("up.sql", migration.up_sql),
+            ("down.sql", migration.down_sql),
+        ] {
             let path = folder.join(file);
             match fs::read_to_string(&path) {
                 Ok(existing) if existing == sql => {}
@@ -214,7 +217,10 @@ pub fn write_diesel_cli_migrations(backend: Backend, dir: &Path) -> io::Result<P
     }
     for (folder, migration) in &folders {
         fs::create_dir_all(folder)?;
-        for (file, sql) in [("up.sql", migration.up_sql), ("down.sql", migration.down_sql)] {
+        for (file, sql) in [
+            ("up.sql", migration.up_sql),
+            ("down.sql", migration.down_sql),
+        ] {
             let path = folder.join(file);
             if !path.exists() {
                 fs::write(&path, sql)?;
