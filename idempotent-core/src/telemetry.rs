@@ -275,13 +275,15 @@ impl<'a> Telemetry<'a> {
         allow(unused_variables)
     )]
     pub(crate) fn finish(&self, ending: Ending) {
-        if self.finished.swap(true, Ordering::Relaxed) {
-            return;
-        }
+        let first = !self.finished.swap(true, Ordering::Relaxed);
         #[cfg(feature = "tracing")]
-        spans::finish(&self.span, ending);
+        if first {
+            spans::finish(&self.span, ending);
+        }
         #[cfg(feature = "metrics")]
-        self.timings.finish(ending.outcome);
+        if first {
+            self.timings.finish(ending.outcome);
+        }
     }
 }
 
