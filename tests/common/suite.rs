@@ -1777,8 +1777,12 @@ pub fn generated_cli_migrations_apply<B: Backend>() {
         .status()
         .expect("run diesel-idempotent");
     assert!(status.success());
-    assert_eq!(conn.run_file_migrations(dir.path()), 1);
-    // The embedded migration has the same version: nothing left to apply.
+    assert_eq!(
+        conn.run_file_migrations(dir.path()),
+        B::MIGRATIONS.migrations().len(),
+        "the record, outbox and phased-call tables, one folder each"
+    );
+    // The embedded migrations have the same versions: nothing left to apply.
     assert_eq!(diesel_idempotent::migrate(&mut conn).unwrap(), 0);
     conn.create_side_tables().unwrap();
     let clock = clock();
