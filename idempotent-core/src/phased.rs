@@ -523,11 +523,13 @@ const STARTED: &str = "started";
 /// The recovery point's name of a finished call.
 const FINISHED: &str = "finished";
 
-/// The `expires_at` of an unfinished call: never (within what every
-/// dialect's timestamp holds).
+/// The `expires_at` of an unfinished call, which never expires (nothing
+/// reads an unfinished call's `expires_at`; only a finished call's
+/// answer expires): the latest instant every dialect binds, MySQL's
+/// `TIMESTAMP` parameters included.
 fn never() -> NaiveDateTime {
-    NaiveDate::from_ymd_opt(9999, 12, 31)
-        .and_then(|date| date.and_hms_opt(0, 0, 0))
+    NaiveDate::from_ymd_opt(2038, 1, 19)
+        .and_then(|date| date.and_hms_opt(3, 14, 7))
         .unwrap_or(NaiveDateTime::MAX)
 }
 
@@ -1424,6 +1426,6 @@ mod tests {
 
     #[test]
     fn unfinished_calls_never_expire() {
-        assert!(never() > NaiveDate::from_ymd_opt(9000, 1, 1).unwrap().into());
+        assert_eq!(never().and_utc().timestamp(), i64::from(i32::MAX));
     }
 }
