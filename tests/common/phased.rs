@@ -829,8 +829,12 @@ where
 }
 
 /// A holder stalls in its external call past its lease; another call
-/// takes over and finishes (the processor deduplicates its charge); the
-/// stalled holder's phase then finds its lease lost and is rolled back.
+/// takes over, charges (the processor answers with the stalled holder's
+/// charge: same key), commits phase 2 and crashes, so that its own lease is
+/// live when the stalled holder wakes up. The holder's phase end then finds
+/// its lease lost: its phase is rolled back and it gets `LeaseLost`. Once
+/// the second lease ends, a retry finishes from the second call's recovery
+/// point.
 ///
 /// SQLite serializes writers, and a phase holds the database's write lock
 /// from its start: there, nothing can take over while the holder runs, and
@@ -871,16 +875,16 @@ where
 
         let mut conn = db.connect();
         conn.short_lock_waits().unwrap();
-        let b = blocking::pay(
-            &mut conn,
-            &clock,
-            &processor,
-            "z-1",
-            100,
-            Crash::Never,
-            &trace_b,
-        );
         if B::NAME == "sqlite" {
+            let b = blocking::pay(
+                &mut conn,
+                &clock,
+                &processor,
+                "z-1",
+                100,
+                Crash::Never,
+                &trace_b,
+            );
             let e = b.expect_err("A holds the write lock");
             assert!(
                 matches!(e.idempotency(), Some(e @ Error::Database(_)) if e.is_retryable()),
@@ -890,32 +894,68 @@ where
             let a = a.join().unwrap().expect("A finishes: nobody took over");
             assert!(!a.is_replayed());
             assert_eq!(trace_a.take().len(), 3);
-        } else {
-            let b = b.expect("B takes over and finishes");
-            assert!(!b.is_replayed());
-            assert_eq!(trace_b.take(), [("charge", true), ("receipt", true)]);
-            hold.release();
-            let a = a.join().unwrap();
-            assert!(
-                matches!(
-                    a.as_ref().map_err(PayError::idempotency),
-                    Err(Some(Error::LeaseLost { .. }))
-                ),
-                "{a:?}"
-            );
-            let replay = blocking::pay(
+            return;
+        }
+        let b = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            blocking::pay(
                 &mut conn,
                 &clock,
                 &processor,
                 "z-1",
                 100,
-                Crash::Never,
+                Crash::AfterChargeCommit,
                 &trace_b,
             )
+        }));
+        assert!(b.is_err(), "B crashed after its phase 2: {b:?}");
+        assert_eq!(trace_b.take(), [("charge", true), ("receipt", true)]);
+        let record = diesel_idempotent::phased::find(&mut check, NAMESPACE, "", "z-1")
+            .unwrap()
             .unwrap();
-            assert!(replay.is_replayed());
-            assert_eq!(replay.value(), b.value());
-        }
+        assert_eq!(record.recovery_point, "Charged");
+        assert!(record.is_leased_at(diesel_idempotent::Clock::now(&clock)));
+
+        hold.release();
+        let a = a.join().unwrap();
+        assert!(
+            matches!(
+                a.as_ref().map_err(PayError::idempotency),
+                Err(Some(Error::LeaseLost { .. }))
+            ),
+            "{a:?}"
+        );
+        assert_eq!(trace_a.take(), [("start", false), ("charge", false)]);
+        assert_eq!(
+            check.count_writes("z-1").unwrap(),
+            2,
+            "A's phase 2 was rolled back; B's was kept"
+        );
+
+        clock.advance(PAST_LEASE);
+        let done = blocking::pay(
+            &mut conn,
+            &clock,
+            &processor,
+            "z-1",
+            100,
+            Crash::Never,
+            &trace_b,
+        )
+        .expect("a retry finishes from B's recovery point");
+        assert!(!done.is_replayed());
+        assert_eq!(trace_b.take(), [("receipt", true)]);
+        let replay = blocking::pay(
+            &mut conn,
+            &clock,
+            &processor,
+            "z-1",
+            100,
+            Crash::Never,
+            &trace_b,
+        )
+        .unwrap();
+        assert!(replay.is_replayed());
+        assert_eq!(replay.value(), done.value());
     });
     assert_eq!(processor.charges(), 1, "one charge in all");
     assert_eq!(
@@ -929,7 +969,7 @@ where
     assert_eq!(
         check.count_writes("z-1").unwrap(),
         3,
-        "the stalled phase's writes were rolled back"
+        "each phase committed once"
     );
 }
 
