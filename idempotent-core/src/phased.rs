@@ -1424,6 +1424,27 @@ mod tests {
         assert_eq!(a.len(), 32);
     }
 
+    /// A lost lease answers like a request in flight: 409, with
+    /// `Retry-After`, and a detail that names neither key nor namespace.
+    #[cfg(feature = "axum")]
+    #[test]
+    fn a_lost_lease_is_a_conflict_to_retry() {
+        let error = Error::LeaseLost {
+            namespace: "billing.charge".to_owned(),
+            key: "client-key-1".to_owned(),
+        };
+        let problem = crate::http::Problem::from(&error);
+        assert_eq!(problem.status, 409);
+        assert!(problem.retry_after.is_some());
+        let detail = problem.detail.unwrap_or_default();
+        assert!(
+            !detail.contains("billing.charge") && !detail.contains("client-key-1"),
+            "{detail}"
+        );
+        assert!(error.is_retryable());
+        assert_eq!(error.kind(), "lease_lost");
+    }
+
     #[test]
     fn unfinished_calls_never_expire() {
         assert_eq!(never().and_utc().timestamp(), i64::from(i32::MAX));
