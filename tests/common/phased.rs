@@ -1067,6 +1067,80 @@ where
     );
 }
 
+/// What a phased call costs in statements, phases that write nothing
+/// aside: a first run of three phases is one read, then each phase's
+/// `BEGIN` and `COMMIT` around its end's `UPDATE` (the first phase's claim
+/// `INSERT` too); a replay is the read alone; a takeover adds its
+/// compare-and-set `UPDATE` to the read.
+pub fn phased_statements_per_phase<B: super::Backend>()
+where
+    B::Conn: PhasedTestConn,
+{
+    use diesel_idempotent::phased::{Phase, PhasedCall, Step};
+    use diesel_idempotent::{ManualClock, Outcome};
+
+    fn count<C: PhasedTestConn>(
+        conn: &mut C,
+        clock: &ManualClock,
+        stop_after: usize,
+    ) -> (Vec<String>, Result<Outcome<u32>, PayError>) {
+        super::rt::blocking::statements(conn, |conn| {
+            let mut ran = 0;
+            PhasedCall::new("phased.count", "k").clock(clock).run(
+                conn,
+                |phase: &mut Phase<'_, C, u32>| {
+                    ran += 1;
+                    if ran > stop_after {
+                        return Err(PayError::Processor(ProcessorError {
+                            status: 503,
+                            message: "stopped".to_owned(),
+                        }));
+                    }
+                    Ok(match phase.point() {
+                        None => Step::Next(1),
+                        Some(1) => Step::Next(2),
+                        Some(_) => Step::Finish(7),
+                    })
+                },
+            )
+        })
+    }
+
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = super::clock();
+    // Two phases commit, the third fails: its lease is released.
+    let (stopped, result) = count(&mut conn, &clock, 2);
+    assert!(matches!(result, Err(PayError::Processor(_))), "{result:?}");
+    assert_eq!(stopped.len(), 1 + 4 + 3 + 2 + 1, "{stopped:#?}");
+    let (resumed, result) = count(&mut conn, &clock, 9);
+    assert_eq!(*result.unwrap().value(), 7);
+    assert_eq!(
+        resumed.len(),
+        2 + 3,
+        "read, take over, one phase: {resumed:#?}"
+    );
+    let (replayed, result) = count(&mut conn, &clock, 9);
+    assert!(result.unwrap().is_replayed());
+    assert_eq!(replayed.len(), 1, "{replayed:#?}");
+
+    let mut fresh = db.connect();
+    let (first, result) = super::rt::blocking::statements(&mut fresh, |conn| {
+        PhasedCall::new("phased.count", "k2").clock(&clock).run(
+            conn,
+            |phase: &mut Phase<'_, B::Conn, u32>| {
+                Ok::<_, PayError>(match phase.point() {
+                    None => Step::Next(1),
+                    Some(1) => Step::Next(2),
+                    Some(_) => Step::Finish(7),
+                })
+            },
+        )
+    });
+    assert_eq!(*result.unwrap().value(), 7);
+    assert_eq!(first.len(), 1 + 4 + 3 + 3, "{first:#?}");
+}
+
 /// Instantiates this file's tests for one backend (see `conformance!`).
 #[macro_export]
 macro_rules! phased_tests {
@@ -1081,6 +1155,7 @@ macro_rules! phased_tests {
             phased_takeover_race_has_one_winner,
             phased_zombie_holder_loses_its_lease,
             phased_find_and_purge,
+            phased_statements_per_phase,
         );
     };
     (nonblocking $backend:ty) => {
