@@ -18,8 +18,12 @@
 //!   each phase. A retry that finds the lease live answers
 //!   [`Error::InFlight`]; one that finds it ended (the holder crashed, or
 //!   stalled longer than the lease) *takes the call over* and resumes from
-//!   the last recovery point ([`Phase::point`]). Of several retries racing
-//!   for one record, exactly one takes it over.
+//!   the last recovery point ([`Phase::point`]). The takeover is one
+//!   compare-and-set `UPDATE`, committed on its own before the resumed
+//!   phase begins (so racing retries wait for one statement, never for the
+//!   winner's phase): it moves the lease only if the record still has the
+//!   holder, the phase count and the ended lease that the retry read. Of
+//!   several retries racing for one record, exactly one takes it over.
 //! - every phase end is fenced on the lease: a holder whose call was taken
 //!   over while it stalled finds out when its phase tries to commit; that
 //!   phase is rolled back and the holder gets [`Error::LeaseLost`].
@@ -384,9 +388,9 @@ impl<'a> PhasedCall<'a> {
         self
     }
 
-    /// How long a run holds the call after each phase's start and end
-    /// before a retry may take it over (60 seconds by default). Longer than
-    /// the longest phase, external call included.
+    /// How long a run holds the call after it claims or takes it over and
+    /// after each phase's end, before a retry may take it over (60 seconds
+    /// by default). Longer than the longest phase, external call included.
     pub fn lease(mut self, lease: Duration) -> Self {
         self.lease = lease;
         self
