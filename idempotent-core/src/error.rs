@@ -10,7 +10,8 @@
 /// # Which message is for whom
 ///
 /// The variants an API client causes — [`Error::InvalidKey`],
-/// [`Error::PayloadMismatch`] and [`Error::InFlight`] (HTTP 400, 422, 409) —
+/// [`Error::PayloadMismatch`], [`Error::InFlight`] and [`Error::LeaseLost`]
+/// (HTTP 400, 422, 409, 409) —
 /// have a `Display` that is safe to send to that client: it names no
 /// namespace, echoes no key and gives no advice meant for the service's
 /// developers. What a developer needs (the namespace, the key) is in the
@@ -171,6 +172,54 @@ pub enum Error {
         /// Why it was rejected.
         reason: String,
     },
+
+    /// A phased call's lease ended while one of its phases ran, and another
+    /// call took it over (`diesel_idempotent::phased`). This run's phase
+    /// was rolled back; the call that took over goes on from the last
+    /// recovery point.
+    #[error(
+        "another call took this request over while it was being processed; nothing of this \
+         attempt was kept; retry with the same key to get its result"
+    )]
+    LeaseLost {
+        /// The call's namespace.
+        namespace: String,
+        /// The call's key.
+        key: String,
+    },
+
+    /// A phased call was run inside a transaction: its phases could not
+    /// commit one by one. Nothing ran and nothing was stored.
+    #[error(
+        "the phased call for idempotency key {key:?} in {namespace:?} was run inside a \
+         transaction; each phase must commit on its own, so run it on a connection with no \
+         transaction open (not inside `conn.transaction(..)`)"
+    )]
+    PhasedCallInTransaction {
+        /// The call's namespace.
+        namespace: String,
+        /// The call's key.
+        key: String,
+    },
+
+    /// The recovery point stored by an earlier run of a phased call no
+    /// longer deserializes into the call's recovery-point type (the type
+    /// changed since). Nothing ran; the record is unchanged.
+    #[error(
+        "the recovery point stored for idempotency key {key:?} in {namespace:?} no longer \
+         matches the phased call's recovery-point type ({source}); keep that type backward \
+         compatible (new variants, `#[serde(default)]` on new fields) until the calls that \
+         stored the old form have finished"
+    )]
+    RecoveryPointUnreadable {
+        /// The call's namespace.
+        namespace: String,
+        /// The call's key.
+        key: String,
+        /// What serde_json reported.
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 impl Error {
@@ -188,6 +237,7 @@ impl Error {
         match self {
             Error::InFlight { .. } => true,
             Error::Database(e) => is_transient(e),
+            Error::LeaseLost { .. } => true,
             _ => false,
         }
     }
@@ -209,6 +259,9 @@ impl Error {
             Error::Migration(_) => "migration",
             Error::InvalidBatchSize => "invalid_batch_size",
             Error::InvalidTtl { .. } => "invalid_ttl",
+            Error::LeaseLost { .. } => "lease_lost",
+            Error::PhasedCallInTransaction { .. } => "phased_call_in_transaction",
+            Error::RecoveryPointUnreadable { .. } => "recovery_point_unreadable",
         }
     }
 
@@ -219,7 +272,10 @@ impl Error {
             | Error::InFlight { key, .. }
             | Error::StoredResultUnreadable { key, .. }
             | Error::ResponseTooLarge { key, .. }
-            | Error::ResultNotReplayable { key, .. } => Some(key),
+            | Error::ResultNotReplayable { key, .. }
+            | Error::LeaseLost { key, .. }
+            | Error::PhasedCallInTransaction { key, .. }
+            | Error::RecoveryPointUnreadable { key, .. } => Some(key),
             _ => None,
         }
     }
@@ -459,6 +515,10 @@ mod tests {
             },
             Error::InvalidKey {
                 reason: "the key is empty",
+            },
+            Error::LeaseLost {
+                namespace: namespace.to_owned(),
+                key: key.to_owned(),
             },
         ] {
             let shown = error.to_string();

@@ -163,6 +163,17 @@ impl From<&Error> for Problem {
                 problem.retry_after = Some(IN_FLIGHT_RETRY_AFTER_SECS);
                 problem
             }
+            // Another run took the call over: its answer comes to a retry.
+            Error::LeaseLost { .. } => {
+                let mut problem = Problem::new(
+                    StatusCode::CONFLICT,
+                    problem_types::IN_FLIGHT,
+                    "Request in flight",
+                )
+                .with_detail(error.to_string());
+                problem.retry_after = Some(IN_FLIGHT_RETRY_AFTER_SECS);
+                problem
+            }
             _ => Problem::internal(),
         }
     }
