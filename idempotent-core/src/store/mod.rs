@@ -79,7 +79,9 @@ pub enum Claimed {
             function `async` (feature `async`)"
 )]
 pub trait IdempotentConnection:
-    diesel::Connection<TransactionManager = diesel::connection::AnsiTransactionManager> + Sized
+    diesel::Connection<TransactionManager = diesel::connection::AnsiTransactionManager>
+    + crate::outbox::OutboxStatements
+    + Sized
 {
     /// The database, as OpenTelemetry's `db.system.name` names it
     /// (`postgresql`, `mysql`, `sqlite`): a span field and a metric label.

@@ -68,7 +68,9 @@ use crate::record::{NewRecord, RecordId};
     note = "a blocking Diesel connection (`PgConnection`, `MysqlConnection`, `SqliteConnection`) \
             goes with a plain `fn`: remove `async`"
 )]
-pub trait AsyncIdempotentConnection: AsyncConnection + Send + Sized {
+pub trait AsyncIdempotentConnection:
+    AsyncConnection + crate::outbox::AsyncOutboxStatements + Send + Sized
+{
     /// The database, as OpenTelemetry's `db.system.name` names it
     /// (`postgresql`, `mysql`, `sqlite`).
     #[doc(hidden)]
