@@ -18,13 +18,15 @@
 //! `XACK`. It is also the store of the click counters the dashboards read.
 //! Every event carries an `event_id`, the fingerprint scheme `v2` of the
 //! fields that identify it (`diesel_idempotent::Fingerprint` of its kind,
-//! short code, user id and time); a publisher retry after a lost reply
-//! appends some events twice, under new message ids.
+//! short code, user id and time), which any producer can compute; a
+//! publisher retry after a lost reply appends some events twice, under new
+//! message ids.
 //!
 //! - The idempotent consumer (group `idempotent`) handles each message with
 //!   `#[idempotent(hash(event.kind, event.code, event.user_id,
 //!   event.occurred_at_ms), name = "analytics_redis.record_event")]`, whose
-//!   key is the event id: in one transaction it stores the event, bumps the
+//!   key is therefore the event id (the run checks that the records' keys
+//!   are the event ids): in one transaction it stores the event, bumps the
 //!   code's counter row and pushes a `redis.incr` effect to the outbox
 //!   (`outbox::push`). After the commit it acks. A dispatcher delivers the
 //!   effects at least once; its handler applies each with one Lua script,
@@ -67,6 +69,7 @@
 //! | `--key-prefix P` | the prefix of every Redis key (default `analytics_redis`) |
 //! | `--seed N` | the seed of the events and of the crashes (default 2026) |
 //! | `--timeout SECS` | give up when the run has not finished by then (default 300) |
+//! | `--keep-database` | keep a PostgreSQL database this run created |
 //!
 //! Each run starts afresh: it deletes every Redis key under the prefix
 //! (`SCAN` and `DEL`), drops and recreates the example's tables
@@ -74,7 +77,8 @@
 //! `analytics_redis_naive_counts`), and deletes the library's records of
 //! the namespace `analytics_redis.record_event` and their outbox effects,
 //! so a second run on the same database counts its own events only. Two
-//! runs must not share a database or a prefix at the same time.
+//! runs must not share a database or a prefix at the same time. The keys
+//! and rows stay after the run, to be looked at, until the next one.
 //!
 //! Exit codes: 0 when both totals equal the number of events and every
 //! counter is right; 1 when a total or a counter is wrong; 2 for invalid
@@ -83,6 +87,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
+use std::hash::{DefaultHasher, Hash as _, Hasher as _};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -354,24 +359,13 @@ struct Dice {
 }
 
 impl Dice {
-    /// A number in [0, 1) from the seed and `parts`.
+    /// A number in [0, 1) from the seed and `parts`: the same for the same
+    /// parts within a build (std's `DefaultHasher` has fixed keys).
     fn roll(&self, parts: &[&[u8]]) -> f64 {
-        // FNV-1a over the parts, then SplitMix64's finalizer.
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325 ^ self.seed;
-        for part in parts {
-            for &b in *part {
-                h ^= u64::from(b);
-                h = h.wrapping_mul(0x0100_0000_01b3);
-            }
-            h ^= 0xff;
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= h >> 30;
-        h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        h ^= h >> 27;
-        h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
-        h ^= h >> 31;
-        (h >> 11) as f64 / (1u64 << 53) as f64
+        let mut hasher = DefaultHasher::new();
+        self.seed.hash(&mut hasher);
+        parts.hash(&mut hasher);
+        (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
     }
 
     fn crash(&self, rate: f64, point: &str, id: &str, attempt: u32) -> bool {
