@@ -729,8 +729,6 @@ struct Consumed {
     claimed: u64,
     /// Crashes between the commit and the ack.
     crashes: u64,
-    /// Consumers that ran, the first included.
-    consumers: u64,
 }
 
 /// Reads the group's messages until every one published is acked; calls
@@ -744,10 +742,7 @@ fn consume(
 ) -> Result<Consumed, RunError> {
     let mut redis = run.redis()?;
     let stream = run.keys.stream();
-    let mut done = Consumed {
-        consumers: 1,
-        ..Consumed::default()
-    };
+    let mut done = Consumed::default();
     let mut name = format!("{group}-1");
     // Handlings per message id, to number the attempts.
     let mut attempts: HashMap<String, u32> = HashMap::new();
@@ -817,8 +812,7 @@ fn consume(
                 // the rest of its batch. A new one takes over everything
                 // pending.
                 done.crashes += 1;
-                done.consumers += 1;
-                name = format!("{group}-{}", done.consumers);
+                name = format!("{group}-{}", done.crashes + 1);
                 takeover = Some("0-0".to_owned());
                 break;
             }
@@ -1305,6 +1299,12 @@ fn problems(totals: &Totals) -> Vec<String> {
             "The totals differ from the {n} events: the database holds {x}, Redis {y}."
         ));
     }
+    let bodies = totals.idempotent.handled - totals.idempotent.replays;
+    if bodies != n {
+        problems.push(format!(
+            "The idempotent consumer ran its body {bodies} times for {n} events."
+        ));
+    }
     let without_record = totals.event_ids.difference(&totals.record_keys).count();
     if without_record > 0 {
         problems.push(format!(
@@ -1346,39 +1346,38 @@ fn sum(counts: &BTreeMap<String, i64>) -> i64 {
 fn print_report(totals: &Totals) {
     let p = &totals.produced;
     println!(
-        "producer: {} events for {} short codes, {} messages ({} events published again after a lost reply)",
+        "producer: {} events for {} short codes in {} messages ({} events published again \
+         after a lost reply)",
         p.distinct,
         p.expected.len(),
         p.messages,
         p.republished
     );
     for (group, c) in [("idempotent", &totals.idempotent), ("naive", &totals.naive)] {
+        let replays = if group == "idempotent" {
+            format!("; {} calls replayed", c.replays)
+        } else {
+            String::new()
+        };
         println!(
-            "{group} consumer: {} handlings; {} crashes between commit and ack; {} consumers, \
-             the later ones took over {} redelivered messages with XAUTOCLAIM, {} of them handled before{}",
-            c.handled,
-            c.crashes,
-            c.consumers,
-            c.claimed,
-            c.handled_again,
-            if group == "idempotent" {
-                format!("; {} calls replayed", c.replays)
-            } else {
-                String::new()
-            }
+            "{group} consumer: {} handlings; {} crashes between commit and ack, after each a new \
+             consumer took the pending messages over with XAUTOCLAIM ({} in all): {} \
+             redeliveries of a handled message{replays}",
+            c.handled, c.crashes, c.claimed, c.handled_again,
         );
     }
     let d = &totals.delivered;
     println!(
-        "dispatcher: {} effects delivered, {} attempts retried ({} crashes between the Redis \
-         apply and the done mark), {} lost, {} dead; {} applies counted, {} skipped by the dedup key",
+        "dispatcher: {} effects delivered; {} deliveries failed and were retried ({} crashes \
+         between the Redis apply and the done mark); {} applies, {} of them no-ops by the dedup \
+         key; {} lost, {} dead",
         d.dispatched.delivered,
         d.dispatched.retried,
         d.crashes,
+        d.applied + d.deduplicated,
+        d.deduplicated,
         d.dispatched.lost,
         d.dispatched.dead,
-        d.applied,
-        d.deduplicated
     );
     let errors: Vec<String> = p
         .expected
