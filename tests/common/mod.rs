@@ -12,6 +12,7 @@ pub mod edges;
 pub mod functions;
 pub mod hardening;
 pub mod modes;
+pub mod outbox;
 #[cfg(all(feature = "async", feature = "postgres"))]
 pub mod round_trips;
 pub mod rt;
@@ -253,6 +254,7 @@ macro_rules! conformance {
         $crate::modes_tests!($flavour $backend);
         $crate::terminal_tests!($flavour $backend);
         $crate::admin_tests!($flavour $backend);
+        $crate::outbox_tests!($flavour $backend);
     };
     // One test function per name, calling the test of that name in
     // `common::$module::$flavour`.
