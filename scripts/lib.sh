@@ -62,3 +62,41 @@ start_throwaway_pg() {
 stop_throwaway_pg() {
   "${as_pg[@]}" "$pg_bin/pg_ctl" -D "$pg_dir/data" -m immediate stop >/dev/null 2>&1 || true
 }
+
+# A throwaway Redis server (the Debian package `redis-server`, installed when
+# missing) on a free loopback port, in a new temporary directory, with no
+# persistence: `start_throwaway_redis` exports DIESEL_IDEMPOTENT_REDIS_URL.
+# Register `stop_throwaway_redis` as a cleanup before starting it.
+redis_dir=""
+start_throwaway_redis() {
+  if ! command -v redis-server >/dev/null 2>&1; then
+    apt_install redis-server
+  fi
+  redis_dir=$(mktemp -d /tmp/diesel-idempotent-redis.XXXXXX)
+  local port
+  port=$(free_port)
+  log "starting Redis $(redis-server --version | sed -n 's/.* v=\([^ ]*\).*/\1/p') on 127.0.0.1:$port in $redis_dir"
+  redis-server --bind 127.0.0.1 --port "$port" --dir "$redis_dir" \
+    --save '' --appendonly no --daemonize yes \
+    --pidfile "$redis_dir/redis.pid" --logfile "$redis_dir/redis.log" \
+    || { cat "$redis_dir/redis.log" >&2 2>/dev/null; exit 1; }
+  for _ in $(seq 1 100); do
+    [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = "PONG" ] && break
+    sleep 0.1
+  done
+  [ "$(redis-cli -h 127.0.0.1 -p "$port" ping 2>/dev/null)" = "PONG" ] \
+    || { cat "$redis_dir/redis.log" >&2; log "Redis did not answer PING"; exit 1; }
+  export DIESEL_IDEMPOTENT_REDIS_URL="redis://127.0.0.1:$port"
+}
+
+stop_throwaway_redis() {
+  [ -n "$redis_dir" ] || return 0
+  if [ -f "$redis_dir/redis.pid" ]; then
+    local pid
+    pid=$(cat "$redis_dir/redis.pid")
+    kill "$pid" 2>/dev/null || true
+    for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+  fi
+  rm -rf "$redis_dir"
+  redis_dir=""
+}

@@ -95,6 +95,13 @@ else
   log "using MySQL at DIESEL_IDEMPOTENT_MYSQL_URL"
 fi
 
+if [ -z "${DIESEL_IDEMPOTENT_REDIS_URL:-}" ]; then
+  cleanups+=(stop_throwaway_redis)
+  start_throwaway_redis
+else
+  log "using Redis at DIESEL_IDEMPOTENT_REDIS_URL"
+fi
+
 log "cargo test --workspace --all-features $*"
 cargo test --workspace --all-features "$@"
 
@@ -133,3 +140,9 @@ log "... on PostgreSQL"
 log "purge while serving on PostgreSQL: 100,000 expired records purged while 8 clients make calls; no call waits 50 ms more on the purge (the 1,000,000-record run is scripts/bench.sh's)"
 cargo run --release --all-features --example purge_while_serving -- \
   --database-url "${DIESEL_IDEMPOTENT_PG_URL%/*}/purge_while_serving_$$" --records 100000 --baseline 5s
+
+log "analytics on Redis Streams, crashes on: SQLite"
+cargo run --example analytics_redis -- --redis-url "$DIESEL_IDEMPOTENT_REDIS_URL" --events 2000 --crash-rate 0.1
+log "... on PostgreSQL"
+cargo run --example analytics_redis -- --redis-url "$DIESEL_IDEMPOTENT_REDIS_URL" \
+  --database-url "${DIESEL_IDEMPOTENT_PG_URL%/*}/analytics_redis_$$" --events 2000 --crash-rate 0.1

@@ -220,6 +220,51 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// `outbox::push` was called outside the body of an idempotent call, so
+    /// there is no record to derive the effect's id from. Nothing was
+    /// written.
+    #[error(
+        "outbox::push needs a running idempotent call to derive the effect's id from: call it \
+         inside the body of an #[idempotent] function or of Call::run, with the connection the \
+         body got, or use outbox::push_with_id with an id of your own"
+    )]
+    PushOutsideCall,
+
+    /// An effect id or kind given to the outbox is empty or longer than
+    /// 255 bytes. Nothing was written.
+    #[error("invalid outbox effect {what}: {reason}; use 1 to 255 bytes")]
+    InvalidEffect {
+        /// `id` or `kind`.
+        what: &'static str,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
+    /// An effect's payload does not deserialize into the type a handler
+    /// asked for (`Effect::payload_as`).
+    #[error(
+        "the payload of outbox effect {id:?} (kind {kind:?}) does not read as the requested \
+         type: {source}; read it as the type it was pushed with"
+    )]
+    EffectPayloadUnreadable {
+        /// The effect's id.
+        id: String,
+        /// The effect's kind.
+        kind: String,
+        /// What serde reported.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// An outbox dispatcher was given a connection inside a transaction:
+    /// its lease must commit before the handlers run, and its marks must
+    /// not wait for the caller's commit. Nothing was delivered.
+    #[error(
+        "the outbox dispatcher needs a connection outside any transaction (it commits its \
+         lease before the handlers run): call run_once or drain outside a transaction, on a \
+         connection of its own"
+    )]
+    DispatchInTransaction,
 }
 
 impl Error {
@@ -262,6 +307,10 @@ impl Error {
             Error::LeaseLost { .. } => "lease_lost",
             Error::PhasedCallInTransaction { .. } => "phased_call_in_transaction",
             Error::RecoveryPointUnreadable { .. } => "recovery_point_unreadable",
+            Error::PushOutsideCall => "push_outside_call",
+            Error::InvalidEffect { .. } => "invalid_effect",
+            Error::EffectPayloadUnreadable { .. } => "effect_payload_unreadable",
+            Error::DispatchInTransaction => "dispatch_in_transaction",
         }
     }
 

@@ -14,6 +14,7 @@ pub mod hardening;
 pub mod modes;
 pub mod phased;
 pub mod processor;
+pub mod outbox;
 #[cfg(all(feature = "async", feature = "postgres"))]
 pub mod round_trips;
 pub mod rt;
@@ -256,6 +257,7 @@ macro_rules! conformance {
         $crate::terminal_tests!($flavour $backend);
         $crate::admin_tests!($flavour $backend);
         $crate::phased_tests!($flavour $backend);
+        $crate::outbox_tests!($flavour $backend);
     };
     // One test function per name, calling the test of that name in
     // `common::$module::$flavour`.

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 use crate::Error;
 use crate::clock::{Clock, SystemClock};
 use crate::fingerprint::Fingerprint;
+use crate::outbox::context::{Frame, within};
 use crate::record::{NewRecord, RecordId};
 use crate::store::driver::{
     Begin, Blocking, Driver, block_on, ensure_closed_above, guarded_level, guarded_transaction,
@@ -863,7 +864,7 @@ where
                         return Err(Failure::Library(prepared.in_flight()));
                     };
                     telemetry.mark(Mark::BodyStart);
-                    let out = run_body(conn, body).await?;
+                    let out = run_body(conn, prepared, body).await?;
                     telemetry.mark(Mark::BodyEnd);
                     let json = prepared.stored_json(&out)?;
                     match conn.complete(prepared.id(), &json).await? {
@@ -939,7 +940,7 @@ where
 {
     in_level(conn, prepared, async |conn: &mut D| {
         telemetry.mark(Mark::BodyStart);
-        let out = run_body(conn, body).await?;
+        let out = run_body(conn, prepared, body).await?;
         telemetry.mark(Mark::BodyEnd);
         // A result this call cannot store is its error only if no earlier
         // call's result answers the key (`after_error`).
@@ -1054,17 +1055,23 @@ where
 /// A result type that can be a terminal error ([`Response::MAY_BE_TERMINAL`])
 /// runs the body in a level of its own, rolled back when the body's answer
 /// is terminal: its effects are undone, its answer is stored.
-async fn run_body<D, O, E, F>(conn: &mut D, body: F) -> Result<O, Failure<E>>
+async fn run_body<D, O, E, F>(
+    conn: &mut D,
+    prepared: &Prepared<'_>,
+    body: F,
+) -> Result<O, Failure<E>>
 where
     D: Driver,
     O: Response,
     F: AsyncFnOnce(&mut D::Conn) -> Result<O, E>,
 {
     if !O::MAY_BE_TERMINAL {
-        return run_body_here(conn, body).await;
+        return run_body_here(conn, prepared, body).await;
     }
     let level = guarded_level(conn, Begin::Now, async |conn: &mut D| {
-        let out = run_body_here(conn, body).await.map_err(Own::Failed)?;
+        let out = run_body_here(conn, prepared, body)
+            .await
+            .map_err(Own::Failed)?;
         if out.is_terminal() {
             Err(Own::Terminal(out))
         } else {
@@ -1093,13 +1100,28 @@ impl<O, E> From<diesel::result::Error> for Own<O, E> {
     }
 }
 
-async fn run_body_here<D, O, E, F>(conn: &mut D, body: F) -> Result<O, Failure<E>>
+/// The body runs as the current call ([`crate::outbox::push`] derives its
+/// effects' ids from it), called inside the first poll: a blocking body
+/// runs when called.
+async fn run_body_here<D, O, E, F>(
+    conn: &mut D,
+    prepared: &Prepared<'_>,
+    body: F,
+) -> Result<O, Failure<E>>
 where
     D: Driver,
     F: AsyncFnOnce(&mut D::Conn) -> Result<O, E>,
 {
     let depth = conn.depth()?;
-    let out = body(conn.conn()).await.map_err(Failure::Body)?;
+    let call = Frame::new(
+        prepared.namespace,
+        prepared.scope,
+        prepared.key,
+        prepared.now,
+    );
+    let out = within(call, async { body(conn.conn()).await })
+        .await
+        .map_err(Failure::Body)?;
     ensure_closed_above(conn, depth)?;
     Ok(out)
 }

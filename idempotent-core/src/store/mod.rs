@@ -80,8 +80,9 @@ pub enum Claimed {
 )]
 pub trait IdempotentConnection:
     diesel::Connection<TransactionManager = diesel::connection::AnsiTransactionManager>
-    + Sized
+    + crate::outbox::OutboxStatements
     + crate::phased::PhasedStatements
+    + Sized
 {
     /// The database, as OpenTelemetry's `db.system.name` names it
     /// (`postgresql`, `mysql`, `sqlite`): a span field and a metric label.

@@ -69,7 +69,11 @@ use crate::record::{NewRecord, RecordId};
             goes with a plain `fn`: remove `async`"
 )]
 pub trait AsyncIdempotentConnection:
-    AsyncConnection + Send + Sized + crate::phased::AsyncPhasedStatements
+    AsyncConnection
+    + crate::outbox::AsyncOutboxStatements
+    + crate::phased::AsyncPhasedStatements
+    + Send
+    + Sized
 {
     /// The database, as OpenTelemetry's `db.system.name` names it
     /// (`postgresql`, `mysql`, `sqlite`).
