@@ -835,8 +835,12 @@ pub mod nonblocking {
                 assert!(effect.id.is_empty(), "billing {} exploded", effect.id);
                 Ok::<(), outbox::HandlerError>(())
             });
+        // On a task of its own: the dispatcher's future is `Send`.
+        let drained = tokio::spawn(async move { dispatcher.drain(&mut conn).await })
+            .await
+            .unwrap();
         assert_eq!(
-            dispatcher.drain(&mut conn).await.unwrap(),
+            drained.unwrap(),
             Dispatched {
                 delivered: 2,
                 retried: 1,

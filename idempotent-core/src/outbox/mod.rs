@@ -44,6 +44,26 @@
 //! Handlers run outside any transaction, after the lease committed, on the
 //! dispatcher's connection's thread (blocking) or task (async).
 //!
+//! # Limits
+//!
+//! - An effect id names a record's key, not one lifetime of it. When a
+//!   record expires and a new call takes its key, that call's pushes reuse
+//!   the old effects' ids: while those rows are still stored (not yet
+//!   purged, or dead) the new call fails with the database's unique
+//!   violation and stores nothing. Purge done effects well within the
+//!   records' TTL ([`purge_finished`]), and settle dead letters.
+//! - [`Mode::Optimistic`](crate::Mode::Optimistic) runs a repeat's body
+//!   again: its push meets the first call's committed effect with a unique
+//!   violation. A call that owns its transaction (and waits on conflicts)
+//!   answers that with the first call's result; inside a caller's
+//!   transaction the repeat fails with the database error. Bodies that push
+//!   suit the default claim-first mode, or
+//!   [`Replay::ReadFirst`](crate::Replay::ReadFirst), which answers a repeat
+//!   before its body.
+//! - [`push`] finds its call through the thread that polls the body: an
+//!   effect pushed from a thread or task the body spawned has no call
+//!   ([`Error::PushOutsideCall`]).
+//!
 //! # Example
 //!
 //! ```
