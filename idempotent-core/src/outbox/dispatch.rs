@@ -16,6 +16,10 @@ use crate::clock::Clock;
 use crate::store::driver::{Blocking, Driver, guarded_transaction};
 use crate::store::{IdempotentConnection, Unwound};
 
+/// The most ids one statement lists (SQLite takes at most 32766 bound
+/// values, older builds 999).
+pub(crate) const MAX_IDS_PER_STATEMENT: usize = 500;
+
 /// The longest `last_error` kept, in bytes.
 const MAX_ERROR_LEN: usize = 4000;
 
@@ -179,7 +183,9 @@ where
         let due = driver.due(now, limit).await?;
         if !due.is_empty() {
             let ids: Vec<String> = due.iter().map(|row| row.0.clone()).collect();
-            driver.lease(&ids, until).await?;
+            for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
+                driver.lease(chunk, until).await?;
+            }
         }
         Ok(due)
     })
@@ -206,6 +212,7 @@ where
                 Mark {
                     id: &effect.id,
                     attempt,
+                    leased_until: until,
                     state: DONE,
                     available_at: now,
                     finished_at: Some(now),
@@ -217,6 +224,7 @@ where
                 Mark {
                     id: &effect.id,
                     attempt,
+                    leased_until: until,
                     state: DEAD,
                     available_at: now,
                     finished_at: Some(now),
@@ -228,6 +236,7 @@ where
                 Mark {
                     id: &effect.id,
                     attempt,
+                    leased_until: until,
                     state: PENDING,
                     available_at: later(now, settings.backoff(effect.attempt)),
                     finished_at: None,

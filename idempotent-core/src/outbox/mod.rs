@@ -722,7 +722,9 @@ pub fn purge_finished<C: IdempotentConnection>(
         if ids.is_empty() {
             return Ok(total);
         }
-        total = total.saturating_add(conn.outbox_delete_finished(&ids, before)?);
+        for chunk in ids.chunks(dispatch::MAX_IDS_PER_STATEMENT) {
+            total = total.saturating_add(conn.outbox_delete_finished(chunk, before)?);
+        }
         if ids.len() < batch {
             return Ok(total);
         }

@@ -76,13 +76,16 @@ pub type EntryRow = (
     Option<NaiveDateTime>,
 );
 
-/// How a delivery ended, written over the row that the delivery's lease
-/// set `attempts` to `attempt` on (and nothing else).
+/// How a delivery ended, written over the row as the delivery's lease left
+/// it (`attempts` = `attempt`, `available_at` = `leased_until`) and over
+/// nothing else: not after another lease, nor after a requeue that reset
+/// `attempts` and was leased again.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
 pub struct Mark<'a> {
     pub(crate) id: &'a str,
     pub(crate) attempt: i32,
+    pub(crate) leased_until: NaiveDateTime,
     pub(crate) state: &'static str,
     pub(crate) available_at: NaiveDateTime,
     pub(crate) finished_at: Option<NaiveDateTime>,
@@ -221,6 +224,7 @@ macro_rules! delivery_statements {
                 o::idempotency_outbox
                     .filter(o::id.eq(mark.id))
                     .filter(o::attempts.eq(mark.attempt))
+                    .filter(o::available_at.eq(mark.leased_until))
                     .filter(o::state.eq($crate::outbox::store::PENDING)),
             )
             .set((
