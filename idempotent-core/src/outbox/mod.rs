@@ -226,8 +226,9 @@ fn now_for_push() -> NaiveDateTime {
 /// Call it inside the body of an `#[idempotent]` function (key or hash
 /// pattern, any mode) or of [`Call::run`](crate::Call::run), with the
 /// connection the body got. Outside a call it returns
-/// [`Error::PushOutsideCall`]; use [`push_with_id`] there. The effect is
-/// due at the call's clock's time.
+/// [`Error::PushOutsideCall`]; use [`push_with_id`] there (also inside a
+/// `get_or_create` function, which keeps no record to derive an id from).
+/// The effect is due at the call's clock's time.
 ///
 /// A duplicate id is a database error: two different effects would share
 /// an id.
