@@ -455,14 +455,14 @@ where
                         in_progress.lock().unwrap().remove(&effect.id);
                         Ok(())
                     });
-                let mut batches = 0usize;
+                let mut total = Dispatched::default();
                 loop {
                     let done = produced.load(Ordering::SeqCst) == PRODUCERS;
                     let drained =
                         retrying("drain", Error::is_retryable, || dispatcher.drain(&mut conn));
-                    batches += usize::from(drained.total() > 0);
+                    total += drained;
                     if done && drained.total() == 0 || stop.load(Ordering::SeqCst) {
-                        return batches;
+                        return total;
                     }
                 }
             })
@@ -507,7 +507,10 @@ where
         std::thread::yield_now();
     }
     stop.store(true, Ordering::SeqCst);
-    let batches: usize = dispatchers.into_iter().map(|d| d.join().unwrap()).sum();
+    let mut dispatched = Dispatched::default();
+    for dispatcher in dispatchers {
+        dispatched += dispatcher.join().unwrap();
+    }
 
     let expected: HashSet<String> = (0..PRODUCERS)
         .flat_map(|p| {
@@ -539,7 +542,14 @@ where
         in_state(&mut conn, "done"),
         i64::try_from(expected.len()).unwrap()
     );
-    assert!(batches > 0);
+    assert_eq!(
+        dispatched,
+        Dispatched {
+            delivered: expected.len(),
+            ..Dispatched::default()
+        },
+        "every mark written, none lost"
+    );
 }
 
 /// A handler error with a message.
