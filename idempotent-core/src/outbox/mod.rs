@@ -25,11 +25,15 @@
 //!   ([`Dispatcher::lease`], 30 s by default): a batch is leased in a short
 //!   transaction that locks the rows it picks and skips those another
 //!   dispatcher holds (`FOR UPDATE SKIP LOCKED` on PostgreSQL and MySQL /
-//!   MariaDB 10.6+; SQLite serializes writers with `BEGIN IMMEDIATE`), and
-//!   a leased effect is not due again before its lease ends. A delivery
-//!   that outlives its lease may overlap a second one; its mark is then
-//!   refused (it is fenced on the attempt number its lease set) and counted
-//!   as [`Dispatched::lost`], so the newer delivery's state stands.
+//!   MariaDB 10.6+, there at READ COMMITTED; SQLite serializes writers with
+//!   `BEGIN IMMEDIATE`), and a leased effect is not due again before its
+//!   lease ends. A delivery that outlives its lease may overlap a second
+//!   one; its mark is then refused (it is fenced on the attempt number and
+//!   the lease end its lease set) and counted as [`Dispatched::lost`], so
+//!   the newer delivery's state stands. A lease or a mark that the database
+//!   aborts (a deadlock, a busy SQLite file) is sent again, a few times; a
+//!   mark that still fails ends the batch with the error, and its effect and
+//!   the batch's undelivered ones are delivered again after the lease.
 //! - **Stable ids.** An effect pushed by a call is
 //!   `{namespace}/{scope}/{key}/effect/{n}` ([`effect_id`]), its `n`-th push
 //!   (hashed to `sha256:..` when longer than 255 bytes or not visible
