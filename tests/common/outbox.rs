@@ -455,14 +455,14 @@ where
                         in_progress.lock().unwrap().remove(&effect.id);
                         Ok(())
                     });
-                let mut batches = 0usize;
+                let mut total = Dispatched::default();
                 loop {
                     let done = produced.load(Ordering::SeqCst) == PRODUCERS;
                     let drained =
                         retrying("drain", Error::is_retryable, || dispatcher.drain(&mut conn));
-                    batches += usize::from(drained.total() > 0);
+                    total += drained;
                     if done && drained.total() == 0 || stop.load(Ordering::SeqCst) {
-                        return batches;
+                        return total;
                     }
                 }
             })
@@ -507,7 +507,10 @@ where
         std::thread::yield_now();
     }
     stop.store(true, Ordering::SeqCst);
-    let batches: usize = dispatchers.into_iter().map(|d| d.join().unwrap()).sum();
+    let mut dispatched = Dispatched::default();
+    for dispatcher in dispatchers {
+        dispatched += dispatcher.join().unwrap();
+    }
 
     let expected: HashSet<String> = (0..PRODUCERS)
         .flat_map(|p| {
@@ -539,7 +542,14 @@ where
         in_state(&mut conn, "done"),
         i64::try_from(expected.len()).unwrap()
     );
-    assert!(batches > 0);
+    assert_eq!(
+        dispatched,
+        Dispatched {
+            delivered: expected.len(),
+            ..Dispatched::default()
+        },
+        "every mark written, none lost"
+    );
 }
 
 /// A handler error with a message.
@@ -746,6 +756,71 @@ pub fn outbox_a_delivery_that_outlived_its_lease_is_lost_not_written<B: Backend>
     assert_eq!(after.last_error.as_deref(), Some("second delivery failed"));
 }
 
+/// A dispatcher on its own thread and connection whose handler succeeds
+/// once released; returns once the handler holds the effect.
+fn frozen_delivery<B: Backend>(
+    db: &Arc<B>,
+    clock: &Arc<ManualClock>,
+) -> (
+    mpsc::Sender<()>,
+    std::thread::JoinHandle<Result<Dispatched, Error>>,
+) {
+    let (started, is_started) = mpsc::channel::<()>();
+    let (release, is_released) = mpsc::channel::<()>();
+    let is_released = Mutex::new(is_released);
+    let frozen = Dispatcher::new()
+        .lease(Duration::from_secs(30))
+        .clock(clock.clone())
+        .handler(KIND, move |_| {
+            started.send(()).map_err(|e| e.to_string())?;
+            is_released
+                .lock()
+                .map_err(|e| e.to_string())?
+                .recv()
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        });
+    let db = Arc::clone(db);
+    let delivery = std::thread::spawn(move || frozen.run_once(&mut db.connect()));
+    is_started
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the delivery began");
+    (release, delivery)
+}
+
+pub fn outbox_a_stale_delivery_cannot_mark_a_requeued_effect<B: Backend>() {
+    let db = Arc::new(B::fresh());
+    let mut conn = db.connect();
+    let clock = Arc::new(clock());
+    let id = push_n(&mut conn, &clock, "requeued", 1)
+        .unwrap()
+        .into_value()[0]
+        .clone();
+
+    // Attempt 1 freezes; its lease ends; attempt 2 fails for good.
+    let (release_stale, stale) = frozen_delivery(&db, &clock);
+    clock.advance(Duration::from_secs(31));
+    let failing = Dispatcher::new()
+        .max_attempts(2)
+        .clock(clock.clone())
+        .handler(KIND, |_| Err(failure("down".to_owned())));
+    assert_eq!(failing.run_once(&mut conn).unwrap().dead, 1);
+
+    // Requeued: attempts start again, and attempt 1 is leased anew.
+    assert!(outbox::requeue_with_clock(&mut conn, &id, &*clock).unwrap());
+    let (release_fresh, fresh) = frozen_delivery(&db, &clock);
+    assert_eq!(state_of(&mut conn, &id).attempts, 1);
+
+    // The stale attempt 1 finishes first: its lease is not this one.
+    release_stale.send(()).unwrap();
+    assert_eq!(stale.join().unwrap().unwrap().lost, 1);
+    assert_eq!(state_of(&mut conn, &id).state, EffectState::Pending);
+    release_fresh.send(()).unwrap();
+    assert_eq!(fresh.join().unwrap().unwrap().delivered, 1);
+    let done = state_of(&mut conn, &id);
+    assert_eq!((done.state, done.attempts), (EffectState::Done, 1));
+}
+
 pub fn outbox_dispatcher_refuses_a_connection_inside_a_transaction<B: Backend>() {
     let db = B::fresh();
     let mut conn = db.connect();
@@ -835,8 +910,12 @@ pub mod nonblocking {
                 assert!(effect.id.is_empty(), "billing {} exploded", effect.id);
                 Ok::<(), outbox::HandlerError>(())
             });
+        // On a task of its own: the dispatcher's future is `Send`.
+        let drained = tokio::spawn(async move { dispatcher.drain(&mut conn).await })
+            .await
+            .unwrap();
         assert_eq!(
-            dispatcher.drain(&mut conn).await.unwrap(),
+            drained.unwrap(),
             Dispatched {
                 delivered: 2,
                 retried: 1,
@@ -878,6 +957,7 @@ macro_rules! outbox_tests {
             outbox_concurrent_dispatchers_deliver_each_effect_once,
             outbox_failures_retry_with_backoff_then_die_and_requeue,
             outbox_a_delivery_that_outlived_its_lease_is_lost_not_written,
+            outbox_a_stale_delivery_cannot_mark_a_requeued_effect,
             outbox_dispatcher_refuses_a_connection_inside_a_transaction,
         );
     };

@@ -16,11 +16,21 @@ use crate::clock::Clock;
 use crate::store::driver::{Blocking, Driver, guarded_transaction};
 use crate::store::{IdempotentConnection, Unwound};
 
+/// The most ids one statement lists (SQLite takes at most 32766 bound
+/// values, older builds 999).
+pub(crate) const MAX_IDS_PER_STATEMENT: usize = 500;
+
+/// How often a lease or a mark the database aborted is sent.
+const ATTEMPTS: u32 = 5;
+
 /// The longest `last_error` kept, in bytes.
 const MAX_ERROR_LEN: usize = 4000;
 
 /// A [`Driver`] that can also send the outbox's delivery statements.
 pub(crate) trait OutboxDriver: Driver {
+    /// What the lease's transaction needs set before its `BEGIN`.
+    fn before_lease(&mut self) -> impl Future<Output = diesel::QueryResult<()>> + Send;
+
     fn due(
         &mut self,
         now: NaiveDateTime,
@@ -39,6 +49,10 @@ pub(crate) trait OutboxDriver: Driver {
 // Each future is ready when returned: the statement ran in the call.
 #[allow(refining_impl_trait)]
 impl<C: IdempotentConnection> OutboxDriver for Blocking<'_, C> {
+    fn before_lease(&mut self) -> Ready<diesel::QueryResult<()>> {
+        ready(OutboxStatements::outbox_before_lease(self.0))
+    }
+
     fn due(&mut self, now: NaiveDateTime, limit: i64) -> Ready<diesel::QueryResult<Vec<DueRow>>> {
         ready(OutboxStatements::outbox_due(self.0, now, limit))
     }
@@ -56,6 +70,10 @@ impl<C: IdempotentConnection> OutboxDriver for Blocking<'_, C> {
 impl<C: crate::store::nonblocking::AsyncIdempotentConnection> OutboxDriver
     for crate::store::nonblocking::NonBlocking<'_, C>
 {
+    async fn before_lease(&mut self) -> diesel::QueryResult<()> {
+        super::store::AsyncOutboxStatements::outbox_before_lease(self.conn()).await
+    }
+
     async fn due(&mut self, now: NaiveDateTime, limit: i64) -> diesel::QueryResult<Vec<DueRow>> {
         super::store::AsyncOutboxStatements::outbox_due(self.conn(), now, limit).await
     }
@@ -175,20 +193,7 @@ where
         .ok_or(Error::InvalidBatchSize)?;
     let now = settings.now();
     let until = later(now, settings.lease);
-    let leased = guarded_transaction(driver, async |driver: &mut D| -> Result<_, Error> {
-        let due = driver.due(now, limit).await?;
-        if !due.is_empty() {
-            let ids: Vec<String> = due.iter().map(|row| row.0.clone()).collect();
-            driver.lease(&ids, until).await?;
-        }
-        Ok(due)
-    })
-    .await;
-    let leased = match leased {
-        Ok(leased) => leased,
-        Err(Unwound::Failed(e)) => return Err(e),
-        Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
-    };
+    let leased = lease(driver, now, until, limit).await?;
     let mut dispatched = Dispatched::default();
     for (id, kind, payload, attempts, created_at) in leased {
         let attempt = attempts.saturating_add(1);
@@ -206,6 +211,7 @@ where
                 Mark {
                     id: &effect.id,
                     attempt,
+                    leased_until: until,
                     state: DONE,
                     available_at: now,
                     finished_at: Some(now),
@@ -217,6 +223,7 @@ where
                 Mark {
                     id: &effect.id,
                     attempt,
+                    leased_until: until,
                     state: DEAD,
                     available_at: now,
                     finished_at: Some(now),
@@ -228,6 +235,7 @@ where
                 Mark {
                     id: &effect.id,
                     attempt,
+                    leased_until: until,
                     state: PENDING,
                     available_at: later(now, settings.backoff(effect.attempt)),
                     finished_at: None,
@@ -236,13 +244,63 @@ where
                 &mut dispatched.retried,
             ),
         };
-        if driver.mark(&mark).await? == 1 {
+        if mark_retrying(driver, &mark).await? == 1 {
             *tally += 1;
         } else {
             dispatched.lost += 1;
         }
     }
     Ok(dispatched)
+}
+
+/// Leases at most `limit` effects due at `now` until `until`, in a short
+/// transaction of its own, begun again (at most [`ATTEMPTS`] times) when
+/// the database aborts it (a deadlock between dispatchers' locks, a busy
+/// SQLite file): nothing was delivered yet.
+async fn lease<D: OutboxDriver>(
+    driver: &mut D,
+    now: NaiveDateTime,
+    until: NaiveDateTime,
+    limit: i64,
+) -> Result<Vec<DueRow>, Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        driver.before_lease().await?;
+        let leased = guarded_transaction(driver, async |driver: &mut D| -> Result<_, Error> {
+            let due = driver.due(now, limit).await?;
+            if !due.is_empty() {
+                let ids: Vec<String> = due.iter().map(|row| row.0.clone()).collect();
+                for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
+                    driver.lease(chunk, until).await?;
+                }
+            }
+            Ok(due)
+        })
+        .await;
+        match leased {
+            Ok(leased) => return Ok(leased),
+            Err(Unwound::Failed(e)) if e.is_retryable() && attempt < ATTEMPTS => continue,
+            Err(Unwound::Failed(e)) => return Err(e),
+            Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
+        }
+    }
+}
+
+/// Writes `mark`, sent again (at most [`ATTEMPTS`] times) when the
+/// database aborts it: one fenced row, so sending it twice is sending it
+/// once. An effect whose mark failed for good is delivered again after its
+/// lease.
+async fn mark_retrying<D: OutboxDriver>(driver: &mut D, mark: &Mark<'_>) -> Result<usize, Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match driver.mark(mark).await {
+            Ok(rows) => return Ok(rows),
+            Err(e) if crate::error::is_transient(&e) && attempt < ATTEMPTS => continue,
+            Err(e) => return Err(Error::Database(e)),
+        }
+    }
 }
 
 /// Batches until one finds nothing due.

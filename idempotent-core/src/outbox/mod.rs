@@ -25,11 +25,15 @@
 //!   ([`Dispatcher::lease`], 30 s by default): a batch is leased in a short
 //!   transaction that locks the rows it picks and skips those another
 //!   dispatcher holds (`FOR UPDATE SKIP LOCKED` on PostgreSQL and MySQL /
-//!   MariaDB 10.6+; SQLite serializes writers with `BEGIN IMMEDIATE`), and
-//!   a leased effect is not due again before its lease ends. A delivery
-//!   that outlives its lease may overlap a second one; its mark is then
-//!   refused (it is fenced on the attempt number its lease set) and counted
-//!   as [`Dispatched::lost`], so the newer delivery's state stands.
+//!   MariaDB 10.6+, there at READ COMMITTED; SQLite serializes writers with
+//!   `BEGIN IMMEDIATE`), and a leased effect is not due again before its
+//!   lease ends. A delivery that outlives its lease may overlap a second
+//!   one; its mark is then refused (it is fenced on the attempt number and
+//!   the lease end its lease set) and counted as [`Dispatched::lost`], so
+//!   the newer delivery's state stands. A lease or a mark that the database
+//!   aborts (a deadlock, a busy SQLite file) is sent again, a few times; a
+//!   mark that still fails ends the batch with the error, and its effect and
+//!   the batch's undelivered ones are delivered again after the lease.
 //! - **Stable ids.** An effect pushed by a call is
 //!   `{namespace}/{scope}/{key}/effect/{n}` ([`effect_id`]), its `n`-th push
 //!   (hashed to `sha256:..` when longer than 255 bytes or not visible
@@ -43,6 +47,26 @@
 //!
 //! Handlers run outside any transaction, after the lease committed, on the
 //! dispatcher's connection's thread (blocking) or task (async).
+//!
+//! # Limits
+//!
+//! - An effect id names a record's key, not one lifetime of it. When a
+//!   record expires and a new call takes its key, that call's pushes reuse
+//!   the old effects' ids: while those rows are still stored (not yet
+//!   purged, or dead) the new call fails with the database's unique
+//!   violation and stores nothing. Purge done effects well within the
+//!   records' TTL ([`purge_finished`]), and settle dead letters.
+//! - [`Mode::Optimistic`](crate::Mode::Optimistic) runs a repeat's body
+//!   again: its push meets the first call's committed effect with a unique
+//!   violation. A call that owns its transaction (and waits on conflicts)
+//!   answers that with the first call's result; inside a caller's
+//!   transaction the repeat fails with the database error. Bodies that push
+//!   suit the default claim-first mode, or
+//!   [`Replay::ReadFirst`](crate::Replay::ReadFirst), which answers a repeat
+//!   before its body.
+//! - [`push`] finds its call through the thread that polls the body: an
+//!   effect pushed from a thread or task the body spawned has no call
+//!   ([`Error::PushOutsideCall`]).
 //!
 //! # Example
 //!
@@ -206,8 +230,9 @@ fn now_for_push() -> NaiveDateTime {
 /// Call it inside the body of an `#[idempotent]` function (key or hash
 /// pattern, any mode) or of [`Call::run`](crate::Call::run), with the
 /// connection the body got. Outside a call it returns
-/// [`Error::PushOutsideCall`]; use [`push_with_id`] there. The effect is
-/// due at the call's clock's time.
+/// [`Error::PushOutsideCall`]; use [`push_with_id`] there (also inside a
+/// `get_or_create` function, which keeps no record to derive an id from).
+/// The effect is due at the call's clock's time.
 ///
 /// A duplicate id is a database error: two different effects would share
 /// an id.
@@ -702,7 +727,9 @@ pub fn purge_finished<C: IdempotentConnection>(
         if ids.is_empty() {
             return Ok(total);
         }
-        total = total.saturating_add(conn.outbox_delete_finished(&ids, before)?);
+        for chunk in ids.chunks(dispatch::MAX_IDS_PER_STATEMENT) {
+            total = total.saturating_add(conn.outbox_delete_finished(chunk, before)?);
+        }
         if ids.len() < batch {
             return Ok(total);
         }

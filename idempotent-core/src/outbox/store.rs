@@ -40,6 +40,15 @@ diesel::table! {
     }
 }
 
+/// No statement before the lease's `BEGIN`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+const NO_STATEMENT: Option<&str> = None;
+
+/// MySQL's lease runs at READ COMMITTED (see
+/// [`OutboxStatements::outbox_before_lease`]).
+#[cfg(feature = "mysql")]
+const READ_COMMITTED: Option<&str> = Some("SET TRANSACTION ISOLATION LEVEL READ COMMITTED");
+
 /// The state of a pending effect.
 pub(crate) const PENDING: &str = "pending";
 /// The state of a delivered effect.
@@ -76,13 +85,16 @@ pub type EntryRow = (
     Option<NaiveDateTime>,
 );
 
-/// How a delivery ended, written over the row that the delivery's lease
-/// set `attempts` to `attempt` on (and nothing else).
+/// How a delivery ended, written over the row as the delivery's lease left
+/// it (`attempts` = `attempt`, `available_at` = `leased_until`) and over
+/// nothing else: not after another lease, nor after a requeue that reset
+/// `attempts` and was leased again.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
 pub struct Mark<'a> {
     pub(crate) id: &'a str,
     pub(crate) attempt: i32,
+    pub(crate) leased_until: NaiveDateTime,
     pub(crate) state: &'static str,
     pub(crate) available_at: NaiveDateTime,
     pub(crate) finished_at: Option<NaiveDateTime>,
@@ -94,6 +106,11 @@ pub struct Mark<'a> {
 /// a public API.
 #[doc(hidden)]
 pub trait OutboxStatements {
+    /// Sets what the next transaction, the lease's, runs at: READ
+    /// COMMITTED on MySQL / MariaDB, whose default REPEATABLE READ locks
+    /// the gaps next to the rows the lease reads and deadlocks dispatchers
+    /// with each other and with the marks; nothing elsewhere.
+    fn outbox_before_lease(&mut self) -> QueryResult<()>;
     /// Inserts a pending effect.
     fn outbox_insert(&mut self, effect: &NewEffect<'_>) -> QueryResult<usize>;
     /// At most `limit` pending effects due at `now`, oldest due first,
@@ -128,6 +145,8 @@ pub trait OutboxStatements {
 /// supertrait of `AsyncIdempotentConnection`. Not a public API.
 #[doc(hidden)]
 pub trait AsyncOutboxStatements {
+    /// As [`OutboxStatements::outbox_before_lease`].
+    fn outbox_before_lease(&mut self) -> impl Future<Output = QueryResult<()>> + Send;
     /// As [`OutboxStatements::outbox_insert`].
     fn outbox_insert(
         &mut self,
@@ -150,12 +169,22 @@ pub trait AsyncOutboxStatements {
 }
 
 /// The statements both drivers send, expanded in a blocking impl as
-/// `delivery_statements!([] [] [::diesel::RunQueryDsl], [$lock])` and in an
-/// async one as `delivery_statements!([async] [.await]
-/// [::diesel_async::RunQueryDsl], [$lock])`; `$lock` is what the lease's
-/// read adds (`.for_update().skip_locked()`, or nothing).
+/// `delivery_statements!([] [] [::diesel::RunQueryDsl], [$lock],
+/// before_lease: $before)` and in an async one as
+/// `delivery_statements!([async] [.await] [::diesel_async::RunQueryDsl],
+/// [$lock], before_lease: $before)`; `$lock` is what the lease's read adds
+/// (`.for_update().skip_locked()`, or nothing), `$before` the statement sent
+/// before the lease's `BEGIN` (`Some(sql)`, or `None`).
 macro_rules! delivery_statements {
-    ([$($async:ident)?] [$($await:tt)*] [$($dsl:tt)*], [$($lock:tt)*]) => {
+    ([$($async:ident)?] [$($await:tt)*] [$($dsl:tt)*], [$($lock:tt)*], before_lease: $before:expr) => {
+        $($async)? fn outbox_before_lease(&mut self) -> ::diesel::QueryResult<()> {
+            use $($dsl)* as _;
+            match $before {
+                Some(sql) => ::diesel::sql_query(sql).execute(self) $($await)* .map(drop),
+                None => Ok(()),
+            }
+        }
+
         $($async)? fn outbox_insert(
             &mut self,
             effect: &$crate::outbox::store::NewEffect<'_>,
@@ -221,6 +250,7 @@ macro_rules! delivery_statements {
                 o::idempotency_outbox
                     .filter(o::id.eq(mark.id))
                     .filter(o::attempts.eq(mark.attempt))
+                    .filter(o::available_at.eq(mark.leased_until))
                     .filter(o::state.eq($crate::outbox::store::PENDING)),
             )
             .set((
@@ -337,19 +367,19 @@ macro_rules! operator_statements {
 
 #[cfg(feature = "sqlite")]
 impl OutboxStatements for diesel::sqlite::SqliteConnection {
-    delivery_statements!([] [] [::diesel::RunQueryDsl], []);
+    delivery_statements!([] [] [::diesel::RunQueryDsl], [], before_lease: NO_STATEMENT);
     operator_statements!();
 }
 
 #[cfg(feature = "postgres")]
 impl OutboxStatements for diesel::pg::PgConnection {
-    delivery_statements!([] [] [::diesel::RunQueryDsl], [.for_update().skip_locked()]);
+    delivery_statements!([] [] [::diesel::RunQueryDsl], [.for_update().skip_locked()], before_lease: NO_STATEMENT);
     operator_statements!();
 }
 
 #[cfg(feature = "mysql")]
 impl OutboxStatements for diesel::mysql::MysqlConnection {
-    delivery_statements!([] [] [::diesel::RunQueryDsl], [.for_update().skip_locked()]);
+    delivery_statements!([] [] [::diesel::RunQueryDsl], [.for_update().skip_locked()], before_lease: READ_COMMITTED);
     operator_statements!();
 }
 
@@ -359,15 +389,15 @@ impl AsyncOutboxStatements
         diesel::sqlite::SqliteConnection,
     >
 {
-    delivery_statements!([async] [.await] [::diesel_async::RunQueryDsl], []);
+    delivery_statements!([async] [.await] [::diesel_async::RunQueryDsl], [], before_lease: NO_STATEMENT);
 }
 
 #[cfg(all(feature = "async", feature = "postgres"))]
 impl AsyncOutboxStatements for diesel_async::AsyncPgConnection {
-    delivery_statements!([async] [.await] [::diesel_async::RunQueryDsl], [.for_update().skip_locked()]);
+    delivery_statements!([async] [.await] [::diesel_async::RunQueryDsl], [.for_update().skip_locked()], before_lease: NO_STATEMENT);
 }
 
 #[cfg(all(feature = "async", feature = "mysql"))]
 impl AsyncOutboxStatements for diesel_async::AsyncMysqlConnection {
-    delivery_statements!([async] [.await] [::diesel_async::RunQueryDsl], [.for_update().skip_locked()]);
+    delivery_statements!([async] [.await] [::diesel_async::RunQueryDsl], [.for_update().skip_locked()], before_lease: READ_COMMITTED);
 }
