@@ -12,9 +12,9 @@ pub mod edges;
 pub mod functions;
 pub mod hardening;
 pub mod modes;
+pub mod outbox;
 pub mod phased;
 pub mod processor;
-pub mod outbox;
 #[cfg(all(feature = "async", feature = "postgres"))]
 pub mod round_trips;
 pub mod rt;
