@@ -316,9 +316,12 @@ impl<C, P> Phase<'_, C, P> {
     /// and key, the same on every attempt and after a takeover, so that
     /// the external service answers a repeat with its first answer.
     /// `name` tells the call's external calls apart (`"charge"`,
-    /// `"refund"`).
+    /// `"refund"`). The key is `{namespace}/{scope}/{key}/{name}`, each
+    /// part with `%` written `%25` and `/` written `%2F` (so two calls or
+    /// names never share a key), or `sha256:` and the hex SHA-256 of that
+    /// text when it is longer than 255 bytes or not visible ASCII.
     pub fn external_key(&self, name: &str) -> String {
-        derived_id(self.namespace, self.scope, self.key, name)
+        derived_id(self.namespace, self.scope, self.key, &[name])
     }
 
     /// Whether this run took the call over or resumed it after an earlier

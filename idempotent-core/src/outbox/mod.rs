@@ -167,19 +167,21 @@ impl AsRef<str> for EffectId {
 }
 
 /// The id of the `n`-th effect (from 1) pushed by the call with this
-/// namespace, scope and key: `{namespace}/{scope}/{key}/effect/{n}`, or,
-/// when that text is longer than 255 bytes or holds characters that are
-/// not visible ASCII, `sha256:` and the 64 lowercase hex digits of its
-/// SHA-256.
+/// namespace, scope and key: `{namespace}/{scope}/{key}/effect/{n}`, each
+/// part with `%` written `%25` and `/` written `%2F` (so two calls never
+/// share an id), or, when that text is longer than 255 bytes or holds
+/// characters that are not visible ASCII, `sha256:` and the 64 lowercase
+/// hex digits of its SHA-256.
 ///
 /// ```
 /// # extern crate idempotent_core as diesel_idempotent;
 /// use diesel_idempotent::outbox::effect_id;
 /// assert_eq!(effect_id("orders.create", "tenant-7", "k-1", 2), "orders.create/tenant-7/k-1/effect/2");
+/// assert_eq!(effect_id("orders.create", "eu/fr", "k-1", 1), "orders.create/eu%2Ffr/k-1/effect/1");
 /// assert!(effect_id("orders.create", "a tenant", "k-1", 1).starts_with("sha256:"));
 /// ```
 pub fn effect_id(namespace: &str, scope: &str, key: &str, n: u32) -> String {
-    crate::derived::derived_id(namespace, scope, key, &format!("effect/{n}"))
+    crate::derived::derived_id(namespace, scope, key, &["effect", &n.to_string()])
 }
 
 /// Checks an effect id or kind: 1 to 255 bytes.
