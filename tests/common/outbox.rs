@@ -1043,7 +1043,12 @@ pub fn outbox_a_dispatcher_leaves_other_kinds_alone<B: Backend>() {
     let mut conn = db.connect();
     let clock = Arc::new(clock());
     // Another application's effect, in the same table.
-    outbox::push_with_id(&mut conn, "billing/invoice-7", "mail.send", &"invoice 7").unwrap();
+    Call::new("billing", "invoice-7")
+        .clock(&*clock)
+        .run(&mut conn, |conn| -> Result<String, AppError> {
+            Ok(outbox::push_with_id(conn, "billing/invoice-7", "mail.send", &"invoice 7")?.into())
+        })
+        .unwrap();
     let before = state_of(&mut conn, "billing/invoice-7");
     let ours = push_n(&mut conn, &clock, "ours", 1).unwrap().into_value()[0].clone();
 
