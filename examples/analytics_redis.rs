@@ -76,8 +76,11 @@
 //! (`analytics_redis_events`, `analytics_redis_counts`,
 //! `analytics_redis_naive_counts`), and deletes the library's records of
 //! the namespace `analytics_redis.record_event` and their outbox effects,
-//! so a second run on the same database counts its own events only. Two
-//! runs must not share a database or a prefix at the same time. The keys
+//! so a second run on the same database counts its own events only. Its
+//! dispatcher leases only its own kind (`redis.incr`): other applications'
+//! effects in the same table stay pending for their own dispatchers, and
+//! the failures it reports are its own deliveries'. Two runs must not
+//! share a database or a prefix at the same time. The keys
 //! and rows stay after the run, to be looked at, until the next one.
 //!
 //! Exit codes: 0 when both totals equal the number of events and every

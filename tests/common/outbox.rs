@@ -609,8 +609,9 @@ pub fn outbox_failures_retry_with_backoff_then_die_and_requeue<B: Backend>() {
     assert_eq!(entry.finished_at, Some(clock.now().naive_utc()));
     assert_eq!(*seen.lock().unwrap(), [1, 2, 3]);
 
-    // Always failing (a panic, and a kind nobody handles): dead after
-    // `max_attempts`, kept with its last error until requeued.
+    // Always failing (a panic): dead after `max_attempts`, kept with its
+    // last error until requeued. A kind the dispatcher has no handler for
+    // is not its to lease: it stays pending and untouched.
     let doomed = Dispatcher::new()
         .max_attempts(3)
         .backoff(Duration::from_secs(1), Duration::from_secs(1))
@@ -618,6 +619,7 @@ pub fn outbox_failures_retry_with_backoff_then_die_and_requeue<B: Backend>() {
         .handler(KIND, |_| panic!("handler exploded"));
     let doomed_id = push_n(&mut conn, &clock, "doomed", 1).unwrap().into_value()[0].clone();
     // An id of one's own, pushed in a call: due at the call's time.
+    let stray_at = clock.now().naive_utc();
     let stray = Call::new(NS, "stray")
         .clock(&*clock)
         .run(&mut conn, |conn| -> Result<String, AppError> {
@@ -633,29 +635,40 @@ pub fn outbox_failures_retry_with_backoff_then_die_and_requeue<B: Backend>() {
     assert_eq!(
         total,
         Dispatched {
-            retried: 4,
-            dead: 2,
+            retried: 2,
+            dead: 1,
             ..Dispatched::default()
         }
     );
     let dead = outbox::dead_letters(&mut conn, 10).unwrap();
-    let dead_ids: Vec<&str> = dead.iter().map(|e| e.id.as_str()).collect();
-    assert_eq!(dead.len(), 2, "{dead:?}");
-    assert!(dead_ids.contains(&doomed_id.as_str()) && dead_ids.contains(&stray.as_str()));
-    for entry in &dead {
-        assert_eq!((entry.state, entry.attempts), (EffectState::Dead, 3));
-        let error = entry.last_error.as_deref().unwrap();
-        if entry.id == doomed_id {
-            assert!(error.contains("handler exploded"), "{error}");
-        } else {
-            assert!(error.contains("no handler for kind `unhandled`"), "{error}");
-        }
-    }
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0].id, doomed_id);
+    assert_eq!((dead[0].state, dead[0].attempts), (EffectState::Dead, 3));
+    let error = dead[0].last_error.as_deref().unwrap();
+    assert!(error.contains("handler exploded"), "{error}");
+    let untouched = state_of(&mut conn, &stray);
+    assert_eq!(
+        (untouched.state, untouched.attempts, untouched.available_at),
+        (EffectState::Pending, 0, stray_at)
+    );
+    assert_eq!(untouched.last_error, None);
     let stats = outbox::stats_with_clock(&mut conn, &*clock).unwrap();
     assert_eq!(
         (stats.pending, stats.due, stats.done, stats.dead),
-        (0, 0, 1, 2)
+        (1, 1, 1, 1)
     );
+    // A dispatcher that has the handler delivers it.
+    let stray_handler = Dispatcher::new()
+        .clock(clock.clone())
+        .handler("unhandled", |_| Ok(()));
+    assert_eq!(
+        stray_handler.drain(&mut conn).unwrap(),
+        Dispatched {
+            delivered: 1,
+            ..Dispatched::default()
+        }
+    );
+    assert_eq!(state_of(&mut conn, &stray).state, EffectState::Done);
 
     assert!(outbox::requeue_with_clock(&mut conn, &doomed_id, &*clock).unwrap());
     assert!(
@@ -668,7 +681,7 @@ pub fn outbox_failures_retry_with_backoff_then_die_and_requeue<B: Backend>() {
         (EffectState::Pending, 0, None)
     );
     let stats = outbox::stats_with_clock(&mut conn, &*clock).unwrap();
-    assert_eq!((stats.pending, stats.due, stats.dead), (1, 1, 1));
+    assert_eq!((stats.pending, stats.due, stats.dead), (1, 1, 0));
     let fixed = Dispatcher::new()
         .clock(clock.clone())
         .handler(KIND, |_| Ok(()));
@@ -679,13 +692,15 @@ pub fn outbox_failures_retry_with_backoff_then_die_and_requeue<B: Backend>() {
     // dead ones.
     let finished = outbox::purge_finished(&mut conn, clock.now(), 1).unwrap();
     assert_eq!(finished, 1, "the one finished before now");
+    assert!(exists(&mut conn, &doomed_id) && exists(&mut conn, &stray));
     clock.advance(Duration::from_secs(1));
     assert_eq!(
         outbox::purge_finished(&mut conn, clock.now(), 1).unwrap(),
-        1
+        2,
+        "one at a time, until none is left"
     );
     assert!(!exists(&mut conn, &doomed_id) && !exists(&mut conn, &id));
-    assert!(exists(&mut conn, "stray-1"));
+    assert!(!exists(&mut conn, "stray-1"));
     assert!(matches!(
         outbox::purge_finished(&mut conn, clock.now(), 0),
         Err(Error::InvalidBatchSize)
@@ -947,6 +962,159 @@ pub mod nonblocking {
     }
 }
 
+pub fn outbox_each_handler_gets_its_whole_lease<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = Arc::new(clock());
+    let ids = push_n(&mut conn, &clock, "batch", 3).unwrap().into_value();
+
+    // The second dispatcher records every delivery and whether the first
+    // was delivering the same effect at that moment.
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let overlaps: Arc<Mutex<Vec<String>>> = Arc::default();
+    let by_second: Arc<Mutex<Vec<String>>> = Arc::default();
+    let second = {
+        let in_flight = Arc::clone(&in_flight);
+        let overlaps = Arc::clone(&overlaps);
+        let by_second = Arc::clone(&by_second);
+        Dispatcher::new()
+            .lease(Duration::from_secs(30))
+            .clock(clock.clone())
+            .handler(KIND, move |effect| {
+                if in_flight.lock().unwrap().contains(&effect.id) {
+                    overlaps.lock().unwrap().push(effect.id.clone());
+                }
+                by_second.lock().unwrap().push(effect.id.clone());
+                Ok(())
+            })
+    };
+
+    // Each of the first dispatcher's handlers works 20 s of its 30 s
+    // lease; after 10 s the second dispatcher runs, and again after 20 s.
+    let by_first: Arc<Mutex<Vec<String>>> = Arc::default();
+    let first = {
+        let in_flight = Arc::clone(&in_flight);
+        let by_first = Arc::clone(&by_first);
+        let ticking = Arc::clone(&clock);
+        let other = Mutex::new(db.connect());
+        Dispatcher::new()
+            .lease(Duration::from_secs(30))
+            .batch_size(10)
+            .clock(clock.clone())
+            .handler(KIND, move |effect| {
+                in_flight.lock().unwrap().insert(effect.id.clone());
+                by_first.lock().unwrap().push(effect.id.clone());
+                for _ in 0..2 {
+                    ticking.advance(Duration::from_secs(10));
+                    second.run_once(&mut *other.lock().unwrap()).unwrap();
+                }
+                in_flight.lock().unwrap().remove(&effect.id);
+                Ok(())
+            })
+    };
+    let firsts = first.run_once(&mut conn).unwrap();
+
+    assert_eq!(*overlaps.lock().unwrap(), Vec::<String>::new());
+    // The first dispatcher delivered the first two within their leases; the
+    // third's lease (counted from the batch's start) ended before its
+    // handler could begin, so the second dispatcher took it and the first
+    // did not deliver it.
+    assert_eq!(*by_first.lock().unwrap(), ids[..2]);
+    assert_eq!(*by_second.lock().unwrap(), ids[2..]);
+    assert_eq!(
+        firsts,
+        Dispatched {
+            delivered: 2,
+            lost: 1,
+            ..Dispatched::default()
+        }
+    );
+    // The third was leased twice: by the first dispatcher's batch, then by
+    // the second.
+    for (id, attempts) in ids.iter().zip([1, 1, 2]) {
+        let entry = state_of(&mut conn, id);
+        assert_eq!(
+            (entry.state, entry.attempts),
+            (EffectState::Done, attempts),
+            "{id}"
+        );
+    }
+}
+
+pub fn outbox_a_dispatcher_leaves_other_kinds_alone<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = Arc::new(clock());
+    // Another application's effect, in the same table.
+    Call::new("billing", "invoice-7")
+        .clock(&*clock)
+        .run(&mut conn, |conn| -> Result<String, AppError> {
+            Ok(outbox::push_with_id(conn, "billing/invoice-7", "mail.send", &"invoice 7")?.into())
+        })
+        .unwrap();
+    let before = state_of(&mut conn, "billing/invoice-7");
+    let ours = push_n(&mut conn, &clock, "ours", 1).unwrap().into_value()[0].clone();
+
+    let orders = Dispatcher::new()
+        .max_attempts(1)
+        .clock(clock.clone())
+        .handler(KIND, |_| Ok(()));
+    let delivered = Dispatched {
+        delivered: 1,
+        ..Dispatched::default()
+    };
+    assert_eq!(orders.drain(&mut conn).unwrap(), delivered);
+    clock.advance(Duration::from_secs(3600));
+    assert_eq!(orders.drain(&mut conn).unwrap(), Dispatched::default());
+    assert_eq!(
+        Dispatcher::new()
+            .clock(clock.clone())
+            .drain(&mut conn)
+            .unwrap(),
+        Dispatched::default(),
+        "a dispatcher without handlers leases nothing"
+    );
+    assert_eq!(state_of(&mut conn, &ours).state, EffectState::Done);
+    let foreign = state_of(&mut conn, "billing/invoice-7");
+    assert_eq!(foreign, before, "untouched");
+    assert_eq!((foreign.state, foreign.attempts), (EffectState::Pending, 0));
+    let stats = outbox::stats_with_clock(&mut conn, &*clock).unwrap();
+    assert_eq!((stats.pending, stats.due, stats.done), (1, 1, 1));
+
+    // Its own dispatcher delivers it.
+    let mail = Dispatcher::new()
+        .clock(clock.clone())
+        .handler("mail.send", |effect| {
+            assert_eq!(effect.payload_as::<String>()?, "invoice 7");
+            Ok(())
+        });
+    assert_eq!(mail.drain(&mut conn).unwrap(), delivered);
+    let foreign = state_of(&mut conn, "billing/invoice-7");
+    assert_eq!((foreign.state, foreign.attempts), (EffectState::Done, 1));
+}
+
+pub fn outbox_calls_whose_scope_or_key_hold_a_slash_push_distinct_ids<B: Backend>() {
+    let db = B::fresh();
+    let mut conn = db.connect();
+    let clock = clock();
+    let mut pushed = Vec::new();
+    for (scope, key) in [("a/b", "c"), ("a", "b/c")] {
+        let id = Call::new(NS, key)
+            .scope(scope)
+            .clock(&clock)
+            .run(&mut conn, |conn| -> Result<String, AppError> {
+                Ok(outbox::push(conn, KIND, &scope)?.into())
+            })
+            .unwrap_or_else(|e| panic!("scope {scope} key {key}: {e:?}"));
+        assert!(!id.is_replayed(), "scope {scope} key {key}");
+        let id = id.into_value();
+        assert_eq!(id, effect_id(NS, scope, key, 1));
+        assert_eq!(state_of(&mut conn, &id).payload, format!("{scope:?}"));
+        pushed.push(id);
+    }
+    assert_ne!(pushed[0], pushed[1]);
+}
+
 /// Instantiates the outbox tests for one backend.
 #[macro_export]
 macro_rules! outbox_tests {
@@ -959,6 +1127,9 @@ macro_rules! outbox_tests {
             outbox_a_delivery_that_outlived_its_lease_is_lost_not_written,
             outbox_a_stale_delivery_cannot_mark_a_requeued_effect,
             outbox_dispatcher_refuses_a_connection_inside_a_transaction,
+            outbox_each_handler_gets_its_whole_lease,
+            outbox_a_dispatcher_leaves_other_kinds_alone,
+            outbox_calls_whose_scope_or_key_hold_a_slash_push_distinct_ids,
         );
     };
     (nonblocking $backend:ty) => {

@@ -1,6 +1,9 @@
 //! The dispatcher's procedure, once for both drivers: lease a batch of due
-//! effects in a short transaction, deliver each outside any transaction,
-//! and write how each delivery ended, fenced on the attempt its lease set.
+//! effects of the kinds it handles in a short transaction, renew each
+//! effect's lease just before its handler runs (so every handler gets the
+//! whole lease, however late in the batch it comes), deliver it outside any
+//! transaction, and write how the delivery ended, fenced on the attempt and
+//! the lease end it holds.
 
 use std::future::{Future, Ready, ready};
 use std::panic;
@@ -9,7 +12,7 @@ use std::time::Duration;
 
 use chrono::{NaiveDateTime, SubsecRound};
 
-use super::store::{DEAD, DONE, DueRow, Mark, NewEffect, OutboxStatements, PENDING};
+use super::store::{DEAD, DONE, DueRow, Lease, Mark, NewEffect, OutboxStatements, PENDING};
 use super::{Dispatched, Effect};
 use crate::Error;
 use crate::clock::Clock;
@@ -33,6 +36,7 @@ pub(crate) trait OutboxDriver: Driver {
 
     fn due(
         &mut self,
+        kinds: &[String],
         now: NaiveDateTime,
         limit: i64,
     ) -> impl Future<Output = diesel::QueryResult<Vec<DueRow>>> + Send;
@@ -40,6 +44,12 @@ pub(crate) trait OutboxDriver: Driver {
     fn lease(
         &mut self,
         ids: &[String],
+        until: NaiveDateTime,
+    ) -> impl Future<Output = diesel::QueryResult<usize>> + Send;
+
+    fn renew(
+        &mut self,
+        held: &Lease<'_>,
         until: NaiveDateTime,
     ) -> impl Future<Output = diesel::QueryResult<usize>> + Send;
 
@@ -53,12 +63,25 @@ impl<C: IdempotentConnection> OutboxDriver for Blocking<'_, C> {
         ready(OutboxStatements::outbox_before_lease(self.0))
     }
 
-    fn due(&mut self, now: NaiveDateTime, limit: i64) -> Ready<diesel::QueryResult<Vec<DueRow>>> {
-        ready(OutboxStatements::outbox_due(self.0, now, limit))
+    fn due(
+        &mut self,
+        kinds: &[String],
+        now: NaiveDateTime,
+        limit: i64,
+    ) -> Ready<diesel::QueryResult<Vec<DueRow>>> {
+        ready(OutboxStatements::outbox_due(self.0, kinds, now, limit))
     }
 
     fn lease(&mut self, ids: &[String], until: NaiveDateTime) -> Ready<diesel::QueryResult<usize>> {
         ready(OutboxStatements::outbox_lease(self.0, ids, until))
+    }
+
+    fn renew(
+        &mut self,
+        held: &Lease<'_>,
+        until: NaiveDateTime,
+    ) -> Ready<diesel::QueryResult<usize>> {
+        ready(OutboxStatements::outbox_renew(self.0, held, until))
     }
 
     fn mark(&mut self, mark: &Mark<'_>) -> Ready<diesel::QueryResult<usize>> {
@@ -74,12 +97,25 @@ impl<C: crate::store::nonblocking::AsyncIdempotentConnection> OutboxDriver
         super::store::AsyncOutboxStatements::outbox_before_lease(self.conn()).await
     }
 
-    async fn due(&mut self, now: NaiveDateTime, limit: i64) -> diesel::QueryResult<Vec<DueRow>> {
-        super::store::AsyncOutboxStatements::outbox_due(self.conn(), now, limit).await
+    async fn due(
+        &mut self,
+        kinds: &[String],
+        now: NaiveDateTime,
+        limit: i64,
+    ) -> diesel::QueryResult<Vec<DueRow>> {
+        super::store::AsyncOutboxStatements::outbox_due(self.conn(), kinds, now, limit).await
     }
 
     async fn lease(&mut self, ids: &[String], until: NaiveDateTime) -> diesel::QueryResult<usize> {
         super::store::AsyncOutboxStatements::outbox_lease(self.conn(), ids, until).await
+    }
+
+    async fn renew(
+        &mut self,
+        held: &Lease<'_>,
+        until: NaiveDateTime,
+    ) -> diesel::QueryResult<usize> {
+        super::store::AsyncOutboxStatements::outbox_renew(self.conn(), held, until).await
     }
 
     async fn mark(&mut self, mark: &Mark<'_>) -> diesel::QueryResult<usize> {
@@ -90,6 +126,9 @@ impl<C: crate::store::nonblocking::AsyncIdempotentConnection> OutboxDriver
 /// Hands an effect to its handler: `Err` with the failure's text when the
 /// handler failed, panicked or there is none for the effect's kind.
 pub(crate) trait Deliver {
+    /// The kinds there is a handler for: the only ones leased.
+    fn kinds(&self) -> Vec<String>;
+
     fn deliver<'a>(
         &'a self,
         effect: &'a Effect,
@@ -191,9 +230,13 @@ where
         .ok()
         .filter(|limit| *limit > 0)
         .ok_or(Error::InvalidBatchSize)?;
+    let kinds = handlers.kinds();
+    if kinds.is_empty() {
+        return Ok(Dispatched::default());
+    }
     let now = settings.now();
     let until = later(now, settings.lease);
-    let leased = lease(driver, now, until, limit).await?;
+    let leased = lease(driver, &kinds, now, until, limit).await?;
     let mut dispatched = Dispatched::default();
     for (id, kind, payload, attempts, created_at) in leased {
         let attempt = attempts.saturating_add(1);
@@ -204,14 +247,21 @@ where
             attempt: u32::try_from(attempt).unwrap_or(0),
             created_at,
         };
+        let held = Lease {
+            id: &effect.id,
+            attempt,
+            until,
+        };
+        let Some(held) = renew(driver, held, settings).await? else {
+            dispatched.lost += 1;
+            continue;
+        };
         let delivered = handlers.deliver(&effect).await;
         let now = settings.now();
         let (mark, tally): (Mark<'_>, &mut usize) = match &delivered {
             Ok(()) => (
                 Mark {
-                    id: &effect.id,
-                    attempt,
-                    leased_until: until,
+                    lease: held,
                     state: DONE,
                     available_at: now,
                     finished_at: Some(now),
@@ -221,9 +271,7 @@ where
             ),
             Err(error) if effect.attempt >= settings.max_attempts => (
                 Mark {
-                    id: &effect.id,
-                    attempt,
-                    leased_until: until,
+                    lease: held,
                     state: DEAD,
                     available_at: now,
                     finished_at: Some(now),
@@ -233,9 +281,7 @@ where
             ),
             Err(error) => (
                 Mark {
-                    id: &effect.id,
-                    attempt,
-                    leased_until: until,
+                    lease: held,
                     state: PENDING,
                     available_at: later(now, settings.backoff(effect.attempt)),
                     finished_at: None,
@@ -244,7 +290,8 @@ where
                 &mut dispatched.retried,
             ),
         };
-        if mark_retrying(driver, &mark).await? == 1 {
+        let marked = fenced(driver, Fenced::Mark(&mark)).await?;
+        if marked == 1 {
             *tally += 1;
         } else {
             dispatched.lost += 1;
@@ -253,12 +300,32 @@ where
     Ok(dispatched)
 }
 
+/// `held` renewed to a whole lease from now, just before its handler runs:
+/// `None` when the lease was taken over meanwhile (its end passed and
+/// another dispatcher leased the effect, or it was requeued), so the effect
+/// must not be delivered. A lease that still has its whole length left
+/// (the batch's first effect, a clock that did not move) is kept as it is,
+/// with no statement.
+async fn renew<'a, D: OutboxDriver>(
+    driver: &mut D,
+    held: Lease<'a>,
+    settings: &Settings,
+) -> Result<Option<Lease<'a>>, Error> {
+    let until = later(settings.now(), settings.lease);
+    if until <= held.until {
+        return Ok(Some(held));
+    }
+    let renewed = fenced(driver, Fenced::Renew(&held, until)).await?;
+    Ok((renewed == 1).then_some(Lease { until, ..held }))
+}
+
 /// Leases at most `limit` effects due at `now` until `until`, in a short
 /// transaction of its own, begun again (at most [`ATTEMPTS`] times) when
 /// the database aborts it (a deadlock between dispatchers' locks, a busy
 /// SQLite file): nothing was delivered yet.
 async fn lease<D: OutboxDriver>(
     driver: &mut D,
+    kinds: &[String],
     now: NaiveDateTime,
     until: NaiveDateTime,
     limit: i64,
@@ -268,7 +335,7 @@ async fn lease<D: OutboxDriver>(
         attempt += 1;
         driver.before_lease().await?;
         let leased = guarded_transaction(driver, async |driver: &mut D| -> Result<_, Error> {
-            let due = driver.due(now, limit).await?;
+            let due = driver.due(kinds, now, limit).await?;
             if !due.is_empty() {
                 let ids: Vec<String> = due.iter().map(|row| row.0.clone()).collect();
                 for chunk in ids.chunks(MAX_IDS_PER_STATEMENT) {
@@ -287,15 +354,26 @@ async fn lease<D: OutboxDriver>(
     }
 }
 
-/// Writes `mark`, sent again (at most [`ATTEMPTS`] times) when the
-/// database aborts it: one fenced row, so sending it twice is sending it
-/// once. An effect whose mark failed for good is delivered again after its
-/// lease.
-async fn mark_retrying<D: OutboxDriver>(driver: &mut D, mark: &Mark<'_>) -> Result<usize, Error> {
+/// A single-row statement fenced on the lease its dispatcher holds.
+enum Fenced<'a> {
+    /// Move the lease's end to this time.
+    Renew(&'a Lease<'a>, NaiveDateTime),
+    /// Write how the delivery ended.
+    Mark(&'a Mark<'a>),
+}
+
+/// Sends `statement`, again (at most [`ATTEMPTS`] times) when the database
+/// aborts it: the fence makes sending it twice sending it once. An effect
+/// whose mark failed for good is delivered again after its lease.
+async fn fenced<D: OutboxDriver>(driver: &mut D, statement: Fenced<'_>) -> Result<usize, Error> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        match driver.mark(mark).await {
+        let sent = match statement {
+            Fenced::Renew(held, until) => driver.renew(held, until).await,
+            Fenced::Mark(mark) => driver.mark(mark).await,
+        };
+        match sent {
             Ok(rows) => return Ok(rows),
             Err(e) if crate::error::is_transient(&e) && attempt < ATTEMPTS => continue,
             Err(e) => return Err(Error::Database(e)),

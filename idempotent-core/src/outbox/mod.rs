@@ -10,14 +10,20 @@
 //! [`Dispatcher`] later hands each row to the handler registered for its
 //! kind and marks it done.
 //!
+//! A dispatcher leases only the kinds it has a handler for: several
+//! applications (or a dispatcher per kind) can share one table, and an
+//! effect whose kind no running dispatcher handles stays pending, untouched
+//! (counted in [`stats`]), until one that handles it runs.
+//!
 //! # What is guaranteed
 //!
 //! - **The effect commits with the record.** [`push`] is a plain `INSERT`
 //!   in the call's transaction: a body that fails, panics or is rolled back
 //!   by its caller leaves no effect; a replay runs no body, so it pushes
 //!   nothing.
-//! - **Delivery at least once.** A pending effect is delivered until a
-//!   handler returns `Ok` for it (then it is `done`), or until it failed
+//! - **Delivery at least once.** A pending effect is delivered, by a
+//!   dispatcher that handles its kind, until a handler returns `Ok` for it
+//!   (then it is `done`), or until its handler failed
 //!   [`Dispatcher::max_attempts`] times (then it is `dead`). A dispatcher
 //!   that crashes between a handler's effect and its mark leaves the effect
 //!   leased; once the lease ends, another dispatcher delivers it again.
@@ -27,9 +33,14 @@
 //!   dispatcher holds (`FOR UPDATE SKIP LOCKED` on PostgreSQL and MySQL /
 //!   MariaDB 10.6+, there at READ COMMITTED; SQLite serializes writers with
 //!   `BEGIN IMMEDIATE`), and a leased effect is not due again before its
-//!   lease ends. A delivery that outlives its lease may overlap a second
-//!   one; its mark is then refused (it is fenced on the attempt number and
-//!   the lease end its lease set) and counted as [`Dispatched::lost`], so
+//!   lease ends. Just before its handler runs, each effect's lease is
+//!   renewed to a whole lease from that moment (one `UPDATE` fenced on the
+//!   attempt number and the lease end it holds), so the lease counts from
+//!   the handler's start, not the batch's; an effect whose lease ended and
+//!   was taken over while earlier handlers of its batch ran is not
+//!   delivered, and counted as [`Dispatched::lost`]. A delivery that
+//!   outlives its lease may overlap a second one; its mark is then refused
+//!   (it is fenced the same way) and counted as [`Dispatched::lost`], so
 //!   the newer delivery's state stands. A lease or a mark that the database
 //!   aborts (a deadlock, a busy SQLite file) is sent again, a few times; a
 //!   mark that still fails ends the batch with the error, and its effect and
@@ -132,7 +143,9 @@ mod dispatch;
 pub(crate) mod store;
 
 #[doc(hidden)]
-pub use store::{AsyncOutboxStatements, DueRow, EntryRow, Mark, NewEffect, OutboxStatements};
+pub use store::{
+    AsyncOutboxStatements, DueRow, EntryRow, Lease, Mark, NewEffect, OutboxStatements,
+};
 
 /// The longest effect id or kind, in bytes (the columns' width).
 pub const MAX_ID_LEN: usize = 255;
@@ -354,18 +367,20 @@ pub type HandlerError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Dispatched {
     /// Handled and marked done.
     pub delivered: usize,
-    /// Failed (the handler's error or panic, or no handler for the kind),
-    /// due again after the back-off.
+    /// Failed (the handler's error or panic), due again after the
+    /// back-off.
     pub retried: usize,
     /// Failed on their last attempt: now dead.
     pub dead: usize,
-    /// Delivered, but their lease had ended and another delivery had begun:
-    /// the mark was refused and the newer delivery's state stands.
+    /// Their lease had ended and another dispatcher had leased them: either
+    /// before their handler began (not delivered by this dispatcher), or
+    /// while it ran (delivered, but the mark was refused and the newer
+    /// delivery's state stands).
     pub lost: usize,
 }
 
 impl Dispatched {
-    /// How many effects were leased and handed to a handler.
+    /// How many effects were leased.
     pub fn total(&self) -> usize {
         self.delivered + self.retried + self.dead + self.lost
     }
@@ -402,7 +417,8 @@ fn panic_text(payload: &(dyn std::any::Any + Send)) -> String {
     format!("the handler panicked: {message}")
 }
 
-/// The failure of an effect whose kind has no handler.
+/// The failure of an effect whose kind has no handler (none is leased:
+/// only the handled kinds are).
 fn no_handler(kind: &str) -> String {
     format!("no handler for kind `{kind}`: register one with `.handler(\"{kind}\", ..)`")
 }
@@ -447,9 +463,10 @@ impl fmt::Debug for Dispatcher {
 /// The settings both dispatchers take, written once.
 macro_rules! settings_methods {
     () => {
-        /// How long a delivery may take before the effect is due again
-        /// (another dispatcher may then deliver it): 30 s by default. Keep
-        /// it above the slowest handler's time.
+        /// How long a delivery may take, counted from its handler's start,
+        /// before the effect is due again (another dispatcher may then
+        /// deliver it): 30 s by default. Keep it above the slowest
+        /// handler's time.
         pub fn lease(mut self, lease: Duration) -> Self {
             self.settings.lease = lease;
             self
@@ -506,9 +523,10 @@ impl Dispatcher {
 
     settings_methods!();
 
-    /// Leases one batch of due effects in a short transaction, delivers
-    /// each to its handler outside any transaction, and marks it: done,
-    /// due again after the back-off, or dead. `conn` must not be inside a
+    /// Leases one batch of due effects of the kinds it has handlers for in
+    /// a short transaction (none without handlers), delivers each to its
+    /// handler outside any transaction, and marks it: done, due again
+    /// after the back-off, or dead. `conn` must not be inside a
     /// transaction ([`Error::DispatchInTransaction`]).
     pub fn run_once<C: IdempotentConnection>(&self, conn: &mut C) -> Result<Dispatched, Error> {
         block_on(dispatch::run_once(
@@ -525,6 +543,10 @@ impl Dispatcher {
 }
 
 impl dispatch::Deliver for Dispatcher {
+    fn kinds(&self) -> Vec<String> {
+        self.handlers.keys().cloned().collect()
+    }
+
     fn deliver<'a>(
         &'a self,
         effect: &'a Effect,
@@ -611,6 +633,10 @@ impl AsyncDispatcher {
 
 #[cfg(feature = "async")]
 impl dispatch::Deliver for AsyncDispatcher {
+    fn kinds(&self) -> Vec<String> {
+        self.handlers.keys().cloned().collect()
+    }
+
     async fn deliver(&self, effect: &Effect) -> Result<(), String> {
         let Some(handler) = self.handlers.get(&effect.kind) else {
             return Err(no_handler(&effect.kind));

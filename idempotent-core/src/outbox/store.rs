@@ -85,16 +85,23 @@ pub type EntryRow = (
     Option<NaiveDateTime>,
 );
 
-/// How a delivery ended, written over the row as the delivery's lease left
-/// it (`attempts` = `attempt`, `available_at` = `leased_until`) and over
-/// nothing else: not after another lease, nor after a requeue that reset
-/// `attempts` and was leased again.
+/// A delivery's lease as its dispatcher holds it: a renewal or a mark is
+/// written over the row as this lease left it (`attempts` = `attempt`,
+/// `available_at` = `until`) and over nothing else: not after another
+/// lease, nor after a requeue that reset `attempts` and was leased again.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy)]
+pub struct Lease<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) attempt: i32,
+    pub(crate) until: NaiveDateTime,
+}
+
+/// How a delivery ended, written over the row as its lease left it.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy)]
 pub struct Mark<'a> {
-    pub(crate) id: &'a str,
-    pub(crate) attempt: i32,
-    pub(crate) leased_until: NaiveDateTime,
+    pub(crate) lease: Lease<'a>,
     pub(crate) state: &'static str,
     pub(crate) available_at: NaiveDateTime,
     pub(crate) finished_at: Option<NaiveDateTime>,
@@ -113,12 +120,20 @@ pub trait OutboxStatements {
     fn outbox_before_lease(&mut self) -> QueryResult<()>;
     /// Inserts a pending effect.
     fn outbox_insert(&mut self, effect: &NewEffect<'_>) -> QueryResult<usize>;
-    /// At most `limit` pending effects due at `now`, oldest due first,
-    /// locked for this transaction where the dialect locks rows (skipping
-    /// those locked already).
-    fn outbox_due(&mut self, now: NaiveDateTime, limit: i64) -> QueryResult<Vec<DueRow>>;
+    /// At most `limit` pending effects of `kinds` due at `now`, oldest due
+    /// first, locked for this transaction where the dialect locks rows
+    /// (skipping those locked already).
+    fn outbox_due(
+        &mut self,
+        kinds: &[String],
+        now: NaiveDateTime,
+        limit: i64,
+    ) -> QueryResult<Vec<DueRow>>;
     /// Leases `ids` until `until`: one attempt more each.
     fn outbox_lease(&mut self, ids: &[String], until: NaiveDateTime) -> QueryResult<usize>;
+    /// Moves the end of `held`'s lease to `until`, just before its
+    /// handler runs; 0 rows when its lease was taken over.
+    fn outbox_renew(&mut self, held: &Lease<'_>, until: NaiveDateTime) -> QueryResult<usize>;
     /// Writes how a delivery ended; 0 rows when its lease was taken over.
     fn outbox_mark(&mut self, mark: &Mark<'_>) -> QueryResult<usize>;
     /// The ids of at most `limit` done effects finished before `before`.
@@ -155,6 +170,7 @@ pub trait AsyncOutboxStatements {
     /// As [`OutboxStatements::outbox_due`].
     fn outbox_due(
         &mut self,
+        kinds: &[String],
         now: NaiveDateTime,
         limit: i64,
     ) -> impl Future<Output = QueryResult<Vec<DueRow>>> + Send;
@@ -162,6 +178,12 @@ pub trait AsyncOutboxStatements {
     fn outbox_lease(
         &mut self,
         ids: &[String],
+        until: NaiveDateTime,
+    ) -> impl Future<Output = QueryResult<usize>> + Send;
+    /// As [`OutboxStatements::outbox_renew`].
+    fn outbox_renew(
+        &mut self,
+        held: &Lease<'_>,
         until: NaiveDateTime,
     ) -> impl Future<Output = QueryResult<usize>> + Send;
     /// As [`OutboxStatements::outbox_mark`].
@@ -208,6 +230,7 @@ macro_rules! delivery_statements {
 
         $($async)? fn outbox_due(
             &mut self,
+            kinds: &[String],
             now: ::chrono::NaiveDateTime,
             limit: i64,
         ) -> ::diesel::QueryResult<Vec<$crate::outbox::store::DueRow>> {
@@ -217,6 +240,7 @@ macro_rules! delivery_statements {
             o::idempotency_outbox
                 .filter(o::state.eq($crate::outbox::store::PENDING))
                 .filter(o::available_at.le(now))
+                .filter(o::kind.eq_any(kinds))
                 .order((o::available_at.asc(), o::id.asc()))
                 .limit(limit)
                 .select((o::id, o::kind, o::payload, o::attempts, o::created_at))
@@ -239,6 +263,26 @@ macro_rules! delivery_statements {
                 $($await)*
         }
 
+        $($async)? fn outbox_renew(
+            &mut self,
+            held: &$crate::outbox::store::Lease<'_>,
+            until: ::chrono::NaiveDateTime,
+        ) -> ::diesel::QueryResult<usize> {
+            use ::diesel::{ExpressionMethods as _, QueryDsl as _};
+            use $($dsl)* as _;
+            use $crate::outbox::store::idempotency_outbox::dsl as o;
+            ::diesel::update(
+                o::idempotency_outbox
+                    .filter(o::id.eq(held.id))
+                    .filter(o::attempts.eq(held.attempt))
+                    .filter(o::available_at.eq(held.until))
+                    .filter(o::state.eq($crate::outbox::store::PENDING)),
+            )
+            .set(o::available_at.eq(until))
+            .execute(self)
+            $($await)*
+        }
+
         $($async)? fn outbox_mark(
             &mut self,
             mark: &$crate::outbox::store::Mark<'_>,
@@ -246,11 +290,12 @@ macro_rules! delivery_statements {
             use ::diesel::{ExpressionMethods as _, QueryDsl as _};
             use $($dsl)* as _;
             use $crate::outbox::store::idempotency_outbox::dsl as o;
+            let held = &mark.lease;
             ::diesel::update(
                 o::idempotency_outbox
-                    .filter(o::id.eq(mark.id))
-                    .filter(o::attempts.eq(mark.attempt))
-                    .filter(o::available_at.eq(mark.leased_until))
+                    .filter(o::id.eq(held.id))
+                    .filter(o::attempts.eq(held.attempt))
+                    .filter(o::available_at.eq(held.until))
                     .filter(o::state.eq($crate::outbox::store::PENDING)),
             )
             .set((
