@@ -449,16 +449,25 @@ pub mod nonblocking {
 
             let record = phased::find(&mut check, NAMESPACE, "", &key).unwrap();
             match crash {
-                Crash::BeforeStartCommit => {
-                    assert_eq!(record, None, "{crash:?}: nothing of phase 1 was kept");
-                    assert_eq!(check.count_writes(&key).unwrap(), 0);
-                }
                 Crash::AfterFinishCommit => {
                     let record = record.expect("the finished call");
                     assert!(record.is_finished(), "{record:?}");
                 }
                 _ => {
                     let record = record.expect("the committed recovery point");
+                    if crash == Crash::BeforeStartCommit {
+                        // The claim committed on its own; phase 1 did not.
+                        assert_eq!(
+                            (
+                                record.recovery_point.as_str(),
+                                record.point_state.as_deref(),
+                                record.phases
+                            ),
+                            ("started", None, 0),
+                            "{crash:?}: the claim stands, nothing of phase 1"
+                        );
+                        assert_eq!(check.count_writes(&key).unwrap(), 0);
+                    }
                     assert!(
                         record.is_leased_at(clock.now()),
                         "{crash:?}: the crashed run's lease is left held: {record:?}"
@@ -506,10 +515,11 @@ pub mod nonblocking {
                 }
                 Some(first) => {
                     assert!(!done.is_replayed(), "{crash:?}");
-                    let resumed = first != "start";
+                    // Every retry after a crash takes the call over, phase 1
+                    // included: the crashed run's claim stands.
                     assert_eq!(
                         ran.first(),
-                        Some(&(first, resumed)),
+                        Some(&(first, true)),
                         "{crash:?}: the retry starts at the last recovery point: {ran:?}"
                     );
                 }
@@ -1360,10 +1370,10 @@ where
 }
 
 /// What a phased call costs in statements, phases that write nothing
-/// aside: a first run of three phases is one read, then each phase's
-/// `BEGIN` and `COMMIT` around its end's `UPDATE` (the first phase's claim
-/// `INSERT` too); a replay is the read alone; a takeover adds its
-/// compare-and-set `UPDATE` to the read.
+/// aside: a first run of three phases is one read and the claim's
+/// `INSERT`, committed on its own before phase 1 begins, then each phase's
+/// `BEGIN` and `COMMIT` around its end's `UPDATE`; a replay is the read
+/// alone; a takeover adds its compare-and-set `UPDATE` to the read.
 pub fn phased_statements_per_phase<B: super::Backend>()
 where
     B::Conn: PhasedTestConn,
@@ -1404,7 +1414,7 @@ where
     // Two phases commit, the third fails: its lease is released.
     let (stopped, result) = count(&mut conn, &clock, 2);
     assert!(matches!(result, Err(PayError::Processor(_))), "{result:?}");
-    assert_eq!(stopped.len(), 1 + 4 + 3 + 2 + 1, "{stopped:#?}");
+    assert_eq!(stopped.len(), 1 + 1 + 3 + 3 + 2 + 1, "{stopped:#?}");
     let (resumed, result) = count(&mut conn, &clock, 9);
     assert_eq!(*result.unwrap().value(), 7);
     assert_eq!(
@@ -1430,7 +1440,11 @@ where
         )
     });
     assert_eq!(*result.unwrap().value(), 7);
-    assert_eq!(first.len(), 1 + 4 + 3 + 3, "{first:#?}");
+    assert_eq!(first.len(), 1 + 1 + 3 + 3 + 3, "{first:#?}");
+    assert!(
+        first[1].contains("INSERT") && first[2].contains("BEGIN"),
+        "the claim commits before phase 1 begins: {first:#?}"
+    );
 }
 
 /// Instantiates this file's tests for one backend (see `conformance!`).
