@@ -13,9 +13,11 @@
 //! - a phase ends with [`Step::Next`] (the next recovery point: another
 //!   phase follows) or [`Step::Finish`] (the call's answer, stored and
 //!   replayed to every later call with the same key, like a [`Call`]'s);
-//! - the call that runs the phases holds a *lease* on the record
-//!   ([`PhasedCall::lease`], 60 seconds by default), renewed at the end of
-//!   each phase. A retry that finds the lease live answers
+//! - the first call *claims* the key: it inserts the record, holding a
+//!   *lease* on it ([`PhasedCall::lease`], 60 seconds by default), in a
+//!   statement of its own that commits before phase 1 begins; the lease is
+//!   renewed at the end of each phase. A concurrent first call waits for
+//!   that one statement, never for phase 1. A retry that finds the lease live answers
 //!   [`Error::InFlight`]; one that finds it ended (the holder crashed, or
 //!   stalled longer than the lease) *takes the call over* and resumes from
 //!   the last recovery point ([`Phase::point`]). The takeover is one
@@ -33,9 +35,10 @@
 //! A phase's transaction commits its database writes and its recovery
 //! point together, or neither. So wherever a process dies:
 //!
-//! - before the first phase commits: nothing was stored; a retry starts
-//!   afresh (an external call the first phase made is repeated);
-//! - inside a later phase, before its commit (before, during or after its
+//! - before the first phase commits: only the claim was stored (no
+//!   recovery point); once the lease has ended a retry takes the call over
+//!   and runs the first phase again, external call included;
+//! - inside any other phase, before its commit (before, during or after its
 //!   external call): that phase's writes are rolled back, the last recovery
 //!   point stands; once the lease has ended a retry resumes there and runs
 //!   the phase again, external call included;
@@ -53,8 +56,9 @@
 //! of acting twice. **The external service must deduplicate by that key**;
 //! one that does not can act twice after a crash.
 //!
-//! A phase that returns `Err` is rolled back and releases the lease at
-//! once, so an immediate retry resumes at that phase. A phase that panics
+//! A phase that returns `Err`, the first included, is rolled back and
+//! releases the lease at once, so an immediate retry resumes at that phase
+//! (the first: from no recovery point). A phase that panics
 //! is rolled back and the panic goes on; its lease is left to run out, as
 //! a crashed process would leave it.
 //!
@@ -1370,8 +1374,9 @@ impl AsyncPhasedStatements for diesel_async::AsyncMysqlConnection {
 }
 
 /// The phased call of `key` in `namespace` and `scope` (`""` for none),
-/// finished or not, expired or not; `None` when there is none. A plain
-/// read: a first phase that has not committed is invisible to it.
+/// finished or not, expired or not; `None` when there is none. A call
+/// whose first phase has not committed shows as `started`, with no
+/// recovery point and no phase committed.
 pub fn find<C: IdempotentConnection>(
     conn: &mut C,
     namespace: &str,
