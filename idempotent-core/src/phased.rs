@@ -13,9 +13,11 @@
 //! - a phase ends with [`Step::Next`] (the next recovery point: another
 //!   phase follows) or [`Step::Finish`] (the call's answer, stored and
 //!   replayed to every later call with the same key, like a [`Call`]'s);
-//! - the call that runs the phases holds a *lease* on the record
-//!   ([`PhasedCall::lease`], 60 seconds by default), renewed at the end of
-//!   each phase. A retry that finds the lease live answers
+//! - the first call *claims* the key: it inserts the record, holding a
+//!   *lease* on it ([`PhasedCall::lease`], 60 seconds by default), in a
+//!   statement of its own that commits before phase 1 begins; the lease is
+//!   renewed at the end of each phase. A concurrent first call waits for
+//!   that one statement, never for phase 1. A retry that finds the lease live answers
 //!   [`Error::InFlight`]; one that finds it ended (the holder crashed, or
 //!   stalled longer than the lease) *takes the call over* and resumes from
 //!   the last recovery point ([`Phase::point`]). The takeover is one
@@ -33,9 +35,10 @@
 //! A phase's transaction commits its database writes and its recovery
 //! point together, or neither. So wherever a process dies:
 //!
-//! - before the first phase commits: nothing was stored; a retry starts
-//!   afresh (an external call the first phase made is repeated);
-//! - inside a later phase, before its commit (before, during or after its
+//! - before the first phase commits: only the claim was stored (no
+//!   recovery point); once the lease has ended a retry takes the call over
+//!   and runs the first phase again, external call included;
+//! - inside any other phase, before its commit (before, during or after its
 //!   external call): that phase's writes are rolled back, the last recovery
 //!   point stands; once the lease has ended a retry resumes there and runs
 //!   the phase again, external call included;
@@ -53,8 +56,9 @@
 //! of acting twice. **The external service must deduplicate by that key**;
 //! one that does not can act twice after a crash.
 //!
-//! A phase that returns `Err` is rolled back and releases the lease at
-//! once, so an immediate retry resumes at that phase. A phase that panics
+//! A phase that returns `Err`, the first included, is rolled back and
+//! releases the lease at once, so an immediate retry resumes at that phase
+//! (the first: from no recovery point). A phase that panics
 //! is rolled back and the panic goes on; its lease is left to run out, as
 //! a crashed process would leave it.
 //!
@@ -172,6 +176,7 @@ use serde::de::DeserializeOwned;
 use crate::Error;
 use crate::clock::{Clock, SystemClock};
 use crate::derived::derived_id;
+use crate::error::is_conflict_abort;
 use crate::fingerprint::Fingerprint;
 use crate::pattern::key::{Outcome, Response, validate_key, validate_namespace, validate_scope};
 use crate::store::IdempotentConnection;
@@ -508,15 +513,21 @@ impl<'a> PhasedCall<'a> {
                         .map_err(E::from);
                 }
                 Ok(Begun::Start(start)) => start,
+                Ok(Begun::Claim) => match claim(driver, &call).await {
+                    Ok(true) => Start {
+                        point: None,
+                        phases: 0,
+                        resumed: false,
+                    },
+                    // A concurrent first call claimed the key between the
+                    // look and the claim: look again.
+                    Ok(false) if attempts < LOOKS => continue,
+                    Ok(false) => return Err(E::from(call.in_flight())),
+                    Err(e) => return Err(E::from(e)),
+                },
                 Err(e) => return Err(E::from(e)),
             };
-            match run_phases(driver, &call, start, &mut phase).await {
-                Ran::Done(result) => return result,
-                // A concurrent first call claimed the key between the look
-                // and the claim: look again.
-                Ran::ClaimTaken if attempts < LOOKS => continue,
-                Ran::ClaimTaken => return Err(E::from(call.in_flight())),
-            }
+            return run_phases(driver, &call, start, &mut phase).await;
         }
     }
 }
@@ -524,6 +535,10 @@ impl<'a> PhasedCall<'a> {
 /// How often a call looks at the record again after a concurrent call
 /// changed it between its look and its write.
 const LOOKS: usize = 3;
+
+/// How often the claim is sent when the database aborts it to resolve a
+/// conflict (a deadlock or serialization failure).
+const CLAIMS: usize = 3;
 
 /// The recovery point's name before the first phase committed.
 const STARTED: &str = "started";
@@ -664,19 +679,56 @@ fn point_name(value: &serde_json::Value, phases: i32) -> String {
     name[..end].to_owned()
 }
 
-/// Where the first phase of this run starts.
-enum Start<P> {
-    /// No record: the first phase claims the key.
-    Claim,
-    /// This run took the record over: resume from its point, after
-    /// `phases` committed phases.
-    Resume { point: Option<P>, phases: i32 },
+/// Where the first phase of this run starts: from `point` (`None`: the
+/// call's first phase), after `phases` committed phases.
+struct Start<P> {
+    point: Option<P>,
+    phases: i32,
+    /// Whether this run took the record over (see [`Phase::resumed`]).
+    resumed: bool,
 }
 
 /// What the look at the record decided.
 enum Begun<P> {
+    /// No record: claim the key.
+    Claim,
+    /// This run took the record over.
     Start(Start<P>),
     Replay(String),
+}
+
+/// Claims the key: inserts the record, held by this run's lease, in a
+/// statement of its own that commits at once, before the first phase
+/// begins. A concurrent first call therefore waits for this one statement,
+/// never for the phase, and then finds the lease. `false`: the key was
+/// claimed first by another call. Nothing has run yet, so a claim the
+/// database aborted to resolve a conflict (MySQL answers a deadlock to
+/// claims queued behind one that rolled back) is sent again, a few times.
+async fn claim<D: PhasedDriver>(driver: &mut D, call: &Prepared<'_>) -> Result<bool, Error> {
+    let mut sent = 0;
+    loop {
+        sent += 1;
+        let now = call.now();
+        let row = NewPhasedCall {
+            namespace: call.namespace,
+            scope: call.scope,
+            key: call.key,
+            fingerprint: call.fingerprint.as_str(),
+            recovery_point: STARTED,
+            point_state: None,
+            response: None,
+            lease_token: Some(&call.token),
+            locked_until: Some(add(now, call.lease)),
+            phases: 0,
+            created_at: now,
+            updated_at: now,
+            expires_at: never(),
+        };
+        match driver.phased_claim(&row).await {
+            Err(e) if sent < CLAIMS && is_conflict_abort(&e) => continue,
+            claimed => return Ok(claimed?),
+        }
+    }
 }
 
 /// Looks at the record (outside any transaction) and decides: claim,
@@ -689,7 +741,7 @@ where
 {
     for _ in 0..LOOKS {
         let Some(row) = driver.phased_load(call.id()).await? else {
-            return Ok(Begun::Start(Start::Claim));
+            return Ok(Begun::Claim);
         };
         let now = call.now();
         if row.fingerprint != call.fingerprint.as_str() {
@@ -735,26 +787,19 @@ where
             })?),
             None => None,
         };
-        return Ok(Begun::Start(Start::Resume {
+        return Ok(Begun::Start(Start {
             point,
             phases: row.phases,
+            resumed: true,
         }));
     }
     Err(call.in_flight())
-}
-
-/// How a run of phases ended.
-enum Ran<T, E> {
-    Done(Result<Outcome<T>, E>),
-    /// The first phase's claim found the key taken (nothing ran).
-    ClaimTaken,
 }
 
 /// Why a phase's transaction ended early.
 enum Stop<E> {
     Phase(E),
     Library(Error),
-    ClaimTaken,
     LeaseLost,
 }
 
@@ -782,7 +827,7 @@ async fn run_phases<D, P, T, E, F>(
     call: &Prepared<'_>,
     start: Start<P>,
     phase: &mut F,
-) -> Ran<T, E>
+) -> Result<Outcome<T>, E>
 where
     D: PhasedDriver,
     P: Serialize + DeserializeOwned,
@@ -790,33 +835,13 @@ where
     E: From<Error>,
     F: AsyncFnMut(&mut Phase<'_, D::Conn, P>) -> Result<Step<P, T>, E>,
 {
-    let (mut claim, resumed, mut point, mut phases) = match start {
-        Start::Claim => (true, false, None, 0),
-        Start::Resume { point, phases } => (false, true, point, phases),
-    };
+    let Start {
+        mut point,
+        mut phases,
+        resumed,
+    } = start;
     loop {
         let ended = guarded_transaction(driver, async |driver: &mut D| {
-            if claim {
-                let now = call.now();
-                let row = NewPhasedCall {
-                    namespace: call.namespace,
-                    scope: call.scope,
-                    key: call.key,
-                    fingerprint: call.fingerprint.as_str(),
-                    recovery_point: STARTED,
-                    point_state: None,
-                    response: None,
-                    lease_token: Some(&call.token),
-                    locked_until: Some(add(now, call.lease)),
-                    phases: 0,
-                    created_at: now,
-                    updated_at: now,
-                    expires_at: never(),
-                };
-                if !driver.phased_claim(&row).await? {
-                    return Err(Stop::ClaimTaken);
-                }
-            }
             let mut current = Phase {
                 conn: driver.conn(),
                 point: point.take(),
@@ -872,31 +897,25 @@ where
             }
         })
         .await;
-        let first = std::mem::replace(&mut claim, false);
         let error = match ended {
             Ok(Committed::Next(next)) => {
                 point = Some(next);
                 phases = phases.saturating_add(1);
                 continue;
             }
-            Ok(Committed::Finished(answer)) => return Ran::Done(Ok(Outcome::fresh(answer))),
+            Ok(Committed::Finished(answer)) => return Ok(Outcome::fresh(answer)),
             Err(Unwound::Panicked(payload)) => panic::resume_unwind(payload),
-            Err(Unwound::Failed(Stop::ClaimTaken)) => return Ran::ClaimTaken,
-            Err(Unwound::Failed(Stop::LeaseLost)) => {
-                return Ran::Done(Err(E::from(call.lease_lost())));
-            }
+            Err(Unwound::Failed(Stop::LeaseLost)) => return Err(E::from(call.lease_lost())),
             Err(Unwound::Failed(Stop::Phase(e))) => e,
             Err(Unwound::Failed(Stop::Library(e))) => E::from(e),
         };
-        if !first {
-            // Released at once, so that a retry resumes without waiting for
-            // the lease to run out. Best effort: the error matters more, and
-            // an unreleased lease still ends.
-            let _ = driver
-                .phased_release(call.id(), &call.token, call.now())
-                .await;
-        }
-        return Ran::Done(Err(error));
+        // Released at once, so that a retry resumes without waiting for
+        // the lease to run out. Best effort: the error matters more, and
+        // an unreleased lease still ends.
+        let _ = driver
+            .phased_release(call.id(), &call.token, call.now())
+            .await;
+        return Err(error);
     }
 }
 
@@ -909,7 +928,7 @@ pub struct PhasedId<'a> {
     pub key: &'a str,
 }
 
-/// The first phase's claim: the row inserted if the key is free.
+/// The claim: the row inserted if the key is free.
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, diesel::Insertable)]
 #[diesel(table_name = idempotency_phased_calls)]
@@ -1355,8 +1374,9 @@ impl AsyncPhasedStatements for diesel_async::AsyncMysqlConnection {
 }
 
 /// The phased call of `key` in `namespace` and `scope` (`""` for none),
-/// finished or not, expired or not; `None` when there is none. A plain
-/// read: a first phase that has not committed is invisible to it.
+/// finished or not, expired or not; `None` when there is none. A call
+/// whose first phase has not committed shows as `started`, with no
+/// recovery point and no phase committed.
 pub fn find<C: IdempotentConnection>(
     conn: &mut C,
     namespace: &str,

@@ -175,6 +175,11 @@ pub trait PhasedTestConn: diesel_idempotent::IdempotentConnection + Send {
     fn log_write(&mut self, key: &str, phase: &str) -> QueryResult<()>;
     fn count_writes(&mut self, key: &str) -> QueryResult<i64>;
     fn payment_row(&mut self, key: &str) -> QueryResult<Option<PaymentRow>>;
+    /// How many sessions of this database wait on a lock held by another
+    /// (PostgreSQL), or run a phased call's claim `INSERT` (MySQL: one
+    /// that is still running waits on another's row); `None` on SQLite,
+    /// which cannot tell.
+    fn phased_lock_waiters(&mut self) -> QueryResult<Option<i64>>;
 }
 
 /// The flow's statements on a diesel-async connection.
@@ -280,22 +285,46 @@ macro_rules! check_statements {
     };
 }
 
+/// The lock waiters' count, by the query `$sql` (a `COUNT(*)`).
+macro_rules! lock_waiters {
+    ($sql:literal) => {
+        fn phased_lock_waiters(&mut self) -> QueryResult<Option<i64>> {
+            use diesel::RunQueryDsl as _;
+            diesel::dsl::sql::<diesel::sql_types::BigInt>($sql)
+                .get_result(self)
+                .map(Some)
+        }
+    };
+}
+
 #[cfg(feature = "sqlite")]
 impl PhasedTestConn for diesel::SqliteConnection {
     flow_statements!([] [] [diesel::RunQueryDsl]);
     check_statements!();
+
+    fn phased_lock_waiters(&mut self) -> QueryResult<Option<i64>> {
+        Ok(None)
+    }
 }
 
 #[cfg(feature = "postgres")]
 impl PhasedTestConn for diesel::PgConnection {
     flow_statements!([] [] [diesel::RunQueryDsl]);
     check_statements!();
+    lock_waiters!(
+        "SELECT COUNT(*) FROM pg_stat_activity \
+         WHERE datname = current_database() AND wait_event_type = 'Lock'"
+    );
 }
 
 #[cfg(feature = "mysql")]
 impl PhasedTestConn for diesel::MysqlConnection {
     flow_statements!([] [] [diesel::RunQueryDsl]);
     check_statements!();
+    lock_waiters!(
+        "SELECT COUNT(*) FROM information_schema.PROCESSLIST \
+         WHERE DB = DATABASE() AND INFO LIKE 'INSERT IGNORE INTO `idempotency_phased_calls`%'"
+    );
 }
 
 #[cfg(all(feature = "async", feature = "sqlite"))]
@@ -420,16 +449,25 @@ pub mod nonblocking {
 
             let record = phased::find(&mut check, NAMESPACE, "", &key).unwrap();
             match crash {
-                Crash::BeforeStartCommit => {
-                    assert_eq!(record, None, "{crash:?}: nothing of phase 1 was kept");
-                    assert_eq!(check.count_writes(&key).unwrap(), 0);
-                }
                 Crash::AfterFinishCommit => {
                     let record = record.expect("the finished call");
                     assert!(record.is_finished(), "{record:?}");
                 }
                 _ => {
                     let record = record.expect("the committed recovery point");
+                    if crash == Crash::BeforeStartCommit {
+                        // The claim committed on its own; phase 1 did not.
+                        assert_eq!(
+                            (
+                                record.recovery_point.as_str(),
+                                record.point_state.as_deref(),
+                                record.phases
+                            ),
+                            ("started", None, 0),
+                            "{crash:?}: the claim stands, nothing of phase 1"
+                        );
+                        assert_eq!(check.count_writes(&key).unwrap(), 0);
+                    }
                     assert!(
                         record.is_leased_at(clock.now()),
                         "{crash:?}: the crashed run's lease is left held: {record:?}"
@@ -477,10 +515,11 @@ pub mod nonblocking {
                 }
                 Some(first) => {
                     assert!(!done.is_replayed(), "{crash:?}");
-                    let resumed = first != "start";
+                    // Every retry after a crash takes the call over, phase 1
+                    // included: the crashed run's claim stands.
                     assert_eq!(
                         ran.first(),
-                        Some(&(first, resumed)),
+                        Some(&(first, true)),
                         "{crash:?}: the retry starts at the last recovery point: {ran:?}"
                     );
                 }
@@ -973,6 +1012,269 @@ where
     );
 }
 
+/// A holder stalls in its first phase (in the external call that comes
+/// before the phase's writes) past its lease. A retry must not wait for
+/// that phase: it takes the call over at once and runs phase 1 from the
+/// start; the holder's phase end then finds its lease lost and is rolled
+/// back. The retry's answer is awaited with a deadline, a bound on how
+/// long it may block, never what makes the test pass.
+///
+/// SQLite serializes writers and a phase holds the write lock from its
+/// `BEGIN`: there the takeover cannot happen while the holder runs, and the
+/// retry fails fast with the database's retryable busy error.
+pub fn phased_stalled_first_phase_is_taken_over<B: super::Backend>()
+where
+    B::Conn: PhasedTestConn,
+{
+    use std::sync::mpsc;
+
+    use diesel_idempotent::phased::{self, Phase, PhasedCall, Step};
+    use diesel_idempotent::{Clock as _, Error};
+
+    use super::TestConn as _;
+    use super::rt::DEADLINE;
+
+    let db = B::fresh();
+    let mut check = db.connect();
+    check.create_phased_tables().unwrap();
+    let clock = super::clock();
+    let (trace_a, trace_b) = (Trace::default(), Trace::default());
+    let (entered_tx, entered_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Mutex::new(release_rx);
+    let (answer_tx, answer_rx) = mpsc::channel();
+    let run = |conn: &mut B::Conn,
+               trace: &Trace,
+               hold: Option<(&mpsc::Sender<()>, &Mutex<mpsc::Receiver<()>>)>,
+               answer: &str| {
+        PhasedCall::new(NAMESPACE, "s-1")
+            .clock(&clock)
+            .lease(LEASE)
+            .run(
+                conn,
+                |phase: &mut Phase<'_, B::Conn, u32>| -> Result<Step<u32, String>, PayError> {
+                    let resumed = phase.resumed();
+                    match phase.point() {
+                        None => {
+                            trace.enter(None, resumed);
+                            if let Some((entered, release)) = hold {
+                                entered.send(()).unwrap();
+                                release.lock().unwrap().recv_timeout(DEADLINE).unwrap();
+                            }
+                            phase.conn().log_write("s-1", "start")?;
+                            Ok(Step::Next(1))
+                        }
+                        Some(_) => Ok(Step::Finish(answer.to_owned())),
+                    }
+                },
+            )
+    };
+    let (holder, retry) = std::thread::scope(|s| {
+        let holder = s.spawn(|| {
+            let mut conn = db.connect();
+            run(
+                &mut conn,
+                &trace_a,
+                Some((&entered_tx, &release_rx)),
+                "holder",
+            )
+        });
+        entered_rx
+            .recv_timeout(DEADLINE)
+            .expect("the holder entered its first phase");
+        clock.advance(PAST_LEASE);
+        let retry = s.spawn(|| {
+            let mut conn = db.connect();
+            if B::NAME == "sqlite" {
+                conn.short_lock_waits().unwrap();
+            }
+            let answer = run(&mut conn, &trace_b, None, "retry");
+            answer_tx.send(()).unwrap();
+            answer
+        });
+        // A bound on how long the retry may block: well past a statement,
+        // far short of the held phase (which waits for `release`).
+        let answered = answer_rx.recv_timeout(Duration::from_secs(10));
+        release_tx.send(()).unwrap();
+        assert!(
+            answered.is_ok(),
+            "the retry still waited for the stalled first phase 10 s after its lease ended"
+        );
+        (holder.join().unwrap(), retry.join().unwrap())
+    });
+
+    if B::NAME == "sqlite" {
+        let e = retry.expect_err("the holder holds the write lock");
+        assert!(
+            matches!(e.idempotency(), Some(e @ Error::Database(_)) if e.is_retryable()),
+            "{e:?}"
+        );
+        let holder = holder.expect("the holder finishes: nobody took over");
+        assert_eq!(holder.value(), "holder");
+        assert_eq!(trace_b.take(), [], "the retry ran no phase");
+        assert_eq!(check.count_writes("s-1").unwrap(), 1);
+        return;
+    }
+    let retry = retry.expect("the retry took over and finished");
+    assert!(!retry.is_replayed());
+    assert_eq!(retry.value(), "retry");
+    assert_eq!(
+        trace_b.take(),
+        [("start", true)],
+        "the retry ran phase 1 from the start, as a takeover"
+    );
+    assert!(
+        matches!(
+            holder.as_ref().map_err(PayError::idempotency),
+            Err(Some(Error::LeaseLost { .. }))
+        ),
+        "{holder:?}"
+    );
+    assert_eq!(trace_a.take(), [("start", false)]);
+    assert_eq!(
+        check.count_writes("s-1").unwrap(),
+        1,
+        "the holder's phase 1 was rolled back; the retry's was kept"
+    );
+    let record = phased::find(&mut check, NAMESPACE, "", "s-1")
+        .unwrap()
+        .unwrap();
+    assert!(record.is_finished() && !record.is_leased_at(clock.now()));
+    assert_eq!(
+        (record.recovery_point.as_str(), record.phases),
+        ("finished", 2)
+    );
+}
+
+/// A first call's phase 1 stalls, then fails (the processor's 503), while
+/// retries of the same key arrive (and, where a retry would wait on the
+/// first call's claim, are seen waiting). Every retry gets an answer, the
+/// call's or `InFlight`, never a database error (MariaDB answered
+/// deadlocks to retries queued behind a claim that rolled back). After the
+/// failure, a retry runs the call at once, without waiting for a lease;
+/// phase 1's write is committed once.
+pub fn phased_failed_first_phase_answers_its_retries<B: super::Backend>()
+where
+    B::Conn: PhasedTestConn,
+{
+    use std::sync::{Barrier, mpsc};
+    use std::time::Instant;
+
+    use diesel_idempotent::Error;
+    use diesel_idempotent::phased::{Phase, PhasedCall, Step};
+
+    use super::rt::DEADLINE;
+
+    const RETRIES: usize = 3;
+    const ROUNDS: usize = 4;
+    let db = B::fresh();
+    let mut check = db.connect();
+    check.create_phased_tables().unwrap();
+    let clock = super::clock();
+    let call = |conn: &mut B::Conn, key: &str| {
+        PhasedCall::new(NAMESPACE, key)
+            .clock(&clock)
+            .lease(LEASE)
+            .run(
+                conn,
+                |phase: &mut Phase<'_, B::Conn, u32>| -> Result<Step<u32, String>, PayError> {
+                    match phase.point() {
+                        None => {
+                            phase.conn().log_write(key, "start")?;
+                            Ok(Step::Next(1))
+                        }
+                        Some(_) => Ok(Step::Finish(format!("done {key}"))),
+                    }
+                },
+            )
+    };
+    let mut failures = Vec::new();
+    for round in 0..ROUNDS {
+        let key = format!("f-{round}");
+        let key = key.as_str();
+        let (entered_tx, entered_rx) = mpsc::channel::<()>();
+        let (fail_tx, fail_rx) = mpsc::channel::<()>();
+        let fail_rx = Mutex::new(fail_rx);
+        let (answer_tx, answer_rx) = mpsc::channel();
+        let barrier = Barrier::new(RETRIES + 1);
+        let mut answers = Vec::new();
+        std::thread::scope(|s| {
+            let first = s.spawn(|| {
+                let mut conn = db.connect();
+                PhasedCall::new(NAMESPACE, key)
+                    .clock(&clock)
+                    .lease(LEASE)
+                    .run(
+                        &mut conn,
+                        |_: &mut Phase<'_, B::Conn, u32>| -> Result<Step<u32, String>, PayError> {
+                            entered_tx.send(()).unwrap();
+                            fail_rx.lock().unwrap().recv_timeout(DEADLINE).unwrap();
+                            Err(PayError::Processor(ProcessorError {
+                                status: 503,
+                                message: "unavailable".to_owned(),
+                            }))
+                        },
+                    )
+            });
+            entered_rx
+                .recv_timeout(DEADLINE)
+                .expect("the first call entered phase 1");
+            for _ in 0..RETRIES {
+                let (db, call, barrier, answer_tx) = (&db, &call, &barrier, answer_tx.clone());
+                s.spawn(move || {
+                    let mut conn = db.connect();
+                    barrier.wait();
+                    answer_tx.send(call(&mut conn, key)).unwrap();
+                });
+            }
+            barrier.wait();
+            // Each retry has answered, or waits on the first call's claim.
+            let deadline = Instant::now() + DEADLINE;
+            loop {
+                answers.extend(answer_rx.try_iter());
+                let waiting = check.phased_lock_waiters().unwrap().unwrap_or(0);
+                if answers.len() + usize::try_from(waiting).unwrap() >= RETRIES {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: {} retries answered, {waiting} wait",
+                    answers.len()
+                );
+                std::thread::yield_now();
+            }
+            fail_tx.send(()).unwrap();
+            let first = first.join().unwrap();
+            assert!(
+                matches!(&first, Err(PayError::Processor(e)) if e.status == 503),
+                "{first:?}"
+            );
+        });
+        drop(answer_tx);
+        answers.extend(answer_rx.try_iter());
+        assert_eq!(answers.len(), RETRIES);
+        for answer in &answers {
+            match answer {
+                Ok(outcome) => assert_eq!(outcome.value(), &format!("done {key}")),
+                Err(e) if matches!(e.idempotency(), Some(Error::InFlight { .. })) => {}
+                Err(e) => failures.push(format!("round {round}: {e:?}")),
+            }
+        }
+        // No time passes: the failed phase released what it held.
+        let mut conn = db.connect();
+        let after = call(&mut conn, key).expect("a retry after the failure finishes at once");
+        assert_eq!(after.value(), &format!("done {key}"));
+        let fresh = answers
+            .iter()
+            .chain([&Ok(after)])
+            .filter(|a| a.as_ref().is_ok_and(|o| !o.is_replayed()))
+            .count();
+        assert_eq!(fresh, 1, "round {round}: one run finished the call");
+        assert_eq!(check.count_writes(key).unwrap(), 1, "round {round}");
+    }
+    assert!(failures.is_empty(), "retries failed: {failures:#?}");
+}
+
 /// `find` shows where a call stands; `purge_expired` deletes finished calls
 /// whose TTL ran out, never an unfinished one.
 pub fn phased_find_and_purge<B: super::Backend>()
@@ -1068,10 +1370,10 @@ where
 }
 
 /// What a phased call costs in statements, phases that write nothing
-/// aside: a first run of three phases is one read, then each phase's
-/// `BEGIN` and `COMMIT` around its end's `UPDATE` (the first phase's claim
-/// `INSERT` too); a replay is the read alone; a takeover adds its
-/// compare-and-set `UPDATE` to the read.
+/// aside: a first run of three phases is one read and the claim's
+/// `INSERT`, committed on its own before phase 1 begins, then each phase's
+/// `BEGIN` and `COMMIT` around its end's `UPDATE`; a replay is the read
+/// alone; a takeover adds its compare-and-set `UPDATE` to the read.
 pub fn phased_statements_per_phase<B: super::Backend>()
 where
     B::Conn: PhasedTestConn,
@@ -1112,7 +1414,7 @@ where
     // Two phases commit, the third fails: its lease is released.
     let (stopped, result) = count(&mut conn, &clock, 2);
     assert!(matches!(result, Err(PayError::Processor(_))), "{result:?}");
-    assert_eq!(stopped.len(), 1 + 4 + 3 + 2 + 1, "{stopped:#?}");
+    assert_eq!(stopped.len(), 1 + 1 + 3 + 3 + 2 + 1, "{stopped:#?}");
     let (resumed, result) = count(&mut conn, &clock, 9);
     assert_eq!(*result.unwrap().value(), 7);
     assert_eq!(
@@ -1138,7 +1440,11 @@ where
         )
     });
     assert_eq!(*result.unwrap().value(), 7);
-    assert_eq!(first.len(), 1 + 4 + 3 + 3, "{first:#?}");
+    assert_eq!(first.len(), 1 + 1 + 3 + 3 + 3, "{first:#?}");
+    assert!(
+        first[1].contains("INSERT") && first[2].contains("BEGIN"),
+        "the claim commits before phase 1 begins: {first:#?}"
+    );
 }
 
 /// Instantiates this file's tests for one backend (see `conformance!`).
@@ -1154,6 +1460,8 @@ macro_rules! phased_tests {
             phased_concurrent_first_calls_charge_once,
             phased_takeover_race_has_one_winner,
             phased_zombie_holder_loses_its_lease,
+            phased_stalled_first_phase_is_taken_over,
+            phased_failed_first_phase_answers_its_retries,
             phased_find_and_purge,
             phased_statements_per_phase,
         );
