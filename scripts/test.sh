@@ -2,15 +2,17 @@
 # The whole test suite, every backend: `./scripts/test.sh [cargo test args]`.
 #
 # Installs what the tests need when it is missing (libpq, the MySQL client
-# library, pkg-config, the PostgreSQL and MariaDB servers; SQLite is built
-# from source by the `libsqlite3-sys` dev-dependency), starts an
-# ephemeral PostgreSQL and an ephemeral MariaDB on free loopback ports in
-# temporary directories (as the `postgres` and `mysql` users when run as
-# root), runs `cargo test` for the workspace with all features and the
-# fingerprint compatibility job (scripts/fingerprint-compat.sh), and stops
-# the servers. Set DIESEL_IDEMPOTENT_PG_URL / DIESEL_IDEMPOTENT_MYSQL_URL to
-# use servers of your own instead; the tests create and drop one database
-# each on them.
+# library, pkg-config, the PostgreSQL, MariaDB and Redis servers; SQLite is
+# built from source by the `libsqlite3-sys` dev-dependency), starts an
+# ephemeral PostgreSQL, MariaDB and Redis on free loopback ports in
+# temporary directories (PostgreSQL and MariaDB as the `postgres` and
+# `mysql` users when run as root), runs `cargo test` for the workspace with
+# all features, the fingerprint compatibility job
+# (scripts/fingerprint-compat.sh), the benchmarks' short variant and the
+# examples against those servers, and stops the servers. Set
+# DIESEL_IDEMPOTENT_PG_URL / DIESEL_IDEMPOTENT_MYSQL_URL /
+# DIESEL_IDEMPOTENT_REDIS_URL to use servers of your own instead; the tests
+# create and drop one database each on them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
