@@ -714,26 +714,7 @@ pub fn outbox_a_delivery_that_outlived_its_lease_is_lost_not_written<B: Backend>
     let id = push_n(&mut conn, &clock, "slow", 1).unwrap().into_value()[0].clone();
 
     // The first dispatcher freezes inside its handler.
-    let (started, is_started) = mpsc::channel::<()>();
-    let (release, is_released) = mpsc::channel::<()>();
-    let is_released = Mutex::new(is_released);
-    let frozen = Dispatcher::new()
-        .lease(Duration::from_secs(30))
-        .clock(clock.clone())
-        .handler(KIND, move |_| {
-            started.send(()).map_err(|e| e.to_string())?;
-            is_released
-                .lock()
-                .map_err(|e| e.to_string())?
-                .recv()
-                .map_err(|e| e.to_string())?;
-            Ok(())
-        });
-    let frozen_db = Arc::clone(&db);
-    let first = std::thread::spawn(move || frozen.run_once(&mut frozen_db.connect()));
-    is_started
-        .recv_timeout(Duration::from_secs(60))
-        .expect("the first delivery began");
+    let (release, first) = frozen_delivery(&db, &clock);
 
     // Its lease ends; a second dispatcher delivers again and fails.
     let second = Dispatcher::new()

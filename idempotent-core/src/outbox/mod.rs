@@ -449,14 +449,24 @@ pub struct Dispatcher {
     settings: dispatch::Settings,
 }
 
+/// A dispatcher as `Debug` shows it: its kinds, sorted, and its settings.
+fn debug_dispatcher<'k>(
+    f: &mut fmt::Formatter<'_>,
+    name: &str,
+    kinds: impl Iterator<Item = &'k String>,
+    settings: &dispatch::Settings,
+) -> fmt::Result {
+    let mut kinds: Vec<&String> = kinds.collect();
+    kinds.sort();
+    f.debug_struct(name)
+        .field("kinds", &kinds)
+        .field("settings", settings)
+        .finish()
+}
+
 impl fmt::Debug for Dispatcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut kinds: Vec<&String> = self.handlers.keys().collect();
-        kinds.sort();
-        f.debug_struct("Dispatcher")
-            .field("kinds", &kinds)
-            .field("settings", &self.settings)
-            .finish()
+        debug_dispatcher(f, "Dispatcher", self.handlers.keys(), &self.settings)
     }
 }
 
@@ -582,12 +592,7 @@ pub struct AsyncDispatcher {
 #[cfg(feature = "async")]
 impl fmt::Debug for AsyncDispatcher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut kinds: Vec<&String> = self.handlers.keys().collect();
-        kinds.sort();
-        f.debug_struct("AsyncDispatcher")
-            .field("kinds", &kinds)
-            .field("settings", &self.settings)
-            .finish()
+        debug_dispatcher(f, "AsyncDispatcher", self.handlers.keys(), &self.settings)
     }
 }
 
